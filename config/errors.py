@@ -1,0 +1,132 @@
+"""One error shape for the whole API: {"error": {"code", "message", "details"}}.
+
+Services raise `DomainError` subclasses (each app lists its own in `errors.py`); DRF and
+infrastructure failures are mapped here too, so no view ever builds error JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Any
+
+import redis
+from django.core.exceptions import PermissionDenied
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorCode(StrEnum):
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    CONFLICT = "CONFLICT"
+    RATE_LIMITED = "RATE_LIMITED"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class DomainError(Exception):
+    """A rule a request broke: carries its stable code, HTTP status and details."""
+
+    code: str = ErrorCode.CONFLICT
+    status_code: int = status.HTTP_409_CONFLICT
+    default_message: str = "The request conflicts with the current state."
+
+    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+        self.message = message or self.default_message
+        self.details = details or {}
+        super().__init__(self.message)
+
+
+class ServiceUnavailable(DomainError):
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "A backing service is unavailable; nothing was changed. Try again shortly."
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": str(code), "message": message, "details": details or {}}}
+
+
+_DRF_CODES: dict[type[Exception], str] = {
+    drf_exceptions.ParseError: ErrorCode.VALIDATION_ERROR,
+    drf_exceptions.ValidationError: ErrorCode.VALIDATION_ERROR,
+    drf_exceptions.NotAuthenticated: ErrorCode.UNAUTHENTICATED,
+    drf_exceptions.AuthenticationFailed: ErrorCode.UNAUTHENTICATED,
+    drf_exceptions.PermissionDenied: ErrorCode.FORBIDDEN,
+    drf_exceptions.NotFound: ErrorCode.NOT_FOUND,
+    drf_exceptions.MethodNotAllowed: ErrorCode.METHOD_NOT_ALLOWED,
+    drf_exceptions.NotAcceptable: ErrorCode.NOT_ACCEPTABLE,
+    drf_exceptions.UnsupportedMediaType: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    drf_exceptions.Throttled: ErrorCode.RATE_LIMITED,
+}
+
+
+def _drf_error(exc: drf_exceptions.APIException) -> Response:
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), ErrorCode.VALIDATION_ERROR)
+    if isinstance(exc, drf_exceptions.ValidationError):
+        message, details = "The request is not valid.", {"fields": exc.detail}
+    else:
+        message, details = str(exc.detail), {}
+    headers = {}
+    if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        exc.status_code = status.HTTP_401_UNAUTHORIZED
+    return Response(error_body(code, message, details), status=exc.status_code, headers=headers)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, DomainError):
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+    if isinstance(exc, Http404):
+        return Response(error_body(ErrorCode.NOT_FOUND, "Not found."), status=status.HTTP_404_NOT_FOUND)
+    if isinstance(exc, PermissionDenied):
+        return Response(error_body(ErrorCode.FORBIDDEN, "Forbidden."), status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, drf_exceptions.APIException):
+        return _drf_error(exc)
+    if isinstance(exc, (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)):
+        logger.warning("backing service unavailable: %s: %s", type(exc).__name__, exc)
+        unavailable = ServiceUnavailable()
+        return Response(
+            error_body(unavailable.code, unavailable.message),
+            status=unavailable.status_code,
+            headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, DatabaseError):
+        logger.exception("database error on %s", context.get("request") and context["request"].path)
+        return Response(
+            error_body(ErrorCode.SERVICE_UNAVAILABLE, "The database refused the request; nothing was changed."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return None
+
+
+def json_error_response(code: str, message: str, status_code: int) -> JsonResponse:
+    return JsonResponse(error_body(code, message), status=status_code)
+
+
+def handler404(request, exception=None):
+    return json_error_response(ErrorCode.NOT_FOUND, "No such resource.", 404)
+
+
+def handler500(request):
+    return json_error_response(ErrorCode.INTERNAL_ERROR, "Internal error; it has been logged.", 500)
+
+
+def handler400(request, exception=None):
+    return json_error_response(ErrorCode.VALIDATION_ERROR, "Bad request.", 400)
+
+
+def handler403(request, exception=None):
+    return json_error_response(ErrorCode.FORBIDDEN, "Forbidden.", 403)

@@ -1,0 +1,14 @@
+"""Loaded by pytest before Django (see pyproject's addopts): test settings, real servers.
+
+Tests run against real PostgreSQL and Redis. With DATABASE_URL / REDIS_URL unset, the
+project's own servers are started here (they stay up for the next run; `make stop` stops them).
+The tests use their own database (test_shop) and Redis logical database (15).
+"""
+
+import os
+
+os.environ["SHOP_TESTING"] = "1"
+
+from config import devservers
+
+devservers.ensure_running_if_needed()

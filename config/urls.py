@@ -1,0 +1,47 @@
+from django.contrib import admin
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from accounts.api import MeApi
+from config import health
+from inventory.api import ProductDetailApi, ProductListApi
+from orders.api import OrderCancelApi, OrderDetailApi, OrderListCreateApi
+
+
+class IdConverter:
+    """A positive id that fits PostgreSQL's bigint; anything else is a plain 404."""
+
+    regex = "[1-9][0-9]{0,17}"
+
+    def to_python(self, value: str) -> int:
+        return int(value)
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(IdConverter, "id")
+
+api_v1 = [
+    path("orders", OrderListCreateApi.as_view(), name="orders"),
+    path("orders/<id:order_id>", OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<id:order_id>/cancel", OrderCancelApi.as_view(), name="order-cancel"),
+    path("products", ProductListApi.as_view(), name="products"),
+    path("products/<id:product_id>", ProductDetailApi.as_view(), name="product-detail"),
+    path("accounts/me", MeApi.as_view(), name="accounts-me"),
+]
+
+urlpatterns = [
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
+    path("admin/", admin.site.urls),
+    path("api/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/v1/", include(api_v1)),
+]
+
+handler400 = "config.errors.handler400"
+handler403 = "config.errors.handler403"
+handler404 = "config.errors.handler404"
+handler500 = "config.errors.handler500"

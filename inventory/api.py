@@ -1,0 +1,22 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from inventory.selectors import product_get, product_list, with_live_stock
+from inventory.serializers import ProductOutputSerializer
+
+
+class ProductListApi(APIView):
+    @extend_schema(responses={200: ProductOutputSerializer(many=True)}, summary="Products on sale, with live stock")
+    def get(self, request):
+        paginator = PageNumberPagination()
+        page = with_live_stock(paginator.paginate_queryset(product_list(), request, view=self))
+        return paginator.get_paginated_response(ProductOutputSerializer(page, many=True).data)
+
+
+class ProductDetailApi(APIView):
+    @extend_schema(responses={200: ProductOutputSerializer}, summary="One product, with live stock")
+    def get(self, request, product_id: int):
+        product = with_live_stock([product_get(product_id=product_id)])[0]
+        return Response(ProductOutputSerializer(product).data)

@@ -1,0 +1,41 @@
+from enum import StrEnum
+
+from rest_framework import status
+
+from config.errors import DomainError, ErrorCode
+
+
+class InventoryErrorCode(StrEnum):
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    PRODUCT_UNAVAILABLE = "PRODUCT_UNAVAILABLE"
+    NOT_FOUND = ErrorCode.NOT_FOUND
+
+
+class OutOfStock(DomainError):
+    code = InventoryErrorCode.OUT_OF_STOCK
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "Not enough stock for one of the items; nothing was reserved."
+
+
+class ProductNotFound(DomainError):
+    code = InventoryErrorCode.NOT_FOUND
+    status_code = status.HTTP_404_NOT_FOUND
+    default_message = "No such product."
+
+
+class ProductUnavailable(DomainError):
+    code = InventoryErrorCode.PRODUCT_UNAVAILABLE
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "The product is not on sale."
+
+
+class ReservationLost(DomainError):
+    """Redis no longer holds the reservation (it was reconciled away or Redis lost its data)."""
+
+    code = ErrorCode.SERVICE_UNAVAILABLE
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_message = "Stock is being reloaded; nothing was charged. Try again shortly."
+
+
+class StockNotLoaded(ReservationLost):
+    default_message = "Stock is being loaded into Redis; nothing was reserved. Try again shortly."

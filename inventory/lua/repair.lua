@@ -1,0 +1,19 @@
+-- Apply reconciliation's result in one step: shift each product's available count by its
+-- drift (a relative change, so reservations made since the snapshot are kept), forget
+-- reservations the database snapshot showed as sold, and mark stock as loaded.
+-- KEYS[1] tracked-reservations zset, KEYS[2] ready flag
+-- ARGV[1] stock key prefix, ARGV[2] reservation key prefix, ARGV[3] number of products n,
+-- then n pairs (product id, drift), then the tokens to forget
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do
+  local key, drift = ARGV[1] .. ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
+  if drift ~= 0 or redis.call('EXISTS', key) == 0 then
+    redis.call('INCRBY', key, drift)
+  end
+end
+for i = 4 + 2 * n, #ARGV do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+  redis.call('DEL', ARGV[2] .. ARGV[i])
+end
+redis.call('SET', KEYS[2], '1')
+return 1

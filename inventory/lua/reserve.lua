@@ -1,0 +1,22 @@
+-- Reserve every item of one order, all or nothing.
+-- Atomic because Redis runs a script to completion before any other command: no other
+-- reservation can interleave between the checks and the decrements.
+-- KEYS[1] ready flag, KEYS[2] pending zset, KEYS[3] this reservation's hash
+-- ARGV[1] stock key prefix, ARGV[2] token, ARGV[3] now (ms), then pairs: product id, quantity
+-- Returns {1} reserved | {0, product id, available} out of stock | {-1} stock not loaded
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {-1}
+end
+local prefix = ARGV[1]
+for i = 4, #ARGV, 2 do
+  local available = tonumber(redis.call('GET', prefix .. ARGV[i]) or '0')
+  if available < tonumber(ARGV[i + 1]) then
+    return {0, tonumber(ARGV[i]), available}
+  end
+end
+for i = 4, #ARGV, 2 do
+  redis.call('DECRBY', prefix .. ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return {1}

@@ -1,0 +1,62 @@
+import uuid
+
+from django.db import models
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    price = models.BigIntegerField(help_text="In minor units.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(price__gte=0), name="product_price_not_negative")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+
+class StockMovement(models.Model):
+    """Append-only stock ledger: the database record of stock is the sum of a product's rows.
+
+    Orders only insert rows here, so selling never locks or updates a product row (hot-row
+    contention on products is what made the old design slow).
+    """
+
+    class Kind(models.TextChoices):
+        RESTOCK = "RESTOCK", "Restock"
+        SALE = "SALE", "Sale"
+        RETURN = "RETURN", "Return (order cancelled)"
+        ADJUSTMENT = "ADJUSTMENT", "Adjustment"
+
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="movements")
+    quantity = models.BigIntegerField(help_text="Signed: negative takes units out.")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    reference = models.CharField(max_length=64, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["product", "kind"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.quantity:+d} of product {self.product_id}"
+
+
+class StockReservation(models.Model):
+    """The database's word on a Redis reservation: sold (the order committed) or released.
+
+    The primary key is the arbiter between an order that commits late and reconciliation that
+    gives up on it: whichever inserts the token first wins, the other fails.
+    """
+
+    class State(models.TextChoices):
+        SOLD = "SOLD", "Sold"
+        RELEASED = "RELEASED", "Released"
+
+    token = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    state = models.CharField(max_length=8, choices=State.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.token} {self.state}"

@@ -1,0 +1,301 @@
+"""Stock: live counts in Redis, the ledger in PostgreSQL, and reconciliation between them.
+
+What is the record, what is derived, when they meet:
+- The database ledger (`StockMovement`) is the record: on-hand stock is the sum of its rows.
+- Redis holds the available count, derived: on-hand minus the units of reservations whose
+  order has not committed yet. Orders reserve there first (one Lua script, all or nothing).
+- `StockReservation` settles each reservation for good: SOLD (inserted by the order's own
+  transaction) or RELEASED (inserted by reconciliation when it gives up on an order).
+- `inventory_reconcile` compares the two, gives back abandoned reservations and repairs drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+
+from inventory import stock
+from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable, ReservationLost, StockNotLoaded
+from inventory.models import Product, StockMovement, StockReservation
+
+logger = logging.getLogger(__name__)
+
+# Any constant unique to this lock; pg_try_advisory_lock keeps reconcilers from overlapping.
+_RECONCILE_LOCK_ID = 7_420_001
+
+
+def products_for_order(*, product_ids: list[int]) -> dict[int, Product]:
+    """The products of an order, all of which must exist and be on sale."""
+    products = {p.id: p for p in Product.objects.filter(id__in=product_ids).only("id", "name", "price", "active")}
+    missing = sorted(set(product_ids) - products.keys())
+    if missing:
+        raise ProductNotFound(details={"productIds": missing})
+    inactive = sorted(pid for pid, p in products.items() if not p.active)
+    if inactive:
+        raise ProductUnavailable(details={"productIds": inactive})
+    return products
+
+
+def stock_reserve(*, quantities: dict[int, int]) -> uuid.UUID:
+    """Take units of every product in Redis at once, or none. Returns the reservation token.
+
+    Safe because one Lua script checks and decrements all items atomically. A crash after it
+    leaves the reservation tracked with its time; reconciliation gives it back later unless the
+    order committed. Raises OutOfStock (naming the item) or StockNotLoaded.
+    """
+    token = uuid.uuid4()
+    result = stock.reserve(token=token, quantities=quantities)
+    if result.ok:
+        return token
+    if not result.loaded:
+        _rebuild_if_lost()
+        raise StockNotLoaded()
+    raise OutOfStock(
+        details={
+            "productId": result.failed_product_id,
+            "requested": quantities[result.failed_product_id],
+            "available": max(result.available or 0, 0),
+        }
+    )
+
+
+def stock_release(*, token: uuid.UUID) -> bool:
+    """Give a reservation back (idempotent: the Lua script releases a token at most once)."""
+    return stock.release(token=token)
+
+
+def stock_record_sale(*, token: uuid.UUID, quantities: dict[int, int], reference: str) -> None:
+    """Write the sale into the ledger, inside the caller's transaction (the order's)."""
+    _record_reserved_units(token=token, quantities=quantities, kind=StockMovement.Kind.SALE, reference=reference)
+
+
+def _record_reserved_units(
+    *, token: uuid.UUID, quantities: dict[int, int], kind: str, reference: str, reason: str = ""
+) -> None:
+    """Turn a Redis reservation into ledger rows, inside the caller's transaction.
+
+    The SOLD row's primary key makes this and a reconciliation release mutually exclusive (an
+    IntegrityError here aborts the caller's transaction). The EXISTS check makes sure Redis
+    still holds the units: if it lost its data, this transaction must not commit units Redis
+    no longer accounts for.
+    """
+    try:
+        StockReservation.objects.create(token=token, state=StockReservation.State.SOLD)
+    except IntegrityError as exc:
+        raise ReservationLost() from exc
+    StockMovement.objects.bulk_create(
+        StockMovement(product_id=pid, quantity=-qty, kind=kind, reference=reference, reason=reason)
+        for pid, qty in quantities.items()
+    )
+    if not stock.reservation_exists(token=token):
+        raise ReservationLost()
+
+
+def stock_return(*, quantities: dict[int, int], reference: str) -> None:
+    """Put sold units back (an order was cancelled): ledger now, Redis once the caller commits.
+
+    A crash between the commit and the Redis increment leaves Redis short (never over):
+    reconciliation adds the missing units back.
+    """
+    StockMovement.objects.bulk_create(
+        StockMovement(product_id=pid, quantity=qty, kind=StockMovement.Kind.RETURN, reference=reference)
+        for pid, qty in quantities.items()
+    )
+
+    def add_back() -> None:
+        for pid, qty in quantities.items():
+            stock.add_available(product_id=pid, quantity=qty)
+
+    transaction.on_commit(add_back)
+
+
+def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
+    """Add (or with a negative quantity, remove) units: ledger and Redis in one step.
+
+    Removing only succeeds if Redis has that many units available, so an adjustment can never
+    take units that orders already hold. Redis first for removals, database first for additions:
+    a crash in between leaves Redis short, which reconciliation repairs.
+    """
+    if quantity == 0:
+        return
+    if quantity < 0:
+        token = stock_reserve(quantities={product.id: -quantity})
+        try:
+            with transaction.atomic():
+                _record_reserved_units(
+                    token=token, quantities={product.id: -quantity}, kind=kind, reference="admin", reason=reason
+                )
+        except Exception:
+            stock_release(token=token)
+            raise
+        return
+    with transaction.atomic():
+        StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reason=reason)
+        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity))
+
+
+def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bool = True) -> Product:
+    with transaction.atomic():
+        product = Product.objects.create(name=name, price=price, active=active)
+        if stock_quantity:
+            StockMovement.objects.create(
+                product=product, quantity=stock_quantity, kind=StockMovement.Kind.RESTOCK, reason="initial stock"
+            )
+        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=stock_quantity))
+    return product
+
+
+# --- Reconciliation ---------------------------------------------------------------------
+
+
+@dataclass
+class ProductDrift:
+    product_id: int
+    on_hand: int
+    in_flight: int
+    expected: int
+    redis: int | None
+
+    @property
+    def drift(self) -> int:
+        return self.expected - (self.redis or 0)
+
+
+@dataclass
+class ReconcileReport:
+    rebuilt: bool = False
+    released_tokens: list[str] = field(default_factory=list)
+    forgotten_tokens: int = 0
+    products: list[ProductDrift] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def drifted(self) -> list[ProductDrift]:
+        return [p for p in self.products if p.drift != 0 or p.redis is None]
+
+
+def on_hand_by_product() -> dict[int, int]:
+    totals = dict(
+        Product.objects.values_list("id").annotate(total=Sum("movements__quantity")).values_list("id", "total")
+    )
+    return {pid: totals[pid] or 0 for pid in sorted(totals)}
+
+
+def _settle_abandoned(*, grace_seconds: float) -> list[str]:
+    """Release reservations older than the grace period whose order never committed.
+
+    Inserting the RELEASED row first means a late order transaction can no longer commit (its
+    SOLD insert conflicts); a crash after the insert just repeats the idempotent release.
+    """
+    cutoff_ms = int((time.time() - grace_seconds) * 1000)
+    tokens = stock.tokens_reserved_before(cutoff_ms=cutoff_ms)
+    if not tokens:
+        return []
+    released = []
+    for token in tokens:
+        with transaction.atomic():
+            StockReservation.objects.bulk_create(
+                [StockReservation(token=token, state=StockReservation.State.RELEASED)], ignore_conflicts=True
+            )
+            state = StockReservation.objects.filter(token=token).values_list("state", flat=True).get()
+        if state == StockReservation.State.RELEASED and stock.release(token=token):
+            released.append(token)
+    if released:
+        logger.warning("released %d abandoned stock reservations", len(released))
+    return released
+
+
+def _wait_for_older_transactions(*, started_before: float, timeout: float = 60.0) -> None:
+    """After Redis lost its data, sales reserved before the loss may still be committing:
+    wait until every transaction that began before then has ended (they are time-bounded by
+    statement and idle-in-transaction timeouts)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start < to_timestamp(%s)",
+                [started_before],
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
+    raise StockNotLoaded("Transactions older than the Redis data loss are still running.")
+
+
+def inventory_reconcile(*, repair: bool = True, grace_seconds: float | None = None) -> ReconcileReport:
+    """Compare Redis with the ledger, give back abandoned reservations, repair drift.
+
+    Exact under live traffic: the database snapshot (REPEATABLE READ) is taken before the Redis
+    snapshot, a reservation tracked in Redis counts as in flight unless that same database
+    snapshot shows it SOLD, and the repair shifts counts by the drift rather than setting them.
+    With `repair=False` it only reports. Only one reconciler runs at a time (advisory lock).
+    """
+    grace = settings.STOCK_RESERVATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    report = ReconcileReport()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RECONCILE_LOCK_ID])
+        if not cursor.fetchone()[0]:
+            logger.info("another reconciliation is running; skipped")
+            return report
+    try:
+        if not stock.is_loaded():
+            report.rebuilt = True
+            _wait_for_older_transactions(started_before=time.time())
+        elif repair:
+            report.released_tokens = _settle_abandoned(grace_seconds=grace)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            on_hand = on_hand_by_product()
+            snap = stock.snapshot(product_ids=list(on_hand))
+            sold = set(
+                str(t)
+                for t in StockReservation.objects.filter(
+                    token__in=list(snap.reservations), state=StockReservation.State.SOLD
+                ).values_list("token", flat=True)
+            )
+        in_flight: dict[int, int] = {}
+        for token, items in snap.reservations.items():
+            if token not in sold:
+                for pid, qty in items.items():
+                    in_flight[pid] = in_flight.get(pid, 0) + qty
+        for pid, units in on_hand.items():
+            held = in_flight.get(pid, 0)
+            report.products.append(
+                ProductDrift(
+                    product_id=pid, on_hand=units, in_flight=held, expected=units - held, redis=snap.available[pid]
+                )
+            )
+        report.forgotten_tokens = len(sold)
+        if repair:
+            stock.repair(drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold))
+            report.repaired = True
+        for product in [] if report.rebuilt else report.drifted:
+            logger.warning(
+                "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s)%s",
+                product.product_id,
+                product.redis,
+                product.expected,
+                product.on_hand,
+                product.in_flight,
+                " - repaired" if repair else "",
+            )
+        return report
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RECONCILE_LOCK_ID])
+
+
+def _rebuild_if_lost() -> None:
+    """Redis came back empty: the first order to notice rebuilds stock from the database."""
+    try:
+        inventory_reconcile()
+    except Exception:
+        logger.exception("rebuilding stock in Redis failed")

@@ -1,0 +1,116 @@
+"""The live available count in Redis: reservations by Lua script, and what reconciliation reads.
+
+Keys (single Redis instance; the scripts build stock keys from a prefix):
+    inv:stock:{product_id}   available units
+    inv:resv:{token}         hash product_id -> quantity of one reservation
+    inv:reservations         zset token -> reserved-at (ms): every reservation not yet forgotten
+    inv:ready                set once stock is loaded from the database; absent after data loss
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from django_redis import get_redis_connection
+from redis.commands.core import Script
+
+STOCK_PREFIX = "inv:stock:"
+RESERVATION_PREFIX = "inv:resv:"
+RESERVATIONS_KEY = "inv:reservations"
+READY_KEY = "inv:ready"
+_LUA_DIR = Path(__file__).parent / "lua"
+
+
+@dataclass(frozen=True)
+class ReserveResult:
+    ok: bool
+    loaded: bool = True
+    failed_product_id: int | None = None
+    available: int | None = None
+
+
+def redis_client():
+    return get_redis_connection("default")
+
+
+@cache
+def _script(name: str) -> Script:
+    """Register once per process; redis-py then calls it by SHA (EVALSHA), loading on NOSCRIPT."""
+    return redis_client().register_script((_LUA_DIR / f"{name}.lua").read_text())
+
+
+def reservation_key(token: uuid.UUID | str) -> str:
+    return f"{RESERVATION_PREFIX}{token}"
+
+
+def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
+    args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000)]
+    for product_id, quantity in sorted(quantities.items()):
+        args += [product_id, quantity]
+    result = _script("reserve")(keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token)], args=args)
+    if result[0] == 1:
+        return ReserveResult(ok=True)
+    if result[0] == -1:
+        return ReserveResult(ok=False, loaded=False)
+    return ReserveResult(ok=False, failed_product_id=int(result[1]), available=int(result[2]))
+
+
+def release(*, token: uuid.UUID | str) -> bool:
+    return bool(_script("release")(keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token)]))
+
+
+def reservation_exists(*, token: uuid.UUID) -> bool:
+    return bool(redis_client().exists(reservation_key(token)))
+
+
+def add_available(*, product_id: int, quantity: int) -> None:
+    redis_client().incrby(f"{STOCK_PREFIX}{product_id}", quantity)
+
+
+def available(*, product_ids: list[int]) -> dict[int, int | None]:
+    if not product_ids:
+        return {}
+    values = redis_client().mget([f"{STOCK_PREFIX}{pid}" for pid in product_ids])
+    return {pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, values, strict=True)}
+
+
+def is_loaded() -> bool:
+    return bool(redis_client().exists(READY_KEY))
+
+
+def mark_not_loaded() -> None:
+    redis_client().delete(READY_KEY)
+
+
+def tokens_reserved_before(*, cutoff_ms: int) -> list[str]:
+    return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms)]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    available: dict[int, int | None]
+    reservations: dict[str, dict[int, int]]
+
+
+def snapshot(*, product_ids: list[int]) -> Snapshot:
+    stock, flat = _script("snapshot")(keys=[RESERVATIONS_KEY], args=[STOCK_PREFIX, RESERVATION_PREFIX, *product_ids])
+    reservations: dict[str, dict[int, int]] = {}
+    for i in range(0, len(flat), 2):
+        items = flat[i + 1]
+        reservations[flat[i].decode()] = {int(items[j]): int(items[j + 1]) for j in range(0, len(items), 2)}
+    return Snapshot(
+        available={pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, stock, strict=True)},
+        reservations=reservations,
+    )
+
+
+def repair(*, drifts: dict[int, int], forget_tokens: list[str]) -> None:
+    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts)]
+    for product_id, drift in drifts.items():
+        args += [product_id, drift]
+    args += forget_tokens
+    _script("repair")(keys=[RESERVATIONS_KEY, READY_KEY], args=args)

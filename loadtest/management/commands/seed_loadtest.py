@@ -1,0 +1,29 @@
+from django.core.management.base import BaseCommand
+
+from loadtest.seeding import DEFAULT_BALANCE, DEFAULT_STOCK, SeedShape, database_is_empty, seed
+
+
+class Command(BaseCommand):
+    help = "Reset PostgreSQL and Redis to the load-test data (the seed report's shape by default)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--users", type=int, default=500, help="customers 1..N (default 500)")
+        parser.add_argument("--products", type=int, default=5, help="products 1..N (default 5)")
+        parser.add_argument("--stock", type=int, default=DEFAULT_STOCK, help="units per product")
+        parser.add_argument("--balance", type=int, default=DEFAULT_BALANCE, help="balance per user, minor units")
+        parser.add_argument("--price", type=int, default=1, help="price of every product, minor units")
+        parser.add_argument("--if-empty", action="store_true", help="only seed when there are no products yet")
+
+    def handle(self, *args, **options):
+        if options["if_empty"] and not database_is_empty():
+            self.stdout.write("database already has data; not reseeding (drop --if-empty to reset)")
+            return
+        shape = SeedShape(
+            users=options["users"],
+            products=options["products"],
+            stock=options["stock"],
+            balance=options["balance"],
+            price=options["price"],
+        )
+        seed(shape, progress=lambda message: self.stdout.write(f"  {message}"))
+        self.stdout.write(self.style.SUCCESS("seeded"))

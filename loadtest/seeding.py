@@ -1,0 +1,108 @@
+"""Reset PostgreSQL and Redis to a known load-test state (the seed report's data by default)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from accounts.models import Account, ApiToken, BalanceEntry, User
+from config import metrics
+from coupons.models import Coupon
+from inventory import stock
+from inventory.models import Product, StockMovement
+from inventory.services import inventory_reconcile
+
+TOKENS_PATH = Path(settings.BASE_DIR) / "loadtest" / "tokens.json"
+
+# Four minutes at 1,000 orders/s, 2 items of 3 units on average, spread over 5 products,
+# with room to spare: a load run never sells out unless asked to.
+DEFAULT_STOCK = 1_000_000
+DEFAULT_BALANCE = 1_000_000
+
+_RESET_TABLES = [
+    "orders_idempotencyrecord",
+    "orders_orderitem",
+    "orders_order",
+    "payments_refund",
+    "payments_payment",
+    "coupons_couponredemption",
+    "coupons_coupon",
+    "inventory_stockreservation",
+    "inventory_stockmovement",
+    "inventory_product",
+    "accounts_balanceentry",
+    "accounts_apitoken",
+]
+
+
+@dataclass(frozen=True)
+class SeedShape:
+    users: int = 500
+    products: int = 5
+    stock: int = DEFAULT_STOCK
+    balance: int = DEFAULT_BALANCE
+    price: int = 1
+
+
+def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:
+    """Replace customers, products, orders and stock with `shape`; staff users are kept.
+
+    Returns (and writes to loadtest/tokens.json) each customer's bearer token.
+    """
+    with transaction.atomic():
+        progress("clearing orders, payments, coupons, stock and customers")
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(_RESET_TABLES)} RESTART IDENTITY CASCADE")
+        Account.objects.all().delete()
+        User.objects.filter(is_staff=False).delete()
+
+        progress(f"creating {shape.users} users with a balance of {shape.balance}")
+        users = User.objects.bulk_create(
+            User(id=i, username=f"user{i}", password="!") for i in range(1, shape.users + 1)
+        )
+        Account.objects.bulk_create(Account(user=u, balance=shape.balance) for u in users)
+        BalanceEntry.objects.bulk_create(
+            BalanceEntry(account_id=u.id, amount=shape.balance, kind=BalanceEntry.Kind.TOP_UP,
+                         reference="seed", balance_after=shape.balance)
+            for u in users
+        )  # fmt: skip
+        tokens = {str(u.id): secrets.token_urlsafe(32) for u in users}
+        ApiToken.objects.bulk_create(ApiToken(key=key, user_id=int(uid)) for uid, key in tokens.items())
+
+        progress(f"creating {shape.products} products at price {shape.price} with {shape.stock} units each")
+        Product.objects.bulk_create(
+            Product(id=i, name=f"Product {i}", price=shape.price) for i in range(1, shape.products + 1)
+        )
+        StockMovement.objects.bulk_create(
+            StockMovement(product_id=i, quantity=shape.stock, kind=StockMovement.Kind.RESTOCK, reason="seed")
+            for i in range(1, shape.products + 1)
+        )
+        Coupon.objects.create(code="WELCOME10", kind=Coupon.Kind.PERCENT, value=10, max_discount=500)
+        with connection.cursor() as cursor:
+            for table in ("accounts_user", "inventory_product"):
+                cursor.execute(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"GREATEST((SELECT MAX(id) FROM {table} WHERE id < 1000000), 1))"
+                )
+
+    progress("loading stock into Redis")
+    redis = stock.redis_client()
+    keys = list(redis.scan_iter("inv:*", count=1000))
+    for i in range(0, len(keys), 1000):
+        redis.delete(*keys[i : i + 1000])
+    metrics.reset()
+    inventory_reconcile()
+
+    TOKENS_PATH.write_text(json.dumps(tokens))
+    progress(f"wrote {len(tokens)} tokens to {TOKENS_PATH}")
+    return tokens
+
+
+def database_is_empty() -> bool:
+    return not Product.objects.exists()

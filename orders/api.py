@@ -1,0 +1,69 @@
+import hashlib
+
+import orjson
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from orders.errors import NotYourOrder
+from orders.selectors import order_get, order_list
+from orders.serializers import OrderInputSerializer, OrderOutputSerializer
+from orders.services import OrderLine, order_cancel, order_place
+
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Same key from the same user: the first answer is replayed, nothing is ordered twice.",
+)  # fmt: skip
+
+
+def _fingerprint(data: dict) -> str:
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class OrderListCreateApi(APIView):
+    @extend_schema(
+        request=OrderInputSerializer,
+        responses={201: OrderOutputSerializer},
+        parameters=[IDEMPOTENCY_HEADER],
+        summary="Place an order: reserve stock, apply the coupon, pay from the balance",
+    )
+    def post(self, request):
+        serializer = OrderInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        if data["userId"] != request.user.id:
+            raise NotYourOrder()
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 255:
+            raise ValidationError({"Idempotency-Key": ["At most 255 characters."]})
+        placed = order_place(
+            user_id=request.user.id,
+            lines=[OrderLine(i["productId"], i["quantity"], i["price"]) for i in data["orderItems"]],
+            coupon_code=data.get("couponCode"),
+            idempotency_key=key,
+            fingerprint=_fingerprint(data) if key else "",
+        )
+        headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
+        return Response(OrderOutputSerializer(placed.order).data, status=placed.status_code, headers=headers)
+
+    @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
+    def get(self, request):
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
+        return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+
+
+class OrderDetailApi(APIView):
+    @extend_schema(responses={200: OrderOutputSerializer}, summary="One of the caller's orders")
+    def get(self, request, order_id: int):
+        return Response(OrderOutputSerializer(order_get(order_id=order_id, user_id=request.user.id)).data)
+
+
+class OrderCancelApi(APIView):
+    @extend_schema(
+        request=None, responses={200: OrderOutputSerializer}, summary="Cancel: refund, release stock and coupon"
+    )
+    def post(self, request, order_id: int):
+        return Response(OrderOutputSerializer(order_cancel(order_id=order_id, user_id=request.user.id)).data)

@@ -1,0 +1,43 @@
+from enum import StrEnum
+
+from rest_framework import status
+
+from config.errors import DomainError, ErrorCode
+
+
+class OrderErrorCode(StrEnum):
+    PRICE_CHANGED = "PRICE_CHANGED"
+    INVALID_STATUS = "INVALID_STATUS"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    NOT_FOUND = ErrorCode.NOT_FOUND
+    FORBIDDEN = ErrorCode.FORBIDDEN
+
+
+class PriceChanged(DomainError):
+    code = OrderErrorCode.PRICE_CHANGED
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "The price of an item changed; review the current prices and order again."
+
+
+class OrderNotFound(DomainError):
+    code = OrderErrorCode.NOT_FOUND
+    status_code = status.HTTP_404_NOT_FOUND
+    default_message = "No such order."
+
+
+class InvalidStatusTransition(DomainError):
+    code = OrderErrorCode.INVALID_STATUS
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "The order cannot make that move from its current status."
+
+
+class IdempotencyKeyReused(DomainError):
+    code = OrderErrorCode.IDEMPOTENCY_KEY_REUSED
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_message = "This Idempotency-Key was already used with a different request body."
+
+
+class NotYourOrder(DomainError):
+    code = OrderErrorCode.FORBIDDEN
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = "userId must be the authenticated caller."

@@ -1,0 +1,67 @@
+from django.conf import settings
+from django.db import models
+
+
+class OrderStatus(models.TextChoices):
+    PENDING_PAYMENT = "PENDING_PAYMENT", "Pending payment"
+    PAID = "PAID", "Paid"
+    PAYMENT_FAILED = "PAYMENT_FAILED", "Payment failed"
+    CANCELLED = "CANCELLED", "Cancelled"
+
+
+# The status machine: the only moves an order may make.
+ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
+    OrderStatus.PENDING_PAYMENT: frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.CANCELLED}),
+    OrderStatus.PAID: frozenset({OrderStatus.CANCELLED}),
+    OrderStatus.PAYMENT_FAILED: frozenset({OrderStatus.CANCELLED}),
+    OrderStatus.CANCELLED: frozenset(),
+}
+
+
+class Order(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT)
+    total_amount = models.BigIntegerField()
+    discount_amount = models.BigIntegerField(default=0)
+    paid_amount = models.BigIntegerField(default=0)
+    coupon_code = models.CharField(max_length=64, blank=True)
+    reservation_token = models.UUIDField(unique=True, help_text="The stock reservation this order holds.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-id"])]
+
+    def __str__(self) -> str:
+        return f"order {self.pk} ({self.status})"
+
+
+class OrderItem(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="items")
+    product = models.ForeignKey("inventory.Product", on_delete=models.PROTECT, related_name="+")
+    quantity = models.PositiveIntegerField()
+    unit_price = models.BigIntegerField(help_text="The price at order time, in minor units.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["order", "product"], name="order_item_product_once")]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x product {self.product_id}"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to an Idempotency-Key, replayed to every retry with the same key."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    order_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.status_code}"

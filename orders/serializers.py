@@ -1,0 +1,35 @@
+from django.conf import settings
+from rest_framework import serializers
+
+from config.fields import StrictCharField, StrictIntegerField
+
+MAX_ID = 2**63 - 1
+
+
+class OrderItemInputSerializer(serializers.Serializer):
+    productId = StrictIntegerField(min_value=1, max_value=MAX_ID)
+    quantity = StrictIntegerField(min_value=1, max_value=settings.MAX_ITEM_QUANTITY)
+    price = StrictIntegerField(min_value=0, max_value=MAX_ID, help_text="The unit price the client saw, minor units.")
+
+
+class OrderInputSerializer(serializers.Serializer):
+    userId = StrictIntegerField(min_value=1, max_value=MAX_ID, help_text="Must be the authenticated caller.")
+    orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=settings.MAX_ORDER_ITEMS)
+    couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
+
+
+class OrderItemOutputSerializer(serializers.Serializer):
+    productId = serializers.IntegerField(source="product_id")
+    quantity = serializers.IntegerField()
+    unitPrice = serializers.IntegerField(source="unit_price")
+
+
+class OrderOutputSerializer(serializers.Serializer):
+    orderId = serializers.IntegerField(source="id")
+    status = serializers.CharField()
+    totalAmount = serializers.IntegerField(source="total_amount")
+    discountAmount = serializers.IntegerField(source="discount_amount")
+    paidAmount = serializers.IntegerField(source="paid_amount")
+    couponCode = serializers.CharField(source="coupon_code", allow_blank=True)
+    items = OrderItemOutputSerializer(many=True, source="items_cache")
+    createdAt = serializers.DateTimeField(source="created_at")

@@ -1,0 +1,33 @@
+"""Payments from the balance, and refunds: accounts' optimistic lock does the money moving."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from accounts.services import account_refund, account_withdraw
+from payments.models import Payment, Refund
+
+
+def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> Payment:
+    """Charge `amount` for `order_id` from the user's balance, in the caller's transaction.
+
+    The unique `order_id` makes a second charge for the same order fail, and the balance change
+    and the payment row commit together. Raises InsufficientBalance or BalanceConflict.
+    """
+    with transaction.atomic(savepoint=False):
+        payment = Payment.objects.create(order_id=order_id, user_id=user_id, amount=amount)
+        if amount:
+            account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
+        return payment
+
+
+def payment_refund(*, order_id: int) -> Refund | None:
+    """Give an order's payment back to the balance. Idempotent: a refunded payment is skipped."""
+    with transaction.atomic(savepoint=False):
+        payment = Payment.objects.select_for_update().filter(order_id=order_id).first()
+        if payment is None or payment.status == Payment.Status.REFUNDED:
+            return None
+        Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.REFUNDED)
+        if payment.amount:
+            account_refund(user_id=payment.user_id, amount=payment.amount, reference=f"order:{order_id}")
+        return Refund.objects.create(payment=payment, amount=payment.amount)
