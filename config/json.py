@@ -16,7 +16,7 @@ class OrjsonRenderer(BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
         if data is None:
             return b""
-        return orjson.dumps(data)
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
 
 
 class OrjsonParser(BaseParser):

@@ -19,13 +19,10 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 TESTING = env.bool("SHOP_TESTING", default=False)
 
 SECRET_KEY = env.str("SECRET_KEY", default="")
-if not SECRET_KEY:
+# Without SECRET_KEY a development key is used, and `make run` says so at start.
+SECRET_KEY_IS_DEVELOPMENT = not SECRET_KEY
+if SECRET_KEY_IS_DEVELOPMENT:
     SECRET_KEY = "dev-only-insecure-secret-key-set-SECRET_KEY-in-production"
-    if "runserver" in sys.argv or "gunicorn" in sys.argv[0]:
-        logging.getLogger("config").warning("SECRET_KEY is not set: using the development key")
-    SECRET_KEY_IS_DEVELOPMENT = True
-else:
-    SECRET_KEY_IS_DEVELOPMENT = False
 
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])

@@ -1,0 +1,58 @@
+from django.contrib import admin
+from django.db.models import Sum
+from django.urls import reverse
+from django.utils.html import format_html
+
+from config.admin_tools import ReadOnlyAdmin, adjust_url, adjust_view
+from inventory import stock
+from inventory.models import Product, StockMovement
+from inventory.services import stock_adjust
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "price", "active", "database_stock", "live_stock", "adjust_link"]
+    list_filter = ["active"]
+    search_fields = ["name"]
+    readonly_fields = ["database_stock", "live_stock", "adjust_link"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(on_hand=Sum("movements__quantity"))
+
+    @admin.display(description="Stock (database)")
+    def database_stock(self, obj):
+        return getattr(obj, "on_hand", None) or 0
+
+    @admin.display(description="Available (Redis, live)")
+    def live_stock(self, obj):
+        live = stock.available(product_ids=[obj.id])[obj.id]  # one GET a row; admin pages are short
+        return "not loaded" if live is None else live
+
+    @admin.display(description="Stock")
+    def adjust_link(self, obj):
+        if obj.pk is None:
+            return "-"
+        return format_html(
+            '<a href="{}">Restock / adjust</a>', reverse("admin:inventory_product_adjust", args=[obj.pk])
+        )
+
+    def get_urls(self):
+        view = adjust_view(
+            self,
+            title="Restock or adjust stock",
+            help_text="Writes the stock ledger and the live Redis count in one step. Units held by "
+            "orders in flight can not be taken away.",
+            apply=lambda product, amount, reason: (
+                stock_adjust(product=product, quantity=amount, reason=reason)
+                or f"Stock of {product} changed by {amount:+d}."
+            ),
+        )
+        return [adjust_url(self, "adjust", view), *super().get_urls()]
+
+
+@admin.register(StockMovement)
+class StockMovementAdmin(ReadOnlyAdmin):
+    list_display = ["id", "product", "kind", "quantity", "reference", "reason", "created_at"]
+    list_filter = ["kind"]
+    search_fields = ["reference", "reason"]
+    list_select_related = ["product"]

@@ -1,0 +1,73 @@
+"""Balance changes: optimistic lock with bounded retry, and the ledger that proves them."""
+
+from collections import Counter
+
+import pytest
+
+from accounts.errors import BalanceConflict, InsufficientBalance
+from accounts.models import Account
+from accounts.selectors import ledger_balance
+from accounts.services import account_refund, account_withdraw
+from config import metrics
+from config.testing import make_user, race
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_withdraw_takes_money_bumps_the_version_and_writes_the_ledger():
+    user = make_user(balance=100)
+    entry = account_withdraw(user_id=user.id, amount=30, reference="order:1")
+
+    account = Account.objects.get(user=user)
+    assert (account.balance, account.version) == (70, 2)
+    assert (entry.amount, entry.balance_after, entry.reference) == (-30, 70, "order:1")
+    assert ledger_balance(user_id=user.id) == 70
+
+
+def test_withdrawing_more_than_the_balance_is_refused_and_changes_nothing():
+    user = make_user(balance=100)
+    with pytest.raises(InsufficientBalance) as failure:
+        account_withdraw(user_id=user.id, amount=101, reference="order:1")
+    assert failure.value.details == {"balance": 100, "required": 101}
+    assert Account.objects.get(user=user).balance == 100 == ledger_balance(user_id=user.id)
+
+
+@pytest.mark.slow
+def test_60_concurrent_withdrawals_with_retry_lose_no_update():
+    user = make_user(balance=10_000)
+    metrics.reset()
+
+    race(60, lambda i: account_withdraw(user_id=user.id, amount=7, reference=f"t{i}"))
+
+    account = Account.objects.get(user=user)
+    assert account.balance == 10_000 - 60 * 7 == ledger_balance(user_id=user.id)
+    assert account.version == 61
+    assert "balance_conflict_failures" not in metrics.read_all()
+
+
+@pytest.mark.slow
+def test_without_retry_concurrent_withdrawals_fail_instead_of_losing_updates():
+    """The old design (one attempt): what fails is refused cleanly, and what succeeds is exact."""
+    user = make_user(balance=10_000)
+    metrics.reset()
+
+    def withdraw(i):
+        try:
+            account_withdraw(user_id=user.id, amount=7, reference=f"t{i}", max_attempts=1)
+            return "ok"
+        except BalanceConflict:
+            return "conflict"
+
+    outcomes = Counter(race(60, withdraw))
+
+    account = Account.objects.get(user=user)
+    assert account.balance == 10_000 - 7 * outcomes["ok"] == ledger_balance(user_id=user.id)
+    assert outcomes["ok"] + outcomes["conflict"] == 60
+    assert metrics.read_all().get("balance_conflict_failures", 0) == outcomes["conflict"]
+
+
+def test_a_refund_puts_money_back_through_the_same_lock():
+    user = make_user(balance=50)
+    account_withdraw(user_id=user.id, amount=50, reference="order:1")
+    account_refund(user_id=user.id, amount=50, reference="order:1")
+    assert Account.objects.get(user=user).balance == 50 == ledger_balance(user_id=user.id)

@@ -1,0 +1,116 @@
+"""`make run`: everything from a fresh checkout to a served API, in one command.
+
+Starts the project's own PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set),
+migrates, seeds the load-test data when the database is empty, creates an admin user, loads
+stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a reconciliation loop.
+Ctrl-C stops gunicorn and the loop; `make stop` also stops the servers.
+
+    python -m config.serve [run|stop]
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from config import devservers
+
+BASE_DIR = devservers.BASE_DIR
+LOG_DIR = devservers.DATA_DIR / "logs"
+PID_DIR = devservers.DATA_DIR / "run"
+ADMIN_PASSWORD_FILE = devservers.DATA_DIR / "admin-password.txt"
+ADMIN_USER_ID = 1_000_000  # far above the seeded customers 1..N, which reseeding recreates
+
+
+def _say(message: str) -> None:
+    print(f"[run] {message}", flush=True)
+
+
+def _prepare() -> None:
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    django.setup()
+    _say("migrating the database")
+    call_command("migrate", interactive=False, verbosity=0)
+    _say("collecting static files (admin CSS/JS, API docs)")
+    call_command("collectstatic", interactive=False, verbosity=0)
+    call_command("seed_loadtest", if_empty=True)
+    _ensure_admin()
+    _say("reconciling stock between Redis and the database")
+    call_command("reconcile_inventory")
+    if settings.SECRET_KEY_IS_DEVELOPMENT:
+        _say("SECRET_KEY is not set: using the development key. Set SECRET_KEY for anything but local use.")
+
+
+def _ensure_admin() -> None:
+    from accounts.models import User
+
+    if not ADMIN_PASSWORD_FILE.exists():
+        ADMIN_PASSWORD_FILE.write_text(secrets.token_urlsafe(12))
+        ADMIN_PASSWORD_FILE.chmod(0o600)
+    password = ADMIN_PASSWORD_FILE.read_text().strip()
+    admin = User.objects.filter(username="admin").first()
+    if admin is None:
+        admin = User(id=ADMIN_USER_ID, username="admin", is_staff=True, is_superuser=True)
+    if not admin.check_password(password):
+        admin.set_password(password)
+    admin.save()
+    _say(f"admin: http://127.0.0.1:8080/admin/  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE})")
+
+
+def _spawn(name: str, args: list[str]) -> subprocess.Popen:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    PID_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    process = subprocess.Popen(args, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
+    (PID_DIR / f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+def run() -> int:
+    devservers.ensure_running_if_needed()
+    _prepare()
+    python = sys.executable
+    reconciler = _spawn("reconcile", [python, "manage.py", "reconcile_inventory", "--every", "60"])
+    _say(f"reconciliation every 60 s (log: {LOG_DIR / 'reconcile.log'})")
+    bind = os.environ.get("BIND", "127.0.0.1:8080")
+    _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
+    gunicorn = subprocess.Popen(
+        [str(Path(python).parent / "gunicorn"), "config.wsgi", "-c", "config/gunicorn.conf.py"], cwd=BASE_DIR
+    )
+    (PID_DIR / "gunicorn.pid").write_text(str(gunicorn.pid))
+    try:
+        return gunicorn.wait()
+    except KeyboardInterrupt:
+        gunicorn.send_signal(signal.SIGTERM)
+        return gunicorn.wait()
+    finally:
+        reconciler.terminate()
+        reconciler.wait()
+        for name in ("gunicorn", "reconcile"):
+            (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
+
+
+def stop() -> int:
+    for name in ("gunicorn", "reconcile"):
+        pid_file = PID_DIR / f"{name}.pid"
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+                _say(f"stopped {name}")
+            except ProcessLookupError:
+                pass
+            pid_file.unlink(missing_ok=True)
+    devservers.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(stop() if sys.argv[1:2] == ["stop"] else run())

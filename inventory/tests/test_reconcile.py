@@ -1,0 +1,162 @@
+"""Reconciliation: crashes between Redis and the database, drift, and Redis losing its data."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+
+from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process
+from inventory import stock
+from inventory.errors import ReservationLost
+from inventory.models import StockReservation
+from inventory.services import inventory_reconcile, on_hand_by_product, stock_record_sale, stock_reserve
+from orders.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CRASH_INSIDE_THE_ORDER_TRANSACTION = """
+    import os
+    from orders import services
+    from orders.services import OrderLine, order_place
+
+    def die_before_commit(**kwargs):
+        os._exit(9)  # the process dies with the reservation taken and the transaction open
+
+    services.payment_take = die_before_commit
+    order_place(user_id={user_id}, lines=[OrderLine({product_id}, 3, {price})])
+"""
+
+CRASH_AFTER_THE_RESERVATION = """
+    import os
+    from inventory.services import stock_reserve
+
+    stock_reserve(quantities={{{product_id}: 4}})
+    os._exit(9)
+"""
+
+
+@pytest.mark.parametrize("crash_code", [CRASH_INSIDE_THE_ORDER_TRANSACTION, CRASH_AFTER_THE_RESERVATION])
+def test_a_process_killed_between_reservation_and_commit_gets_its_stock_back_by_reconciliation(crash_code):
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=20)
+
+    crashed = run_in_django_process(crash_code.format(user_id=user.id, product_id=product.id, price=product.price))
+
+    assert crashed.returncode == 9, crashed.stderr
+    assert stock.available(product_ids=[product.id])[product.id] < 20  # the dead process still holds units
+    assert Order.objects.count() == 0
+
+    young = inventory_reconcile(grace_seconds=60)  # too young to be called abandoned: held, not drift
+    assert young.released_tokens == [] and young.drifted == []
+    assert stock.available(product_ids=[product.id])[product.id] < 20
+
+    report = inventory_reconcile(grace_seconds=0)
+
+    assert len(report.released_tokens) == 1
+    assert stock.available(product_ids=[product.id]) == {product.id: 20}
+    assert on_hand_by_product() == {product.id: 20}
+    assert inventory_reconcile(grace_seconds=0).released_tokens == []  # exactly once
+
+
+def test_a_late_commit_after_reconciliation_released_its_reservation_is_refused():
+    product = make_product(price=10, stock_quantity=5)
+    token = stock_reserve(quantities={product.id: 2})
+    inventory_reconcile(grace_seconds=0)
+    assert stock.available(product_ids=[product.id]) == {product.id: 5}
+
+    with pytest.raises(ReservationLost), transaction.atomic():
+        stock_record_sale(token=token, quantities={product.id: 2}, reference="late")
+
+    assert on_hand_by_product() == {product.id: 5}
+    assert StockReservation.objects.get(token=token).state == StockReservation.State.RELEASED
+
+
+def test_reconciliation_keeps_sold_reservations_and_forgets_them_once_the_database_shows_the_sale():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=10)
+    client_for(user).post("/api/v1/orders", order_body(user, (product, 3)), format="json")
+    assert stock.redis_client().zcard(stock.RESERVATIONS_KEY) == 1
+
+    report = inventory_reconcile(grace_seconds=0)
+
+    assert report.released_tokens == [] and report.forgotten_tokens == 1 and report.drifted == []
+    assert stock.redis_client().zcard(stock.RESERVATIONS_KEY) == 0
+    assert stock.available(product_ids=[product.id]) == {product.id: 7}
+
+
+def test_drift_is_reported_by_check_and_repaired_by_reconcile():
+    product = make_product(price=10, stock_quantity=10)
+    stock.add_available(product_id=product.id, quantity=5)  # someone edited Redis by hand
+
+    check = inventory_reconcile(repair=False)
+    assert [(p.product_id, p.redis, p.expected, p.drift) for p in check.drifted] == [(product.id, 15, 10, -5)]
+    assert stock.available(product_ids=[product.id]) == {product.id: 15}
+
+    inventory_reconcile()
+    assert stock.available(product_ids=[product.id]) == {product.id: 10}
+
+
+def test_after_redis_comes_back_empty_the_next_order_rebuilds_stock_from_the_database():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=10)
+    client = client_for(user)
+    client.post("/api/v1/orders", order_body(user, (product, 4)), format="json")
+
+    stock.redis_client().flushdb()  # Redis restarted without its data
+    refused = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+    accepted = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert accepted.status_code == 201
+    assert stock.available(product_ids=[product.id]) == {product.id: 5}
+    assert inventory_reconcile().drifted == []
+
+
+def test_a_sale_whose_reservation_redis_lost_cannot_commit():
+    product = make_product(price=10, stock_quantity=10)
+    token = stock_reserve(quantities={product.id: 2})
+    stock.redis_client().delete(stock.reservation_key(token))
+
+    with pytest.raises(ReservationLost), transaction.atomic():
+        stock_record_sale(token=token, quantities={product.id: 2}, reference="lost")
+
+    assert on_hand_by_product() == {product.id: 10}
+
+
+@pytest.mark.slow
+def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift():
+    products = [make_product(price=1, stock_quantity=10_000) for _ in range(2)]
+    users = [make_user(balance=100_000) for _ in range(8)]
+    clients = [client_for(u) for u in users]
+    stop = threading.Event()
+    reports = []
+
+    def reconcile_repeatedly():
+        try:
+            while not stop.is_set():
+                reports.append(inventory_reconcile(grace_seconds=30))
+        finally:
+            connection.close()
+
+    reconciler = threading.Thread(target=reconcile_repeatedly)
+    reconciler.start()
+    try:
+
+        def place_many(i):
+            for n in range(15):
+                items = [(products[(i + n) % 2], 1 + n % 3), (products[(i + n + 1) % 2], 1)]
+                clients[i].post("/api/v1/orders", order_body(users[i], *items), format="json")
+
+        race(8, place_many)
+    finally:
+        stop.set()
+        reconciler.join()
+
+    assert len(reports) >= 2
+    assert [p for r in reports for p in r.drifted] == []
+    final = inventory_reconcile(grace_seconds=0)
+    assert final.drifted == []
+    counts = stock.available(product_ids=[p.id for p in products])
+    assert counts == {pid: units for pid, units in on_hand_by_product().items()}

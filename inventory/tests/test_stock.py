@@ -1,0 +1,55 @@
+"""The Lua reservation: all items or none, released at most once."""
+
+import pytest
+
+from config.testing import make_product
+from inventory import stock
+from inventory.errors import OutOfStock, StockNotLoaded
+from inventory.services import on_hand_by_product, stock_adjust, stock_release, stock_reserve
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_reservation_takes_every_item_or_none_and_names_the_one_that_failed():
+    a, b = make_product(stock_quantity=5), make_product(stock_quantity=2)
+
+    with pytest.raises(OutOfStock) as failure:
+        stock_reserve(quantities={a.id: 3, b.id: 3})
+
+    assert failure.value.details == {"productId": b.id, "requested": 3, "available": 2}
+    assert stock.available(product_ids=[a.id, b.id]) == {a.id: 5, b.id: 2}
+    stock_reserve(quantities={a.id: 3, b.id: 2})
+    assert stock.available(product_ids=[a.id, b.id]) == {a.id: 2, b.id: 0}
+
+
+def test_releasing_twice_gives_the_units_back_once():
+    a = make_product(stock_quantity=5)
+    token = stock_reserve(quantities={a.id: 4})
+
+    assert stock_release(token=token) is True
+    assert stock_release(token=token) is False
+    assert stock.available(product_ids=[a.id]) == {a.id: 5}
+
+
+def test_reserving_before_stock_is_loaded_is_refused():
+    a = make_product(stock_quantity=5)
+    stock.mark_not_loaded()
+    stock.redis_client().delete(f"{stock.STOCK_PREFIX}{a.id}")
+
+    with pytest.raises(StockNotLoaded):
+        stock_reserve(quantities={a.id: 1})
+    # the refusal triggered the rebuild: the next reservation works
+    stock_reserve(quantities={a.id: 1})
+    assert stock.available(product_ids=[a.id]) == {a.id: 4}
+
+
+def test_admin_adjustments_write_the_ledger_and_redis_and_never_take_held_units():
+    a = make_product(stock_quantity=5)
+    stock_reserve(quantities={a.id: 4})
+
+    stock_adjust(product=a, quantity=10, reason="delivery")
+    assert (stock.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (11, 15)
+    stock_adjust(product=a, quantity=-11, reason="damaged")
+    assert (stock.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (0, 4)
+    with pytest.raises(OutOfStock):
+        stock_adjust(product=a, quantity=-1, reason="more than is free")
