@@ -3,8 +3,6 @@
 Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/devservers.py).
 """
 
-import logging
-import sys
 from pathlib import Path
 
 import environ
