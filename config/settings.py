@@ -125,7 +125,14 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
-RECONCILE_ON_STARTUP = env.bool("RECONCILE_ON_STARTUP", default=True)
+# "new": Redis reservation + balance retry. "old": the report's design, kept for comparison:
+# a Redis lock per product around a database decrement, and no balance retry.
+ORDER_STRATEGY = env.str("ORDER_STRATEGY", default="new")
+if ORDER_STRATEGY not in ("new", "old"):
+    raise ValueError(f"ORDER_STRATEGY must be 'new' or 'old', not {ORDER_STRATEGY!r}")
+LEGACY_LOCK_RETRY_MS = env.int("LEGACY_LOCK_RETRY_MS", default=100)
+LEGACY_LOCK_WAIT_MS = env.int("LEGACY_LOCK_WAIT_MS", default=3_000)
+LEGACY_LOCK_TTL_MS = env.int("LEGACY_LOCK_TTL_MS", default=10_000)
 
 # --- API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

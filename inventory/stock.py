@@ -43,7 +43,7 @@ def _script(name: str) -> Script:
     return redis_client().register_script((_LUA_DIR / f"{name}.lua").read_text())
 
 
-def _run(name: str, *, keys: list[str], args: list[object]):
+def run_script(name: str, *, keys: list[str], args: list[object]):
     # The client is passed on every call so the script follows the current connection settings.
     return _script(name)(keys=keys, args=args, client=redis_client())
 
@@ -56,7 +56,7 @@ def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
     args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000)]
     for product_id, quantity in sorted(quantities.items()):
         args += [product_id, quantity]
-    result = _run("reserve", keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token)], args=args)
+    result = run_script("reserve", keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token)], args=args)
     if result[0] == 1:
         return ReserveResult(ok=True)
     if result[0] == -1:
@@ -65,7 +65,7 @@ def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
 
 
 def release(*, token: uuid.UUID | str) -> bool:
-    return bool(_run("release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token)]))
+    return bool(run_script("release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token)]))
 
 
 def reservation_exists(*, token: uuid.UUID) -> bool:
@@ -102,7 +102,7 @@ class Snapshot:
 
 
 def snapshot(*, product_ids: list[int]) -> Snapshot:
-    stock, flat = _run("snapshot", keys=[RESERVATIONS_KEY], args=[STOCK_PREFIX, RESERVATION_PREFIX, *product_ids])
+    stock, flat = run_script("snapshot", keys=[RESERVATIONS_KEY], args=[STOCK_PREFIX, RESERVATION_PREFIX, *product_ids])
     reservations: dict[str, dict[int, int]] = {}
     for i in range(0, len(flat), 2):
         items = flat[i + 1]
@@ -118,4 +118,4 @@ def repair(*, drifts: dict[int, int], forget_tokens: list[str]) -> None:
     for product_id, drift in drifts.items():
         args += [product_id, drift]
     args += forget_tokens
-    _run("repair", keys=[RESERVATIONS_KEY, READY_KEY], args=args)
+    run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY], args=args)

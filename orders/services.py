@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
+from django.conf import settings
 from django.db import transaction
 
 from coupons.services import coupon_redeem, coupon_release
+from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
     products_for_order,
     stock_record_sale,
@@ -64,8 +69,10 @@ def order_place(
     Stock is reserved in Redis first (no database lock on products), then one transaction
     writes the order, the stock sale, the coupon use and the payment. Any failure after the
     reservation gives the stock back before the error reaches the client; a crash leaves the
-    reservation to reconciliation. Raises NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED,
-    OUT_OF_STOCK, COUPON_INVALID, INSUFFICIENT_BALANCE, CONFLICT, SERVICE_UNAVAILABLE.
+    reservation to reconciliation. (ORDER_STRATEGY=old takes the report's path instead: product
+    locks around a database decrement, no balance retry, LOCK_TIMEOUT.)
+    Raises NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED, OUT_OF_STOCK, COUPON_INVALID,
+    INSUFFICIENT_BALANCE, CONFLICT, SERVICE_UNAVAILABLE.
     """
     if idempotency_key:
         earlier = idempotency.find(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
@@ -89,32 +96,68 @@ def _place(
     products = products_for_order(product_ids=list(quantities))
     prices = {pid: product.price for pid, product in products.items()}
     _check_prices(lines, prices)
-    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    record = partial(
+        _record_paid_order,
+        user_id=user_id,
+        quantities=quantities,
+        prices=prices,
+        coupon_code=coupon_code,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+    if settings.ORDER_STRATEGY == "old":
+        with product_locks(list(quantities)):
+            return record(
+                token=uuid.uuid4(),
+                take_stock=lambda reference: stock_take_locked(quantities=quantities, reference=reference),
+                payment_attempts=1,
+            )
 
     token = stock_reserve(quantities=quantities)
     try:
-        with transaction.atomic():
-            order = Order.objects.create(
-                user_id=user_id, total_amount=total, coupon_code=coupon_code or "", reservation_token=token
-            )
-            order.items_cache = OrderItem.objects.bulk_create(
-                OrderItem(order=order, product_id=pid, quantity=qty, unit_price=prices[pid])
-                for pid, qty in quantities.items()
-            )
-            reference = f"order:{order.id}"
-            stock_record_sale(token=token, quantities=quantities, reference=reference)
-            discount = 0
-            if coupon_code:
-                discount = coupon_redeem(
-                    code=coupon_code, user_id=user_id, order_amount=total, reference=reference
-                ).discount
-            payment_take(order_id=order.id, user_id=user_id, amount=total - discount)
-            _move(order, OrderStatus.PAID, discount_amount=discount, paid_amount=total - discount)
-            if idempotency_key:
-                idempotency.claim(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, order_id=order.id)
+        return record(
+            token=token,
+            take_stock=lambda reference: stock_record_sale(token=token, quantities=quantities, reference=reference),
+        )
     except BaseException:
         _release_after_failure(token)
         raise
+
+
+def _record_paid_order(
+    *,
+    user_id: int,
+    quantities: dict[int, int],
+    prices: dict[int, int],
+    coupon_code: str | None,
+    idempotency_key: str | None,
+    fingerprint: str,
+    token: uuid.UUID,
+    take_stock: Callable[[str], None],
+    payment_attempts: int | None = None,
+) -> PlacedOrder:
+    """One transaction: the order, its stock, the coupon use, the payment. Balance goes last,
+    so the account row (locked by its version update) is held for the shortest time."""
+    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    with transaction.atomic():
+        order = Order.objects.create(
+            user_id=user_id, total_amount=total, coupon_code=coupon_code or "", reservation_token=token
+        )
+        order.items_cache = OrderItem.objects.bulk_create(
+            OrderItem(order=order, product_id=pid, quantity=qty, unit_price=prices[pid])
+            for pid, qty in quantities.items()
+        )
+        reference = f"order:{order.id}"
+        take_stock(reference)
+        discount = 0
+        if coupon_code:
+            discount = coupon_redeem(
+                code=coupon_code, user_id=user_id, order_amount=total, reference=reference
+            ).discount
+        payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
+        _move(order, OrderStatus.PAID, discount_amount=discount, paid_amount=total - discount)
+        if idempotency_key:
+            idempotency.claim(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, order_id=order.id)
     return PlacedOrder(order=order)
 
 

@@ -1,0 +1,64 @@
+"""The old design (ORDER_STRATEGY=old), kept for comparison: correct, but it fails and waits."""
+
+from collections import Counter
+
+import pytest
+
+from accounts.models import Account
+from config import metrics
+from config.testing import client_for, make_product, make_user, order_body, race
+from inventory import stock
+from inventory.legacy import LOCK_PREFIX
+from inventory.services import inventory_reconcile, on_hand_by_product
+from orders.models import Order
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def old_design(settings):
+    settings.ORDER_STRATEGY = "old"
+    settings.LEGACY_LOCK_RETRY_MS = 10
+    settings.LEGACY_LOCK_WAIT_MS = 3_000
+    metrics.reset()
+
+
+def test_old_design_never_oversells_and_leaves_redis_matching_the_database(old_design):
+    product = make_product(price=1, stock_quantity=10)
+    users = [make_user(balance=100) for _ in range(30)]
+    clients = [client_for(u) for u in users]
+
+    responses = race(30, lambda i: clients[i].post("/api/v1/orders", order_body(users[i], (product, 1)), format="json"))
+
+    assert Counter(r.status_code for r in responses)[201] == 10 == Order.objects.count()
+    assert on_hand_by_product()[product.id] == 0
+    assert stock.available(product_ids=[product.id]) == {product.id: 0}
+    assert inventory_reconcile().drifted == []
+
+
+def test_old_design_without_balance_retry_refuses_a_users_concurrent_orders_with_conflict(old_design):
+    products = [make_product(price=1, stock_quantity=1_000) for _ in range(5)]
+    user = make_user(balance=10_000)
+    clients = [client_for(user) for _ in range(20)]
+
+    responses = race(
+        20, lambda i: clients[i].post("/api/v1/orders", order_body(user, (products[i % 5], 1)), format="json")
+    )
+
+    codes = Counter(r.json().get("error", {}).get("code", r.status_code) for r in responses)
+    assert set(codes) <= {201, "CONFLICT", "LOCK_TIMEOUT"}
+    assert Account.objects.get(user=user).balance == 10_000 - codes[201] == 10_000 - Order.objects.count()
+    assert metrics.read_all().get("balance_conflict_failures", 0) == codes["CONFLICT"]
+
+
+def test_old_design_gives_up_with_lock_timeout_when_a_product_stays_locked(old_design, settings):
+    settings.LEGACY_LOCK_WAIT_MS = 200
+    user = make_user(balance=100)
+    product = make_product(price=1, stock_quantity=10)
+    stock.redis_client().set(f"{LOCK_PREFIX}{product.id}", "someone-else", px=10_000)
+
+    response = client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+
+    assert response.status_code == 409 and response.json()["error"]["code"] == "LOCK_TIMEOUT"
+    assert metrics.read_all()["lock_timeouts"] == 1
+    assert Order.objects.count() == 0 and on_hand_by_product()[product.id] == 10
