@@ -130,9 +130,39 @@ MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 ORDER_STRATEGY = env.str("ORDER_STRATEGY", default="new")
 if ORDER_STRATEGY not in ("new", "old"):
     raise ValueError(f"ORDER_STRATEGY must be 'new' or 'old', not {ORDER_STRATEGY!r}")
+LOADTEST_TOKENS_PATH = env.path(
+    "LOADTEST_TOKENS_PATH",
+    default=str(devservers.DATA_DIR / "test-tokens.json" if TESTING else BASE_DIR / "loadtest" / "tokens.json"),
+)
 LEGACY_LOCK_RETRY_MS = env.int("LEGACY_LOCK_RETRY_MS", default=100)
 LEGACY_LOCK_WAIT_MS = env.int("LEGACY_LOCK_WAIT_MS", default=3_000)
 LEGACY_LOCK_TTL_MS = env.int("LEGACY_LOCK_TTL_MS", default=10_000)
+
+# --- Asynchronous payment (Celery, Redis as the broker) --------------------------------
+# Simulates an external payment call inside the asynchronous payment (0: none). The web shop
+# demo sets it so the progress bar has something to show.
+PAYMENT_GATEWAY_LATENCY_MS = env.int("PAYMENT_GATEWAY_LATENCY_MS", default=0)
+ORDER_PAYMENT_TIMEOUT_SECONDS = env.int("ORDER_PAYMENT_TIMEOUT_SECONDS", default=15 * 60)
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ALWAYS_EAGER = False
+# An unacknowledged task (its worker died) goes back to the queue after the visibility
+# timeout; workers sweep for such tasks every 5 s (kombu's default is about 100 s).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=60),
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "relay-order-events": {"task": "orders.tasks.relay_order_events", "schedule": 1.0},
+    "expire-pending-orders": {"task": "orders.tasks.expire_pending_orders", "schedule": 60.0},
+    "reconcile-inventory": {"task": "inventory.tasks.reconcile_inventory", "schedule": 60.0},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")
 
 # --- API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

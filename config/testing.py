@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
@@ -84,3 +87,60 @@ def run_in_django_process(code: str, *, timeout: float = 60) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+class CeleryWorker:
+    """A real Celery worker process on the test database and Redis, killable for crash tests."""
+
+    def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "w1"):
+        env = dict(os.environ, DATABASE_URL=database_url_for_tests(), SHOP_TESTING="1")
+        env["REDIS_TEST_URL"] = settings.REDIS_URL
+        env["CELERY_VISIBILITY_TIMEOUT_SECONDS"] = "3"
+        env.update(extra_env or {})
+        log_dir = Path(settings.BASE_DIR) / "test-output"
+        log_dir.mkdir(exist_ok=True)
+        self.log_path = log_dir / f"celery-{name}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-n", f"{name}@%h",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=settings.BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready." in self.log_path.read_text():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: whatever the worker was doing is cut off mid-way."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+        self._log.close()
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -18,7 +18,8 @@ from inventory import stock
 from inventory.models import Product, StockMovement
 from inventory.services import inventory_reconcile
 
-TOKENS_PATH = Path(settings.BASE_DIR) / "loadtest" / "tokens.json"
+# Tests seed too: they write their tokens elsewhere, never over the development server's.
+TOKENS_PATH = Path(settings.LOADTEST_TOKENS_PATH)
 
 # Four minutes at 1,000 orders/s, 2 items of 3 units on average, spread over 5 products,
 # with room to spare: a load run never sells out unless asked to.

@@ -1,6 +1,7 @@
 import hashlib
 
 import orjson
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
@@ -9,13 +10,25 @@ from rest_framework.views import APIView
 
 from orders.errors import NotYourOrder
 from orders.selectors import order_get, order_list
-from orders.serializers import OrderInputSerializer, OrderOutputSerializer
+from orders.serializers import OrderDetailOutputSerializer, OrderInputSerializer, OrderOutputSerializer
 from orders.services import OrderLine, order_cancel, order_place
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Same key from the same user: the first answer is replayed, nothing is ordered twice.",
 )  # fmt: skip
+
+
+PREFER_HEADER = OpenApiParameter(
+    "Prefer", str, OpenApiParameter.HEADER, required=False,
+    description="`respond-async`: answer 202 once stock is reserved; the payment runs on the task queue.",
+)  # fmt: skip
+
+
+def _prefers_async(request) -> bool:
+    """RFC 7240: `Prefer: respond-async` asks for 202 now and the payment later."""
+    preferences = request.headers.get("Prefer", "")
+    return any(p.strip().split("=")[0].strip().lower() == "respond-async" for p in preferences.split(","))
 
 
 def _fingerprint(data: dict) -> str:
@@ -25,9 +38,11 @@ def _fingerprint(data: dict) -> str:
 class OrderListCreateApi(APIView):
     @extend_schema(
         request=OrderInputSerializer,
-        responses={201: OrderOutputSerializer},
-        parameters=[IDEMPOTENCY_HEADER],
+        responses={201: OrderOutputSerializer, 202: OrderOutputSerializer},
+        parameters=[IDEMPOTENCY_HEADER, PREFER_HEADER],
         summary="Place an order: reserve stock, apply the coupon, pay from the balance",
+        description="201 with the paid order; with `Prefer: respond-async`, 202 with the order PENDING_PAYMENT "
+        "and its payment queued (follow `Location` to watch its progress).",
     )
     def post(self, request):
         serializer = OrderInputSerializer(data=request.data)
@@ -39,6 +54,7 @@ class OrderListCreateApi(APIView):
         if key is not None and len(key) > 255:
             raise ValidationError({"Idempotency-Key": ["At most 255 characters."]})
         placed = order_place(
+            asynchronous=_prefers_async(request),
             user_id=request.user.id,
             lines=[OrderLine(i["productId"], i["quantity"], i["price"]) for i in data["orderItems"]],
             coupon_code=data.get("couponCode"),
@@ -46,6 +62,9 @@ class OrderListCreateApi(APIView):
             fingerprint=_fingerprint(data) if key else "",
         )
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
+        if placed.status_code == 202:
+            headers["Location"] = reverse("order-detail", kwargs={"order_id": placed.order.id})
+            headers["Preference-Applied"] = "respond-async"
         return Response(OrderOutputSerializer(placed.order).data, status=placed.status_code, headers=headers)
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
@@ -56,9 +75,9 @@ class OrderListCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
-    @extend_schema(responses={200: OrderOutputSerializer}, summary="One of the caller's orders")
+    @extend_schema(responses={200: OrderDetailOutputSerializer}, summary="One of the caller's orders, with progress")
     def get(self, request, order_id: int):
-        return Response(OrderOutputSerializer(order_get(order_id=order_id, user_id=request.user.id)).data)
+        return Response(OrderDetailOutputSerializer(order_get(order_id=order_id, user_id=request.user.id)).data)
 
 
 class OrderCancelApi(APIView):

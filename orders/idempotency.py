@@ -63,7 +63,7 @@ def find(*, user_id: int, key: str, fingerprint: str) -> PlacedOrder | None:
     return PlacedOrder(order=order, status_code=record.status_code, replayed=True)
 
 
-def claim(*, user_id: int, key: str, fingerprint: str, order_id: int) -> None:
+def claim(*, user_id: int, key: str, fingerprint: str, order_id: int, status_code: int = 201) -> None:
     """Inside the order's transaction: the unique index admits one order per key."""
     try:
         with transaction.atomic():
@@ -71,7 +71,7 @@ def claim(*, user_id: int, key: str, fingerprint: str, order_id: int) -> None:
                 user_id=user_id,
                 key=key,
                 request_fingerprint=fingerprint,
-                status_code=201,
+                status_code=status_code,
                 response_body={},
                 order_id=order_id,
             )

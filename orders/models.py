@@ -1,3 +1,5 @@
+import uuid
+
 from django.conf import settings
 from django.db import models
 
@@ -65,3 +67,27 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.status_code}"
+
+
+class OrderEvent(models.Model):
+    """Outbox: one row per order status change, written in the same transaction as the change.
+
+    The relay publishes unpublished rows to a Redis Stream and then marks them; a crash in
+    between publishes them again (at least once), so consumers deduplicate by `event_id`.
+    """
+
+    event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    type = models.CharField(max_length=32)
+    payload = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["id"], condition=models.Q(published_at__isnull=True), name="orderevent_unpublished"),
+            models.Index(fields=["order", "id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} of order {self.order_id}"

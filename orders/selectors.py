@@ -1,7 +1,7 @@
 from django.db.models import Prefetch, QuerySet
 
 from orders.errors import OrderNotFound
-from orders.models import Order, OrderItem
+from orders.models import Order, OrderEvent, OrderItem
 
 
 def _with_items(queryset: QuerySet[Order]) -> QuerySet[Order]:
@@ -11,7 +11,9 @@ def _with_items(queryset: QuerySet[Order]) -> QuerySet[Order]:
 
 
 def order_get(*, order_id: int, user_id: int) -> Order:
-    order = _with_items(Order.objects.filter(pk=order_id, user_id=user_id)).first()
+    """One order with its items and its progress (its events, oldest first)."""
+    events = Prefetch("events", queryset=OrderEvent.objects.order_by("id"), to_attr="events_cache")
+    order = _with_items(Order.objects.filter(pk=order_id, user_id=user_id)).prefetch_related(events).first()
     if order is None:
         raise OrderNotFound()
     return order

@@ -33,3 +33,24 @@ class OrderOutputSerializer(serializers.Serializer):
     couponCode = serializers.CharField(source="coupon_code", allow_blank=True)
     items = OrderItemOutputSerializer(many=True, source="items_cache")
     createdAt = serializers.DateTimeField(source="created_at")
+
+
+PROGRESS_STEPS = {
+    "order.created": "reserved",
+    "order.payment_started": "paying",
+    "order.paid": "paid",
+    "order.payment_failed": "failed",
+    "order.cancelled": "cancelled",
+}
+
+
+class ProgressStepSerializer(serializers.Serializer):
+    step = serializers.SerializerMethodField()
+    at = serializers.DateTimeField(source="created_at")
+
+    def get_step(self, event) -> str:
+        return PROGRESS_STEPS.get(event.type, event.type)
+
+
+class OrderDetailOutputSerializer(OrderOutputSerializer):
+    progress = ProgressStepSerializer(many=True, source="events_cache", help_text="Steps done, oldest first.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,7 +12,9 @@ from functools import partial
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
+from accounts.errors import InsufficientBalance
 from coupons.services import coupon_redeem, coupon_release
 from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
@@ -20,7 +24,7 @@ from inventory.services import (
     stock_reserve,
     stock_return,
 )
-from orders import idempotency
+from orders import events, idempotency
 from orders.errors import InvalidStatusTransition, OrderNotFound, PriceChanged
 from orders.models import ALLOWED_TRANSITIONS, Order, OrderItem, OrderStatus
 from payments.services import payment_refund, payment_take
@@ -63,8 +67,12 @@ def order_place(
     coupon_code: str | None = None,
     idempotency_key: str | None = None,
     fingerprint: str = "",
+    asynchronous: bool = False,
 ) -> PlacedOrder:
     """Reserve stock, record the order, redeem the coupon and pay, all or nothing.
+
+    With `asynchronous=True` the order is recorded PENDING_PAYMENT and its payment queued
+    (answer 202); `order_pay` then takes it.
 
     Stock is reserved in Redis first (no database lock on products), then one transaction
     writes the order, the stock sale, the coupon use and the payment. Any failure after the
@@ -80,7 +88,7 @@ def order_place(
             return earlier
     try:
         return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, idempotency_key=idempotency_key,
-                      fingerprint=fingerprint)  # fmt: skip
+                      fingerprint=fingerprint, pay_now=not asynchronous)  # fmt: skip
     except idempotency.KeyTakenConcurrently:
         return idempotency.find(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
     except idempotency.REMEMBERED_ERRORS as error:
@@ -90,14 +98,21 @@ def order_place(
 
 
 def _place(
-    *, user_id: int, lines: list[OrderLine], coupon_code: str | None, idempotency_key: str | None, fingerprint: str
+    *,
+    user_id: int,
+    lines: list[OrderLine],
+    coupon_code: str | None,
+    idempotency_key: str | None,
+    fingerprint: str,
+    pay_now: bool,
 ) -> PlacedOrder:
     quantities = _quantities(lines)
     products = products_for_order(product_ids=list(quantities))
     prices = {pid: product.price for pid, product in products.items()}
     _check_prices(lines, prices)
     record = partial(
-        _record_paid_order,
+        _record_order,
+        pay_now=pay_now,
         user_id=user_id,
         quantities=quantities,
         prices=prices,
@@ -124,7 +139,7 @@ def _place(
         raise
 
 
-def _record_paid_order(
+def _record_order(
     *,
     user_id: int,
     quantities: dict[int, int],
@@ -134,10 +149,12 @@ def _record_paid_order(
     fingerprint: str,
     token: uuid.UUID,
     take_stock: Callable[[str], None],
+    pay_now: bool,
     payment_attempts: int | None = None,
 ) -> PlacedOrder:
-    """One transaction: the order, its stock, the coupon use, the payment. Balance goes last,
-    so the account row (locked by its version update) is held for the shortest time."""
+    """One transaction: the order, its stock, the coupon use, its events, and (synchronously)
+    the payment. Balance goes last, so the account row (locked by its version update) is held
+    for the shortest time. Asynchronously, the payment is queued once the order has committed."""
     total = sum(prices[pid] * qty for pid, qty in quantities.items())
     with transaction.atomic():
         order = Order.objects.create(
@@ -154,11 +171,43 @@ def _record_paid_order(
             discount = coupon_redeem(
                 code=coupon_code, user_id=user_id, order_amount=total, reference=reference
             ).discount
-        payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
-        _move(order, OrderStatus.PAID, discount_amount=discount, paid_amount=total - discount)
+        created = events.event_build(order, events.CREATED)
+        if pay_now:
+            payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
+            _move(order, OrderStatus.PAID, discount_amount=discount, paid_amount=total - discount)
+            status_code = 201
+            events.events_record(
+                [created, events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT)]
+            )
+        else:
+            if discount:
+                Order.objects.filter(pk=order.pk).update(discount_amount=discount)
+                order.discount_amount = discount
+            status_code = 202
+            events.events_record([created])
+            transaction.on_commit(lambda: _enqueue_payment(order.id))
         if idempotency_key:
-            idempotency.claim(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, order_id=order.id)
-    return PlacedOrder(order=order)
+            idempotency.claim(
+                user_id=user_id,
+                key=idempotency_key,
+                fingerprint=fingerprint,
+                order_id=order.id,
+                status_code=status_code,
+            )
+    return PlacedOrder(order=order, status_code=status_code)
+
+
+def _enqueue_payment(order_id: int) -> None:
+    """After the commit: a lost enqueue (broker down, crash) leaves the order PENDING_PAYMENT,
+    which the expiry job cancels after ORDER_PAYMENT_TIMEOUT_SECONDS, releasing its stock."""
+    from orders.tasks import pay_order
+
+    try:
+        pay_order.delay(order_id)
+    except Exception:
+        logger.warning(
+            "could not queue the payment of order %s; the expiry job will cancel it", order_id, exc_info=True
+        )
 
 
 def _release_after_failure(token) -> None:
@@ -181,27 +230,103 @@ def _move(order: Order, to_status: str, **fields) -> None:
         setattr(order, name, value)
 
 
+def _lock_order(order_id: int, *, user_id: int | None = None) -> Order | None:
+    queryset = Order.objects.select_for_update().filter(pk=order_id)
+    if user_id is not None:
+        queryset = queryset.filter(user_id=user_id)
+    order = queryset.first()
+    if order is not None:
+        order.items_cache = list(order.items.order_by("id"))
+    return order
+
+
+def _give_back(order: Order, *, to_status: str, event_type: str) -> list:
+    """Refund (if paid), release the coupon use and the stock, and move to `to_status`.
+    Inside the caller's transaction, the order row locked. Returns the event to record."""
+    reference = f"order:{order.id}"
+    previous = order.status
+    if order.status == OrderStatus.PAID:
+        payment_refund(order_id=order.id)
+    if order.coupon_code:
+        coupon_release(reference=reference)
+    stock_return(quantities={item.product_id: item.quantity for item in order.items_cache}, reference=reference)
+    _move(order, to_status)
+    return [events.event_build(order, event_type, previous_status=previous)]
+
+
 def order_cancel(*, order_id: int, user_id: int) -> Order:
     """Cancel an order: refund its payment, give the coupon use and the stock back.
 
     The order row is locked for the cancellation, so two cancels cannot both refund; refund,
-    coupon release and the stock ledger commit together, and Redis gets the units after the
-    commit (a crash in between leaves Redis short until reconciliation adds them back).
-    Raises NOT_FOUND or INVALID_STATUS.
+    coupon release, the stock ledger and the event commit together, and Redis gets the units
+    after the commit (a crash in between leaves Redis short until reconciliation adds them
+    back). Raises NOT_FOUND or INVALID_STATUS.
     """
     with transaction.atomic():
-        order = Order.objects.select_for_update().filter(pk=order_id, user_id=user_id).first()
+        order = _lock_order(order_id, user_id=user_id)
         if order is None:
             raise OrderNotFound()
         if OrderStatus.CANCELLED not in ALLOWED_TRANSITIONS[order.status]:
             raise InvalidStatusTransition(details={"from": order.status, "to": OrderStatus.CANCELLED})
-        reference = f"order:{order.id}"
-        if order.status == OrderStatus.PAID:
-            payment_refund(order_id=order.id)
-        if order.coupon_code:
-            coupon_release(reference=reference)
-        items = list(order.items.all())
-        stock_return(quantities={item.product_id: item.quantity for item in items}, reference=reference)
-        _move(order, OrderStatus.CANCELLED)
-    order.items_cache = items
+        events.events_record(_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED))
     return order
+
+
+def order_pay(*, order_id: int) -> Order | None:
+    """Take the payment of an order placed asynchronously: PAID, or PAYMENT_FAILED then
+    CANCELLED with stock and coupon given back.
+
+    Idempotent: the order row is locked and only a PENDING_PAYMENT order is charged, and the
+    unique `order_id` of payments makes a second charge impossible even past that check.
+    Redelivered, retried or run twice at once, it charges once. Raises BalanceConflict (the
+    task retries) when the balance kept changing beyond the retry bound.
+    """
+    with transaction.atomic():
+        order = _lock_order(order_id)
+        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+            return order
+        events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
+    with transaction.atomic():
+        order = _lock_order(order_id)
+        if order.status != OrderStatus.PENDING_PAYMENT:
+            return order
+        amount = order.total_amount - order.discount_amount
+        try:
+            with transaction.atomic():
+                payment_take(order_id=order.id, user_id=order.user_id, amount=amount)
+                if settings.PAYMENT_GATEWAY_LATENCY_MS:
+                    time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip
+        except InsufficientBalance:
+            previous = order.status
+            _move(order, OrderStatus.PAYMENT_FAILED)
+            failed = events.event_build(order, events.PAYMENT_FAILED, previous_status=previous)
+            events.events_record(
+                [failed, *_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)]
+            )
+            return order
+        _move(order, OrderStatus.PAID, paid_amount=amount)
+        events.events_record([events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT)])
+    return order
+
+
+def orders_expire_pending(*, older_than_seconds: float | None = None) -> list[int]:
+    """Cancel orders still PENDING_PAYMENT after the timeout, so a lost payment task never
+    holds stock for ever. Orders whose payment is running right now (row locked) are skipped
+    and looked at next time."""
+    timeout = settings.ORDER_PAYMENT_TIMEOUT_SECONDS if older_than_seconds is None else older_than_seconds
+    cutoff = timezone.now() - datetime.timedelta(seconds=timeout)
+    expired = []
+    candidates = Order.objects.filter(status=OrderStatus.PENDING_PAYMENT, created_at__lt=cutoff).values_list(
+        "id", flat=True
+    )
+    for order_id in list(candidates[:1000]):
+        with transaction.atomic():
+            order = Order.objects.select_for_update(skip_locked=True).filter(pk=order_id).first()
+            if order is None or order.status != OrderStatus.PENDING_PAYMENT:
+                continue
+            order.items_cache = list(order.items.order_by("id"))
+            events.events_record(_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED))
+            expired.append(order_id)
+    if expired:
+        logger.warning("cancelled %d orders left unpaid past %ss", len(expired), timeout)
+    return expired

@@ -1,0 +1,11 @@
+"""The Celery app: Redis as the broker, tasks acknowledged late, schedule for Celery beat."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("shop")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,71 @@
+"""An example consumer of the order events: units sold per product, kept in Redis.
+
+It reads the stream as the consumer group `sales-counter`, applies each event once (the
+event id is remembered in the same Lua script that counts it) and acknowledges it after:
+a consumer that dies before XACK gets the event again and skips it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import orjson
+import redis
+
+from inventory.stock import redis_client
+from orders import events
+
+GROUP = "sales-counter"
+SEEN_KEY = "sales:seen-events"
+SALES_KEY = "sales:units-by-product"
+
+
+@cache
+def _script():
+    return redis_client().register_script((Path(__file__).parent / "lua" / "count_sale.lua").read_text())
+
+
+def ensure_group() -> None:
+    try:
+        redis_client().xgroup_create(events.STREAM_KEY, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _sign(event_type: str, payload: dict) -> int:
+    if event_type == events.PAID:
+        return 1
+    if event_type == events.CANCELLED and payload.get("previousStatus") == "PAID":
+        return -1
+    return 0
+
+
+def apply(fields: dict[bytes, bytes]) -> bool:
+    payload = orjson.loads(fields[b"payload"])
+    event_type = fields[b"type"].decode()
+    args: list[object] = [fields[b"eventId"].decode(), _sign(event_type, payload)]
+    for item in payload.get("items", []):
+        args += [item["productId"], item["quantity"]]
+    return bool(_script()(keys=[SEEN_KEY, SALES_KEY], args=args, client=redis_client()))
+
+
+def consume(*, consumer: str = "counter-1", block_ms: int | None = 1000, count: int = 100) -> int:
+    """Read and apply one batch: first our own unacknowledged events (after a crash), then new.
+    `block_ms=None` returns at once when there is nothing new."""
+    ensure_group()
+    client = redis_client()
+    applied = 0
+    for start in ("0", ">"):
+        response = client.xreadgroup(GROUP, consumer, {events.STREAM_KEY: start}, count=count, block=block_ms)
+        for _stream, messages in response or []:
+            for message_id, fields in messages:
+                if fields:
+                    applied += apply(fields)
+                client.xack(events.STREAM_KEY, GROUP, message_id)
+    return applied
+
+
+def units_sold() -> dict[int, int]:
+    return {int(k): int(v) for k, v in redis_client().hgetall(SALES_KEY).items()}

@@ -1,0 +1,194 @@
+"""The asynchronous order: 202 now, payment on a real Celery worker, events to a Redis Stream."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from accounts.models import Account
+from accounts.selectors import ledger_balance
+from config.testing import (
+    CeleryWorker,
+    client_for,
+    make_product,
+    make_user,
+    order_body,
+    race,
+    run_in_django_process,
+    wait_for,
+)
+from coupons.models import Coupon
+from inventory import stock
+from inventory.services import inventory_reconcile, on_hand_by_product
+from orders import events, sales_counter
+from orders.models import Order, OrderEvent, OrderStatus
+from orders.services import OrderLine, order_pay, order_place, orders_expire_pending
+from payments.models import Payment
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ASYNC = {"HTTP_PREFER": "respond-async"}
+
+
+@pytest.fixture
+def worker():
+    started = CeleryWorker()
+    yield started
+    started.stop()
+
+
+def _status(order_id: int) -> str:
+    return Order.objects.values_list("status", flat=True).get(pk=order_id)
+
+
+def _final(order_id: int, timeout: float = 60) -> str:
+    return wait_for(
+        lambda: _status(order_id) in (OrderStatus.PAID, OrderStatus.CANCELLED) and _status(order_id),
+        timeout=timeout,
+        what=f"order {order_id} to be paid or cancelled",
+    )
+
+
+def test_an_async_order_answers_202_then_the_worker_pays_it_and_progress_shows_the_steps(worker):
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    client = client_for(user)
+
+    response = client.post("/api/v1/orders", order_body(user, (product, 3)), format="json", **ASYNC)
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "PENDING_PAYMENT" and body["paidAmount"] == 0
+    assert response.headers["Location"] == f"/api/v1/orders/{body['orderId']}"
+    assert stock.available(product_ids=[product.id]) == {product.id: 7}  # reserved at once
+    assert _final(body["orderId"]) == "PAID"
+    detail = client.get(response.headers["Location"]).json()
+    assert detail["paidAmount"] == 300
+    assert [step["step"] for step in detail["progress"]] == ["reserved", "paying", "paid"]
+    assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
+
+
+def test_a_payment_that_fails_gives_back_stock_and_coupon(worker):
+    user = make_user(balance=50)
+    product = make_product(price=100, stock_quantity=10)
+    Coupon.objects.create(code="ONE", kind=Coupon.Kind.FIXED, value=10, usage_limit=1)
+    client = client_for(user)
+
+    response = client.post("/api/v1/orders", order_body(user, (product, 2), coupon="ONE"), format="json", **ASYNC)
+
+    order_id = response.json()["orderId"]
+    assert response.status_code == 202
+    assert _final(order_id) == "CANCELLED"
+    progress = [s["step"] for s in client.get(f"/api/v1/orders/{order_id}").json()["progress"]]
+    assert progress == ["reserved", "paying", "failed", "cancelled"]
+    assert stock.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
+    assert Coupon.objects.get(code="ONE").times_used == 0
+    assert Account.objects.get(user=user).balance == 50
+    assert Payment.objects.count() == 0
+    assert inventory_reconcile().drifted == []
+
+
+def test_a_worker_killed_mid_payment_charges_exactly_once_after_redelivery():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    slow = CeleryWorker(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "60000"}, name="slow")
+    try:
+        placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 2, 100)], asynchronous=True)
+        wait_for(
+            lambda: OrderEvent.objects.filter(order_id=placed.order.id, type=events.PAYMENT_STARTED).exists(),
+            what="the payment to start",
+        )
+    finally:
+        slow.kill()  # inside the payment transaction: charged but not committed
+    assert _status(placed.order.id) == "PENDING_PAYMENT"
+    assert Account.objects.get(user=user).balance == 1_000
+
+    rescuer = CeleryWorker(name="rescuer")
+    try:
+        assert _final(placed.order.id, timeout=90) == "PAID"
+    finally:
+        rescuer.stop()
+    assert Payment.objects.filter(order_id=placed.order.id).count() == 1
+    assert Account.objects.get(user=user).balance == 800 == ledger_balance(user_id=user.id)
+
+
+def test_the_payment_task_run_twice_at_once_charges_once():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 100)], asynchronous=True)
+
+    outcomes = race(20, lambda _: order_pay(order_id=placed.order.id).status)
+
+    assert Counter(outcomes) == {"PAID": 20}
+    assert Payment.objects.filter(order_id=placed.order.id).count() == 1
+    assert Account.objects.get(user=user).balance == 900
+    assert OrderEvent.objects.filter(order_id=placed.order.id, type=events.PAID).count() == 1
+
+
+def test_an_order_left_unpaid_past_the_timeout_is_cancelled_and_a_late_task_charges_nothing():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 4, 100)], asynchronous=True)
+    assert stock.available(product_ids=[product.id]) == {product.id: 6}
+
+    assert orders_expire_pending(older_than_seconds=3600) == []  # not yet expired
+    assert orders_expire_pending(older_than_seconds=0) == [placed.order.id]
+
+    assert _status(placed.order.id) == "CANCELLED"
+    assert stock.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
+    worker = CeleryWorker()  # the queued payment task arrives late
+    try:
+        wait_for(lambda: "succeeded" in worker.log_path.read_text(), what="the late task to run")
+    finally:
+        worker.stop()
+    assert Payment.objects.count() == 0 and Account.objects.get(user=user).balance == 1_000
+
+
+RELAY_DIES_AFTER_PUBLISHING = """
+    import os
+    from orders import events
+    from orders.models import OrderEvent
+
+    class Dies:
+        def update(self, **kwargs):
+            os._exit(9)  # published to the stream, not yet marked as published
+
+    real_filter = OrderEvent.objects.filter
+    OrderEvent.objects.filter = lambda *a, **k: Dies() if "id__in" in k else real_filter(*a, **k)
+    events.events_relay()
+"""
+
+
+def test_an_event_is_never_lost_when_the_relay_dies_between_publish_and_mark_and_counts_once():
+    user = make_user(balance=10_000)
+    products = [make_product(price=1, stock_quantity=100) for _ in range(2)]
+    for n in range(3):
+        order_place(user_id=user.id, lines=[OrderLine(products[n % 2].id, 1 + n, 1)])
+    written = OrderEvent.objects.count()
+
+    crashed = run_in_django_process(RELAY_DIES_AFTER_PUBLISHING)
+
+    assert crashed.returncode == 9, crashed.stderr
+    assert stock.redis_client().xlen(events.STREAM_KEY) == written
+    assert OrderEvent.objects.filter(published_at__isnull=True).count() == written
+    sales_counter.consume(block_ms=None)
+    assert events.events_relay() == written  # published again: at least once
+    assert stock.redis_client().xlen(events.STREAM_KEY) == 2 * written
+    sales_counter.consume(block_ms=None)
+
+    assert OrderEvent.objects.filter(published_at__isnull=True).count() == 0
+    assert sales_counter.units_sold() == {products[0].id: 1 + 3, products[1].id: 2}
+
+
+def test_every_status_change_has_its_event():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=100)
+    paid = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 10)]).order
+    pending = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 10)], asynchronous=True).order
+    client_for(user).post(f"/api/v1/orders/{paid.id}/cancel")
+    order_pay(order_id=pending.id)
+
+    types = lambda order: list(OrderEvent.objects.filter(order=order).order_by("id").values_list("type", flat=True))  # noqa: E731
+    assert types(paid) == [events.CREATED, events.PAID, events.CANCELLED]
+    assert types(pending) == [events.CREATED, events.PAYMENT_STARTED, events.PAID]
