@@ -2,8 +2,9 @@
 
 Starts the project's own PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set),
 migrates, seeds the load-test data when the database is empty, creates an admin user, loads
-stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a reconciliation loop.
-Ctrl-C stops gunicorn and the loop; `make stop` also stops the servers.
+stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a Celery worker (the
+asynchronous payments) and Celery beat (event relay every second, expiry of unpaid orders and
+stock reconciliation every minute). Ctrl-C stops all three; `make stop` also stops the servers.
 
     python -m config.serve [run|stop]
 """
@@ -23,7 +24,8 @@ BASE_DIR = devservers.BASE_DIR
 LOG_DIR = devservers.DATA_DIR / "logs"
 PID_DIR = devservers.DATA_DIR / "run"
 ADMIN_PASSWORD_FILE = devservers.DATA_DIR / "admin-password.txt"
-ADMIN_USER_ID = 1_000_000  # far above the seeded customers 1..N, which reseeding recreates
+ADMIN_USER_ID = 1_000_000
+PROCESSES = ("gunicorn", "worker", "beat")  # far above the seeded customers 1..N, which reseeding recreates
 
 
 def _say(message: str) -> None:
@@ -78,8 +80,12 @@ def run() -> int:
     devservers.ensure_running_if_needed()
     _prepare()
     python = sys.executable
-    reconciler = _spawn("reconcile", [python, "manage.py", "reconcile_inventory", "--every", "60"])
-    _say(f"reconciliation every 60 s (log: {LOG_DIR / 'reconcile.log'})")
+    helpers = [
+        _spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+                          "--concurrency", os.environ.get("CELERY_CONCURRENCY", "2")]),
+        _spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"]),
+    ]  # fmt: skip
+    _say(f"Celery worker and beat started (logs: {LOG_DIR / 'worker.log'}, {LOG_DIR / 'beat.log'})")
     bind = os.environ.get("BIND", "127.0.0.1:8080")
     _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
     gunicorn = subprocess.Popen(
@@ -92,14 +98,16 @@ def run() -> int:
         gunicorn.send_signal(signal.SIGTERM)
         return gunicorn.wait()
     finally:
-        reconciler.terminate()
-        reconciler.wait()
-        for name in ("gunicorn", "reconcile"):
+        for helper in helpers:
+            helper.terminate()
+        for helper in helpers:
+            helper.wait()
+        for name in PROCESSES:
             (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
 
 
 def stop() -> int:
-    for name in ("gunicorn", "reconcile"):
+    for name in PROCESSES:
         pid_file = PID_DIR / f"{name}.pid"
         if pid_file.exists():
             try:

@@ -11,7 +11,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         while True:
-            applied = sales_counter.consume(block_ms=None if options["once"] else 5000)
+            applied = sales_counter.consume(block_ms=None if options["once"] else 1000)
             if applied:
                 self.stdout.write(f"applied {applied} events; units sold: {sales_counter.units_sold()}")
             if options["once"] and not applied:

@@ -17,7 +17,7 @@ class Command(BaseCommand):
         self.stdout.write(f"following {STREAM_KEY} (Ctrl-C to stop)")
         try:
             while True:
-                for _stream, messages in client.xread({STREAM_KEY: last_id}, block=5000, count=100) or []:
+                for _stream, messages in client.xread({STREAM_KEY: last_id}, block=1000, count=100) or []:
                     for message_id, fields in messages:
                         last_id = message_id
                         payload = orjson.loads(fields[b"payload"])
