@@ -14,7 +14,8 @@ $(BIN)/.installed: requirements.txt
 run: $(BIN)/.installed  ## serve on 127.0.0.1:8080 (starts PostgreSQL and Redis, migrates, seeds)
 	$(BIN)/python -m config.serve
 
-test: $(BIN)/.installed  ## run every test against real PostgreSQL and Redis
+test: $(BIN)/.installed  ## run every test against real PostgreSQL and Redis (and Chromium)
+	$(BIN)/python -m config.browser
 	$(BIN)/python -m pytest
 
 stop: $(BIN)/.installed  ## stop gunicorn, the reconciler, PostgreSQL and Redis

@@ -1,0 +1,120 @@
+"""The web shop page in a real headless Chromium, against a live server and a real Celery worker.
+
+Screenshots of every screen go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from accounts.services import token_create
+from config.browser import CHROMIUM
+from config.testing import CeleryWorker, make_product, make_user
+from inventory import stock
+from orders.models import Order
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+SHOTS = Path(settings.BASE_DIR) / "test-output" / "browser"
+# Flags for a closed network: no background connections, no first-run, no sandbox as root.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def page():
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # still synchronous and safe, so Django's async guard is told so.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1200, "height": 860})
+        yield context.new_page()
+        browser.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@pytest.fixture
+def slow_payment_worker():
+    """A worker whose payment takes a moment, so the progress screen can be seen."""
+    worker = CeleryWorker(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "1500"})
+    yield worker
+    worker.stop()
+
+
+def _sign_in(page, live_server, user, shot_prefix):
+    page.goto(f"{live_server.url}/shop/")
+    page.screenshot(path=SHOTS / f"{shot_prefix}-1-sign-in.png", full_page=True)
+    page.fill("#token", token_create(user=user).key)
+    page.click("#signin-form button")
+    page.wait_for_selector("#catalog:not([hidden])")
+
+
+def test_placing_an_order_shows_progress_then_the_completion_screen(page, live_server, slow_payment_worker):
+    user = make_user(balance=1_000)
+    tea = make_product(name="Green tea", price=120, stock_quantity=50)
+    make_product(name="Matcha whisk", price=300, stock_quantity=5)
+
+    _sign_in(page, live_server, user, "paid")
+    card = page.locator(f".product[data-product-id='{tea.id}']")
+    card.get_by_label("more").click()
+    card.get_by_label("more").click()
+    assert page.inner_text("#total") == "240"
+    page.screenshot(path=SHOTS / "paid-2-catalog.png", full_page=True)
+    page.click("#place")
+    page.wait_for_selector(".steps span.done[data-step=reserved]")
+    page.screenshot(path=SHOTS / "paid-3-progress.png", full_page=True)
+    page.wait_for_selector("#done:not([hidden])", timeout=60_000)
+    page.screenshot(path=SHOTS / "paid-4-done.png", full_page=True)
+
+    assert "is paid" in page.inner_text("#done-title")
+    assert "paid 240" in page.inner_text("#done-summary") and "balance now 760" in page.inner_text("#done-summary")
+    order = Order.objects.get()
+    assert (order.status, order.paid_amount) == ("PAID", 240)
+    assert stock.available(product_ids=[tea.id]) == {tea.id: 48}
+
+
+def test_a_payment_that_fails_shows_a_clear_failure_screen_and_gives_the_stock_back(
+    page, live_server, slow_payment_worker
+):
+    user = make_user(balance=100)
+    whisk = make_product(name="Matcha whisk", price=300, stock_quantity=5)
+
+    _sign_in(page, live_server, user, "failed")
+    page.locator(f".product[data-product-id='{whisk.id}']").get_by_label("more").click()
+    page.click("#place")
+    page.wait_for_selector("#failed:not([hidden])", timeout=60_000)
+    page.screenshot(path=SHOTS / "failed-2-payment-failed.png", full_page=True)
+
+    assert page.inner_text("#failed-title") == "Payment failed"
+    assert "nothing was charged" in page.inner_text("#failed-text")
+    assert Order.objects.get().status == "CANCELLED"
+    assert stock.available(product_ids=[whisk.id]) == {whisk.id: 5}
+
+
+def test_sold_out_is_explained_on_a_phone_sized_screen(page, live_server):
+    user = make_user(balance=10_000)
+    whisk = make_product(name="Matcha whisk", price=300, stock_quantity=1)
+    page.set_viewport_size({"width": 390, "height": 844})
+
+    _sign_in(page, live_server, user, "phone")
+    page.screenshot(path=SHOTS / "phone-2-catalog.png", full_page=True)
+    more = page.locator(f".product[data-product-id='{whisk.id}']").get_by_label("more")
+    more.click()
+    more.click()
+    page.click("#place")
+    page.wait_for_selector("#failed:not([hidden])")
+    page.screenshot(path=SHOTS / "phone-3-sold-out.png", full_page=True)
+
+    assert page.inner_text("#failed-title") == "Sold out"
+    assert "has 1 left and you asked for 2" in page.inner_text("#failed-text")
+    assert Order.objects.count() == 0
