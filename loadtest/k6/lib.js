@@ -1,0 +1,190 @@
+/**
+ * The one shared module of the load-test scripts: configuration from the environment, the
+ * seed report's order payload, answer checks, counters, failure logging and every scenario's
+ * k6 options. `main.js` only picks the scenario.
+ *
+ * Environment (all optional):
+ *   BASE_URL        server to test (default http://127.0.0.1:8080)
+ *   VUS             peak virtual users (default 100; smoke 5)
+ *   DURATION_SCALE  multiplies every stage duration (default 1)
+ *   LIKE            borrow another scenario's VU profile and peak (the ceiling run beside a load run)
+ *   USERS, PRODUCTS, PRICE   the seeded shape (default 500, 5, 1)
+ *   ITERATIONS      orders sent by the sellout scenario (default 3000)
+ *   TOKENS_FILE     the seed's {"<userId>": "<token>"} file (default ../tokens.json)
+ *   WARN_INTERVAL_S at most one failure warning per VU this often (default 10)
+ */
+import http from 'k6/http';
+import { check } from 'k6';
+import { Counter, Rate } from 'k6/metrics';
+
+function env(name, fallback) {
+  const value = __ENV[name];
+  return value === undefined || value === '' ? fallback : value;
+}
+
+const BASE_URL = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/+$/, '');
+const DURATION_SCALE = Number(env('DURATION_SCALE', '1'));
+const USERS = Number(env('USERS', '500'));
+const PRODUCTS = Number(env('PRODUCTS', '5'));
+const PRICE = Number(env('PRICE', '1'));
+const ITERATIONS = Number(env('ITERATIONS', '3000'));
+const WARN_INTERVAL_MS = Number(env('WARN_INTERVAL_S', '10')) * 1000;
+
+// Counted per answer, read back by the runner from k6's summary and time series.
+const ordersCreated = new Counter('orders_created');
+const errorsByCode = new Counter('errors_by_code');
+// An answer the scenario does not accept: failures in the report, whatever the HTTP status.
+const unexpectedAnswers = new Rate('unexpected_answers');
+
+const EXPECT_201 = http.expectedStatuses(201);
+// Sellout: a 409 is an answer, not a broken request; whether it is OUT_OF_STOCK is checked below.
+const EXPECT_201_OR_409 = http.expectedStatuses(201, 409);
+const EXPECT_200 = http.expectedStatuses(200);
+
+function randomInt(min, max) {
+  return Math.floor(Math.random() * (max - min + 1)) + min;
+}
+
+function seconds(value) {
+  return `${Math.max(1, Math.round(value * DURATION_SCALE))}s`;
+}
+
+// Ramp-downs and stops wait as long as gunicorn's worker timeout (30 s): no request the server
+// may still commit is ever abandoned by k6, so orders in the database match the 201s counted.
+const GRACE = '30s';
+
+function ramping(stages) {
+  return {
+    executor: 'ramping-vus',
+    startVUs: 0,
+    stages: stages.map(([duration, target]) => ({ duration: seconds(duration), target })),
+    gracefulRampDown: GRACE,
+    gracefulStop: GRACE,
+  };
+}
+
+// VU profiles, `vus` being the peak. load and spike are the seed report's stages exactly.
+const PROFILES = {
+  load: (vus) => ramping([[60, vus], [120, vus], [60, 0]]),
+  spike: (vus) => ramping([[30, Math.max(1, Math.round(vus / 10))], [30, vus], [30, 0]]),
+  sellout: (vus) => ({
+    executor: 'shared-iterations',
+    vus,
+    iterations: ITERATIONS,
+    maxDuration: seconds(300),
+    gracefulStop: GRACE,
+  }),
+  smoke: (vus) => ({ executor: 'constant-vus', vus, duration: seconds(10), gracefulStop: GRACE }),
+};
+
+// The seed report's order: 1 to 3 items, products 1..5, quantities 1..5, price 1.
+function randomItems() {
+  const count = randomInt(1, 3);
+  const items = [];
+  for (let i = 0; i < count; i++) {
+    items.push({ productId: randomInt(1, PRODUCTS), quantity: randomInt(1, 5), price: PRICE });
+  }
+  return items;
+}
+
+// Every order on product 1: one hot key for stock, as a flash sale of one item.
+function hotItems() {
+  return [{ productId: 1, quantity: randomInt(1, 5), price: PRICE }];
+}
+
+function errorCode(res) {
+  if (res.status === 0) return `NETWORK_${res.error_code || 'ERROR'}`;
+  try {
+    const body = res.json();
+    if (body && body.error && body.error.code) return String(body.error.code);
+  } catch (e) {
+    // not JSON: fall through to the status
+  }
+  return `HTTP_${res.status}`;
+}
+
+// Per VU: the first failure is logged, then at most one per WARN_INTERVAL_MS with a count of
+// the ones skipped, so a broken run cannot drown k6's progress output.
+let lastWarnAt = 0;
+let skippedWarnings = 0;
+
+function warnFailure(res, code) {
+  const now = Date.now();
+  if (lastWarnAt && now - lastWarnAt < WARN_INTERVAL_MS) {
+    skippedWarnings += 1;
+    return;
+  }
+  const skipped = skippedWarnings ? ` (+${skippedWarnings} more on this VU since the last warning)` : '';
+  const body = String(res.body || '').slice(0, 300);
+  console.warn(
+    `Failed Status : ${res.status} / Code : ${code} / Duration : ${res.timings.duration}ms / Body : ${body}${skipped}`,
+  );
+  lastWarnAt = now;
+  skippedWarnings = 0;
+}
+
+function record(res, code, expected) {
+  if (res.status === 201) ordersCreated.add(1);
+  if (code) errorsByCode.add(1, { code });
+  unexpectedAnswers.add(!expected);
+  if (!expected) warnFailure(res, code);
+}
+
+function placeOrder(tokens, items, outOfStockExpected) {
+  const userId = randomInt(1, USERS);
+  const res = http.post(`${BASE_URL}/api/v1/orders`, JSON.stringify({ userId, orderItems: items }), {
+    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[String(userId)]}` },
+    responseCallback: outOfStockExpected ? EXPECT_201_OR_409 : EXPECT_201,
+  });
+  const code = res.status === 201 ? null : errorCode(res);
+  const expected = res.status === 201 || (outOfStockExpected && res.status === 409 && code === 'OUT_OF_STOCK');
+  check(res, { [outOfStockExpected ? 'status is 201 or 409 OUT_OF_STOCK' : 'status is 201']: () => expected });
+  record(res, code, expected);
+}
+
+function healthz() {
+  const res = http.get(`${BASE_URL}/healthz`, { responseCallback: EXPECT_200 });
+  const expected = res.status === 200;
+  check(res, { 'status is 200': () => expected });
+  record(res, expected ? null : errorCode(res), expected);
+}
+
+const SCENARIOS = {
+  load: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false) },
+  spike: { profile: 'spike', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false) },
+  hot: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, hotItems(), false) },
+  sellout: { profile: 'sellout', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), true) },
+  ceiling: { profile: 'load', peakVus: 100, run: () => healthz(), noTokens: true },
+  smoke: { profile: 'smoke', peakVus: 5, run: (tokens) => placeOrder(tokens, randomItems(), false) },
+};
+
+function scenario(name) {
+  const found = SCENARIOS[name];
+  if (!found) throw new Error(`unknown SCENARIO "${name}"; one of ${Object.keys(SCENARIOS).join(', ')}`);
+  return found;
+}
+
+export function needsTokens(name) {
+  return !scenario(name).noTokens;
+}
+
+export function optionsFor(name) {
+  const shape = scenario(env('LIKE', name));
+  const vus = Number(env('VUS', String(shape.peakVus)));
+  return {
+    scenarios: { [name]: PROFILES[shape.profile](vus) },
+    // The seed report's thresholds, plus the same failure budget for answers the scenario rejects.
+    thresholds: {
+      http_req_duration: ['p(99)<200'],
+      http_req_failed: ['rate<0.01'],
+      unexpected_answers: ['rate<0.01'],
+    },
+    summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+    // Fewer tags keep the per-request time series (the report's chart) small.
+    systemTags: ['status', 'method', 'scenario', 'expected_response', 'check', 'error_code'],
+  };
+}
+
+export function iterate(name, tokens) {
+  scenario(name).run(tokens);
+}

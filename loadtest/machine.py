@@ -1,0 +1,63 @@
+"""The machine and software a load run ran on, for the report: what makes two reports comparable."""
+
+from __future__ import annotations
+
+import os
+import platform
+import runpy
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import django
+from django.conf import settings
+from django.db import connection
+
+from inventory import stock
+
+
+def _quietly(read: Callable[[], str]) -> str:
+    try:
+        return read()
+    except Exception as exc:  # the report is still worth writing without one version
+        return f"unknown ({type(exc).__name__})"
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _postgres_version() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        return cursor.fetchone()[0]
+
+
+def _k6_version(k6: str) -> str:
+    return subprocess.run([k6, "version"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def gunicorn_config() -> str:
+    """Workers and threads as config/gunicorn.conf.py computes them from this environment."""
+    import gunicorn
+
+    conf = runpy.run_path(str(Path(settings.BASE_DIR) / "config" / "gunicorn.conf.py"))
+    workers = f"{conf['workers']} {conf['worker_class']} workers x {conf['threads']} thread(s)"
+    return f"gunicorn {gunicorn.__version__}, {workers}"
+
+
+def machine_info(*, k6: str, server: str) -> dict[str, str]:
+    return {
+        "cores": str(os.cpu_count()),
+        "cpu": _quietly(_cpu_model),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "postgresql": _quietly(_postgres_version),
+        "redis": _quietly(lambda: stock.redis_client().info("server")["redis_version"]),
+        "k6": _quietly(lambda: _k6_version(k6)),
+        "server": server,
+    }

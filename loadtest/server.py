@@ -1,0 +1,113 @@
+"""A gunicorn server for one load run: started with the runner's database and Redis, stopped always.
+
+The server gets the very PostgreSQL database and Redis database this process uses (so the
+invariants read what the server wrote, including under tests), DEBUG off, and the order
+strategy to measure. It runs in its own session: a Ctrl-C in the terminal reaches k6 (which
+stops and still writes its summary), and the runner then stops gunicorn itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connection
+
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0  # gunicorn's graceful_timeout is 10 s
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+def database_url() -> str:
+    """The URL of the database this process is connected to (under tests: test_shop)."""
+    db = connection.settings_dict
+    credentials = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    host = quote(db["HOST"] or "127.0.0.1", safe="")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgres://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+def server_environment(*, strategy: str, port: int) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "SHOP_TESTING"}
+    env.update(
+        DEBUG="false",
+        ORDER_STRATEGY=strategy,
+        BIND=f"127.0.0.1:{port}",
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+    )
+    return env
+
+
+def _gunicorn_command() -> list[str]:
+    config = str(Path(settings.BASE_DIR) / "config" / "gunicorn.conf.py")
+    return [sys.executable, "-m", "gunicorn", "config.wsgi", "-c", config]
+
+
+def wait_until_healthy(
+    base_url: str, process: subprocess.Popen | None = None, timeout: float = STARTUP_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerFailed(f"gunicorn exited with code {process.returncode} before answering /healthz")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(f"{base_url}/healthz", timeout=1) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.2)
+    raise ServerFailed(f"{base_url}/healthz did not answer 200 within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the master (graceful), then SIGKILL to its process group if it hangs."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # our own session: gunicorn and its workers
+        process.wait()
+
+
+@contextlib.contextmanager
+def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[str]:
+    """Start gunicorn, wait for /healthz, yield its base URL; stop it on the way out, whatever happens."""
+    base_url = f"http://127.0.0.1:{port}"
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:  # else /healthz might answer from someone else
+            raise ServerFailed(f"port {port} is already in use; pick another with --port")
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            _gunicorn_command(),
+            cwd=settings.BASE_DIR,
+            env=server_environment(strategy=strategy, port=port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_until_healthy(base_url, process)
+            yield base_url
+        finally:
+            stop(process)

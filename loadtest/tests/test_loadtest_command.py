@@ -1,0 +1,36 @@
+"""End to end: `manage.py loadtest --scenario smoke` seeds, serves, loads, checks and reports.
+
+gunicorn runs against this test's database (test_shop) and Redis database (15): the runner
+hands it the URLs of the connections this process uses. About ten seconds of k6; no speed is
+asserted, only that the run answered orders, the invariants held and the report exists.
+"""
+
+import json
+import socket
+
+import pytest
+from django.core.management import call_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
+    reports = tmp_path / "reports"
+    call_command("loadtest", scenario="smoke", duration_scale=1.0, port=free_port(), reports_dir=reports)
+
+    (report_dir,) = reports.iterdir()
+    assert report_dir.name.endswith("-smoke")
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["invariants_hold"], summary["invariants"]
+    assert summary["figures"]["orders_created"] > 0
+    assert summary["figures"]["requests"] >= summary["figures"]["orders_created"]
+    assert "orders match 201 answers" in {check["name"] for check in summary["invariants"]}
+    assert "| invariant | result | detail |" in (report_dir / "report.md").read_text()
+    assert (report_dir / "chart.png").read_bytes().startswith(b"\x89PNG")
+    assert (report_dir / "k6-timeseries.csv.gz").exists()

@@ -1,0 +1,153 @@
+"""The report maths on small synthetic k6 outputs: no server, no database."""
+
+import gzip
+import json
+
+import pytest
+
+from loadtest.invariants import Check
+from loadtest.report import RunResult, write_comparison_report, write_run_report
+from loadtest.results import figures, percentile, read_timeseries
+
+HEADER = (
+    "metric_name,timestamp,metric_value,check,error_code,expected_response,method,scenario,status,extra_tags,metadata"
+)
+T0 = 1_700_000_000_000  # ms
+
+
+def request_rows(at_ms: int, duration_ms: float, status: int = 201) -> list[str]:
+    tags = f",,{'true' if status == 201 else 'false'},POST,load,{status},,"
+    rows = [f"http_reqs,{at_ms},1.000000,{tags}", f"http_req_duration,{at_ms},{duration_ms:.6f},{tags}"]
+    if status == 201:
+        rows.append(f"orders_created,{at_ms},1.000000,,,,,load,,,")
+    else:
+        rows.append(
+            f"errors_by_code,{at_ms},1.000000,,,,,load,,code={'OUT_OF_STOCK' if status == 409 else 'HTTP_500'},"
+        )
+    return rows
+
+
+def synthetic_csv(path) -> None:
+    """Four seconds: 1, 2, 2, 0 VUs; 2, 4, 4, 1 requests."""
+    rows = [f"vus,{T0 + s * 1000},{vus}.000000,,,,,,,," for s, vus in enumerate([1, 2, 2, 0])]
+    rows += request_rows(T0 + 100, 10) + request_rows(T0 + 900, 20)
+    for offset, duration in zip((1100, 1200, 1300, 1999), (10, 20, 30, 40), strict=True):
+        rows += request_rows(T0 + offset, duration)
+    for offset, duration, status in zip(
+        (2000, 2100, 2200, 2300), (100, 200, 300, 400), (201, 201, 409, 500), strict=True
+    ):
+        rows += request_rows(T0 + offset, duration, status)
+    rows += request_rows(T0 + 3500, 5)
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join([HEADER, *rows]) + "\n")
+
+
+def synthetic_summary(*, p99_crossed: bool) -> dict:
+    return {
+        "metrics": {
+            "http_reqs": {"count": 11, "rate": 2.75},
+            "http_req_duration": {
+                "avg": 103.2, "min": 5, "med": 30, "max": 400, "p(90)": 300, "p(95)": 350, "p(99)": 390,
+                "thresholds": {"p(99)<200": p99_crossed},
+            },
+            "http_req_failed": {"value": 2 / 11, "thresholds": {"rate<0.01": True}},
+            "unexpected_answers": {"value": 1 / 11, "thresholds": {"rate<0.01": True}},
+            "orders_created": {"count": 9, "rate": 2.25},
+        }
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "p", "expected"),
+    [
+        ([5.0], 99, 5.0),
+        ([1.0, 2.0], 50, 1.5),
+        ([1.0, 2.0, 3.0, 4.0], 0, 1.0),
+        ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
+        ([10.0, 20.0, 30.0, 40.0], 99, 39.7),
+        ([float(v) for v in range(1, 101)], 99, 99.01),
+        ([float(v) for v in range(1, 101)], 95, 95.05),
+    ],
+)
+def test_percentile_interpolates_between_closest_ranks_like_k6(values, p, expected):
+    assert percentile(values, p) == pytest.approx(expected)
+
+
+def test_time_series_buckets_requests_latency_and_vus_per_second(tmp_path):
+    path = tmp_path / "series.csv.gz"
+    synthetic_csv(path)
+
+    series = read_timeseries(path)
+
+    assert [b.requests for b in series.buckets] == [2, 4, 4, 1]
+    assert [b.orders for b in series.buckets] == [2, 4, 2, 1]
+    assert [b.vus for b in series.buckets] == [1, 2, 2, 0]
+    second = series.buckets[1]
+    assert (second.p50, second.p95, second.p99) == pytest.approx((25.0, 38.5, 39.7))
+    assert series.peak_vus == 2
+    assert series.throughput_at_peak() == 4.0  # seconds 1 and 2; the partial first and last are left out
+    assert series.statuses == {"201": 9, "409": 1, "500": 1}
+    assert series.errors_by_code == {"OUT_OF_STOCK": 1, "HTTP_500": 1}
+
+
+def test_figures_take_k6_summary_and_read_thresholds_as_crossed_flags(tmp_path):
+    path = tmp_path / "series.csv.gz"
+    synthetic_csv(path)
+
+    result = figures(scenario="load", summary=synthetic_summary(p99_crossed=False), series=read_timeseries(path))
+
+    assert result.requests == 11
+    assert result.failure_rate == pytest.approx(1 / 11)  # the scenario's rule, not http_req_failed
+    assert result.success_rate == pytest.approx(10 / 11)
+    assert result.http_req_failed_rate == pytest.approx(2 / 11)
+    assert result.latency_ms["p(99)"] == 390
+    assert (result.rps, result.rps_at_peak, result.orders_created) == (2.75, 4.0, 9)
+    assert result.thresholds == {
+        "http_req_duration p(99)<200": True,
+        "http_req_failed rate<0.01": False,
+        "unexpected_answers rate<0.01": False,
+    }
+    assert not result.thresholds_passed
+
+
+def _result(tmp_path, strategy: str, rps: float, p99: float) -> RunResult:
+    path = tmp_path / f"{strategy}.csv.gz"
+    synthetic_csv(path)
+    series = read_timeseries(path)
+    summary = synthetic_summary(p99_crossed=True)
+    summary["metrics"]["http_reqs"]["rate"] = rps
+    summary["metrics"]["http_req_duration"]["p(99)"] = p99
+    return RunResult(
+        scenario="load", strategy=strategy, started_at="2025-01-01T00:00:00+00:00", duration_scale=0.1,
+        base_url="http://127.0.0.1:8089", shape={"users": 500}, figures=figures(scenario="load", summary=summary,
+        series=series), series=series, k6_exit_code=99, invariants=[Check("stock conserved", True, "ok")],
+        server_counters={"balance_version_conflicts": 3}, machine={"cores": "2"}, ceiling=None,
+    )  # fmt: skip
+
+
+def test_run_report_writes_markdown_json_and_chart(tmp_path):
+    result = _result(tmp_path, "new", rps=100.0, p99=50.0)
+
+    write_run_report(tmp_path / "run", result)
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["figures"]["rps"] == 100.0
+    assert summary["invariants_hold"] is True
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| p99 latency | 50.0 ms |" in report
+    assert "balance_version_conflicts" in report
+    assert (tmp_path / "run" / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_comparison_report_gives_new_over_old_ratios(tmp_path):
+    old = _result(tmp_path, "old", rps=30.0, p99=6000.0)
+    new = _result(tmp_path, "new", rps=300.0, p99=60.0)
+
+    write_comparison_report(tmp_path / "compare", old, new)
+
+    ratios = json.loads((tmp_path / "compare" / "summary.json").read_text())["ratios_new_over_old"]
+    assert ratios["p99 latency"] == pytest.approx(0.01)
+    assert ratios["throughput, whole run (k6 http_reqs rate)"] == pytest.approx(10.0)
+    report = (tmp_path / "compare" / "report.md").read_text()
+    assert "| p99 latency | 6.00 s | 60.0 ms | 0.01x |" in report
+    assert (tmp_path / "compare" / "chart.png").exists()
