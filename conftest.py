@@ -2,6 +2,7 @@
 
 import pytest
 
+from accounts.authentication import forget_tokens
 from inventory import stock
 
 
@@ -12,5 +13,6 @@ def clean_redis(settings):
     client = stock.redis_client()
     client.flushdb()
     client.set(stock.READY_KEY, "1")
+    forget_tokens()
     yield
     client.flushdb()

@@ -15,11 +15,27 @@ from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
 
-_READ_SQL = "SELECT balance, version FROM accounts_account WHERE user_id = %s"
-_UPDATE_SQL = (
-    "UPDATE accounts_account SET balance = %s, version = version + 1, updated_at = now() "
-    "WHERE user_id = %s AND version = %s"
+# One round trip per attempt: read the balance and version, update only if the version is
+# still the one read (READ COMMITTED re-checks it after waiting for a concurrent writer's
+# lock, so a committed concurrent change makes it match nothing), and write the ledger entry
+# from the updated row. `updated` is NULL when the update did not happen.
+_CHANGE_SQL = """
+WITH current AS (
+    SELECT balance, version FROM accounts_account WHERE user_id = %(user_id)s
+), changed AS (
+    UPDATE accounts_account AS account
+    SET balance = current.balance + %(amount)s, version = account.version + 1, updated_at = now()
+    FROM current
+    WHERE account.user_id = %(user_id)s AND account.version = current.version
+      AND current.balance + %(amount)s >= 0
+    RETURNING account.balance
+), entry AS (
+    INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
+    SELECT %(user_id)s, %(amount)s, %(kind)s, %(reference)s, changed.balance, now() FROM changed
+    RETURNING id, balance_after, created_at
 )
+SELECT current.balance, entry.id, entry.balance_after, entry.created_at FROM current LEFT JOIN entry ON true
+"""
 
 
 def _balance_backoff(max_attempts: int | None = None) -> Backoff:
@@ -44,30 +60,35 @@ def account_change_balance(
 ) -> BalanceEntry:
     """Add `amount` (negative to take money) to the user's balance and write its ledger entry.
 
-    Safe because the UPDATE only matches the version we read: a concurrent change makes it
+    Safe because the UPDATE only matches the version it read: a concurrent change makes it
     match nothing, and we re-read and retry (bounded, jittered, counted). The ledger entry is
-    written in the same transaction, so a crash leaves both or neither.
+    written by the same statement, so a crash leaves both or neither.
 
     Raises InsufficientBalance when the balance would go below zero, BalanceConflict when
     every attempt lost the race (`max_attempts=1` is the old design: no retry).
     """
 
-    def attempt_once() -> int | None:
+    params = {"user_id": user_id, "amount": amount, "kind": kind, "reference": reference}
+
+    def attempt_once() -> BalanceEntry | None:
         with connection.cursor() as cursor:
-            cursor.execute(_READ_SQL, [user_id])
+            cursor.execute(_CHANGE_SQL, params)
             row = cursor.fetchone()
-            if row is None:
-                raise Account.DoesNotExist(f"user {user_id} has no account")
-            balance, version = row
-            new_balance = balance + amount
-            if new_balance < 0:
-                raise InsufficientBalance(details={"balance": balance, "required": -amount})
-            cursor.execute(_UPDATE_SQL, [new_balance, user_id, version])
-            return new_balance if cursor.rowcount == 1 else None
+        if row is None:
+            raise Account.DoesNotExist(f"user {user_id} has no account")
+        balance, entry_id, balance_after, created_at = row
+        if entry_id is not None:
+            return BalanceEntry(
+                id=entry_id, account_id=user_id, amount=amount, kind=kind, reference=reference,
+                balance_after=balance_after, created_at=created_at,
+            )  # fmt: skip
+        if balance + amount < 0:
+            raise InsufficientBalance(details={"balance": balance, "required": -amount})
+        return None  # the version moved on: lost the race
 
     with transaction.atomic(savepoint=False):
         try:
-            balance_after = retry_on_conflict(
+            return retry_on_conflict(
                 attempt_once,
                 backoff=_balance_backoff(max_attempts),
                 on_conflict=lambda attempt: _count_conflict(user_id, attempt),
@@ -76,9 +97,6 @@ def account_change_balance(
             metrics.count("balance_conflict_failures")
             logger.warning("balance update for user %s gave up after %s attempts", user_id, exc.attempts)
             raise BalanceConflict(details={"attempts": exc.attempts}) from exc
-        return BalanceEntry.objects.create(
-            account_id=user_id, amount=amount, kind=kind, reference=reference, balance_after=balance_after
-        )
 
 
 def account_withdraw(*, user_id: int, amount: int, reference: str, max_attempts: int | None = None) -> BalanceEntry:

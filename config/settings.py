@@ -82,11 +82,16 @@ DATABASES = {"default": env.db("DATABASE_URL", default=devservers.DEFAULT_DATABA
 # Persistent connections: one per gunicorn worker thread, checked before reuse. A statement
 # timeout bounds every transaction on the order path, which reconciliation relies on.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A health check costs a round trip on every request; without it a connection broken by a
+# database restart fails one request with a 503, and Django then reconnects.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=False)
 DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].update(
     {
         "connect_timeout": 5,
+        # Server-side binding lets psycopg prepare the order path's statements after a few
+        # runs, so PostgreSQL stops re-planning them on every order.
+        "server_side_binding": env.bool("DB_SERVER_SIDE_BINDING", default=True),
         "options": "-c statement_timeout={} -c idle_in_transaction_session_timeout={}".format(
             env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000),
             env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=30_000),
@@ -121,6 +126,7 @@ CACHES = {
 STOCK_RESERVATION_GRACE_SECONDS = env.int("STOCK_RESERVATION_GRACE_SECONDS", default=60)
 BALANCE_UPDATE_MAX_ATTEMPTS = env.int("BALANCE_UPDATE_MAX_ATTEMPTS", default=30)
 BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
+TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
@@ -161,6 +167,7 @@ CELERY_BEAT_SCHEDULE = {
     "relay-order-events": {"task": "orders.tasks.relay_order_events", "schedule": 1.0},
     "expire-pending-orders": {"task": "orders.tasks.expire_pending_orders", "schedule": 60.0},
     "reconcile-inventory": {"task": "inventory.tasks.reconcile_inventory", "schedule": 60.0},
+    "purge-idempotency-keys": {"task": "orders.tasks.purge_idempotency_keys", "schedule": 3600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")
 

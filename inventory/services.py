@@ -31,8 +31,10 @@ _RECONCILE_LOCK_ID = 7_420_001
 
 
 def products_for_order(*, product_ids: list[int]) -> dict[int, Product]:
-    """The products of an order, all of which must exist and be on sale."""
-    products = {p.id: p for p in Product.objects.filter(id__in=product_ids).only("id", "name", "price", "active")}
+    """The products of an order, all of which must exist and be on sale (prices from here)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, price, active FROM inventory_product WHERE id = ANY(%s)", [product_ids])
+        products = {pid: Product(id=pid, price=price, active=active) for pid, price, active in cursor.fetchall()}
     missing = sorted(set(product_ids) - products.keys())
     if missing:
         raise ProductNotFound(details={"productIds": missing})
@@ -70,6 +72,17 @@ def stock_release(*, token: uuid.UUID) -> bool:
     return stock.release(token=token)
 
 
+# One round trip: settle the reservation as SOLD and write its ledger rows.
+_RECORD_UNITS_SQL = """
+WITH settled AS (
+    INSERT INTO inventory_stockreservation (token, state, created_at) VALUES (%(token)s, 'SOLD', now())
+)
+INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, created_at)
+SELECT item.product_id, -item.quantity, %(kind)s, %(reference)s, %(reason)s, now()
+FROM unnest(%(product_ids)s::bigint[], %(quantities)s::bigint[]) AS item(product_id, quantity)
+"""
+
+
 def stock_record_sale(*, token: uuid.UUID, quantities: dict[int, int], reference: str) -> None:
     """Write the sale into the ledger, inside the caller's transaction (the order's)."""
     _record_reserved_units(token=token, quantities=quantities, kind=StockMovement.Kind.SALE, reference=reference)
@@ -86,13 +99,14 @@ def _record_reserved_units(
     no longer accounts for.
     """
     try:
-        StockReservation.objects.create(token=token, state=StockReservation.State.SOLD)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _RECORD_UNITS_SQL,
+                {"token": token, "kind": kind, "reference": reference, "reason": reason,
+                 "product_ids": list(quantities), "quantities": list(quantities.values())},
+            )  # fmt: skip
     except IntegrityError as exc:
         raise ReservationLost() from exc
-    StockMovement.objects.bulk_create(
-        StockMovement(product_id=pid, quantity=-qty, kind=kind, reference=reference, reason=reason)
-        for pid, qty in quantities.items()
-    )
     if not stock.reservation_exists(token=token):
         raise ReservationLost()
 

@@ -10,7 +10,13 @@ from rest_framework.views import APIView
 
 from orders.errors import NotYourOrder
 from orders.selectors import order_get, order_list
-from orders.serializers import OrderDetailOutputSerializer, OrderInputSerializer, OrderOutputSerializer
+from orders.serializers import (
+    OrderDetailOutputSerializer,
+    OrderInputSerializer,
+    OrderOutputSerializer,
+    order_detail_to_dict,
+    order_to_dict,
+)
 from orders.services import OrderLine, order_cancel, order_place
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -65,19 +71,19 @@ class OrderListCreateApi(APIView):
         if placed.status_code == 202:
             headers["Location"] = reverse("order-detail", kwargs={"order_id": placed.order.id})
             headers["Preference-Applied"] = "respond-async"
-        return Response(OrderOutputSerializer(placed.order).data, status=placed.status_code, headers=headers)
+        return Response(order_to_dict(placed.order), status=placed.status_code, headers=headers)
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
     def get(self, request):
         paginator = PageNumberPagination()
         page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
-        return paginator.get_paginated_response(OrderOutputSerializer(page, many=True).data)
+        return paginator.get_paginated_response([order_to_dict(order) for order in page])
 
 
 class OrderDetailApi(APIView):
     @extend_schema(responses={200: OrderDetailOutputSerializer}, summary="One of the caller's orders, with progress")
     def get(self, request, order_id: int):
-        return Response(OrderDetailOutputSerializer(order_get(order_id=order_id, user_id=request.user.id)).data)
+        return Response(order_detail_to_dict(order_get(order_id=order_id, user_id=request.user.id)))
 
 
 class OrderCancelApi(APIView):
@@ -85,4 +91,4 @@ class OrderCancelApi(APIView):
         request=None, responses={200: OrderOutputSerializer}, summary="Cancel: refund, release stock and coupon"
     )
     def post(self, request, order_id: int):
-        return Response(OrderOutputSerializer(order_cancel(order_id=order_id, user_id=request.user.id)).data)
+        return Response(order_to_dict(order_cancel(order_id=order_id, user_id=request.user.id)))

@@ -8,9 +8,12 @@ error in a short transaction of its own, so a retry gets the same error, not a s
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.errors import InsufficientBalance
 from config.errors import DomainError, error_body
@@ -92,3 +95,10 @@ def remember_error(*, user_id: int, key: str, fingerprint: str, error: DomainErr
         ],
         ignore_conflicts=True,
     )
+
+
+def purge_expired() -> int:
+    """Forget keys older than IDEMPOTENCY_KEY_TTL_HOURS (48 h by default; at least 24 h)."""
+    cutoff = timezone.now() - datetime.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
+    return deleted

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.errors import InsufficientBalance
@@ -26,7 +26,7 @@ from inventory.services import (
 )
 from orders import events, idempotency
 from orders.errors import InvalidStatusTransition, OrderNotFound, PriceChanged
-from orders.models import ALLOWED_TRANSITIONS, Order, OrderItem, OrderStatus
+from orders.models import ALLOWED_TRANSITIONS, Order, OrderEvent, OrderItem, OrderStatus
 from payments.services import payment_refund, payment_take
 
 logger = logging.getLogger(__name__)
@@ -157,13 +157,8 @@ def _record_order(
     for the shortest time. Asynchronously, the payment is queued once the order has committed."""
     total = sum(prices[pid] * qty for pid, qty in quantities.items())
     with transaction.atomic():
-        order = Order.objects.create(
-            user_id=user_id, total_amount=total, coupon_code=coupon_code or "", reservation_token=token
-        )
-        order.items_cache = OrderItem.objects.bulk_create(
-            OrderItem(order=order, product_id=pid, quantity=qty, unit_price=prices[pid])
-            for pid, qty in quantities.items()
-        )
+        order = _insert_order(user_id=user_id, total=total, coupon_code=coupon_code or "", token=token,
+                              quantities=quantities, prices=prices)  # fmt: skip
         reference = f"order:{order.id}"
         take_stock(reference)
         discount = 0
@@ -174,11 +169,9 @@ def _record_order(
         created = events.event_build(order, events.CREATED)
         if pay_now:
             payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
-            _move(order, OrderStatus.PAID, discount_amount=discount, paid_amount=total - discount)
+            _move(order, OrderStatus.PAID, events.PAID, before=[created], discount_amount=discount,
+                  paid_amount=total - discount)  # fmt: skip
             status_code = 201
-            events.events_record(
-                [created, events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT)]
-            )
         else:
             if discount:
                 Order.objects.filter(pk=order.pk).update(discount_amount=discount)
@@ -187,14 +180,52 @@ def _record_order(
             events.events_record([created])
             transaction.on_commit(lambda: _enqueue_payment(order.id))
         if idempotency_key:
-            idempotency.claim(
-                user_id=user_id,
-                key=idempotency_key,
-                fingerprint=fingerprint,
-                order_id=order.id,
-                status_code=status_code,
-            )
+            idempotency.claim(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, order_id=order.id,
+                              status_code=status_code)  # fmt: skip
     return PlacedOrder(order=order, status_code=status_code)
+
+
+# One round trip for the order and its items.
+_INSERT_ORDER_SQL = """
+WITH new_order AS (
+    INSERT INTO orders_order (user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
+                              reservation_token, created_at, updated_at)
+    VALUES (%(user_id)s, %(status)s, %(total)s, 0, 0, %(coupon_code)s, %(token)s, now(), now())
+    RETURNING id, created_at
+), items AS (
+    INSERT INTO orders_orderitem (order_id, product_id, quantity, unit_price)
+    SELECT new_order.id, item.product_id, item.quantity, item.unit_price
+    FROM new_order, unnest(%(product_ids)s::bigint[], %(quantities)s::int[], %(prices)s::bigint[])
+         AS item(product_id, quantity, unit_price)
+)
+SELECT id, created_at FROM new_order
+"""
+
+
+def _insert_order(
+    *, user_id: int, total: int, coupon_code: str, token: uuid.UUID, quantities: dict[int, int], prices: dict[int, int]
+) -> Order:
+    product_ids = list(quantities)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _INSERT_ORDER_SQL,
+            {
+                "user_id": user_id, "status": OrderStatus.PENDING_PAYMENT, "total": total,
+                "coupon_code": coupon_code, "token": token, "product_ids": product_ids,
+                "quantities": [quantities[pid] for pid in product_ids],
+                "prices": [prices[pid] for pid in product_ids],
+            },
+        )  # fmt: skip
+        order_id, created_at = cursor.fetchone()
+    order = Order(
+        id=order_id, user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
+        reservation_token=token, created_at=created_at, updated_at=created_at,
+    )  # fmt: skip
+    order.items_cache = [
+        OrderItem(order_id=order_id, product_id=pid, quantity=quantities[pid], unit_price=prices[pid])
+        for pid in product_ids
+    ]
+    return order
 
 
 def _enqueue_payment(order_id: int) -> None:
@@ -218,16 +249,43 @@ def _release_after_failure(token) -> None:
         logger.warning("could not release reservation %s; reconciliation will", token, exc_info=True)
 
 
-def _move(order: Order, to_status: str, **fields) -> None:
-    """Change status along the status machine, compare-and-set on the status we hold."""
+# The status change and its events in one statement: no change without its event, and the
+# compare-and-set on the current status makes a concurrent move lose cleanly.
+_MOVE_SQL = """
+WITH moved AS (
+    UPDATE orders_order SET status = %(to_status)s, updated_at = now(){assignments}
+    WHERE id = %(order_id)s AND status = %(from_status)s
+    RETURNING id
+)
+INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
+SELECT event.event_id, moved.id, event.type, event.payload::jsonb, now()
+FROM moved, unnest(%(event_ids)s::uuid[], %(types)s::text[], %(payloads)s::text[]) WITH ORDINALITY
+     AS event(event_id, type, payload, position)
+ORDER BY event.position
+"""
+_MOVABLE_FIELDS = ("discount_amount", "paid_amount")
+
+
+def _move(order: Order, to_status: str, event_type: str, *, before: list[OrderEvent] = (), **fields) -> None:
+    """Move along the status machine and write the move's event (after any `before` events)."""
     if to_status not in ALLOWED_TRANSITIONS[order.status]:
         raise InvalidStatusTransition(details={"from": order.status, "to": to_status})
-    moved = Order.objects.filter(pk=order.pk, status=order.status).update(status=to_status, **fields)
-    if not moved:
-        raise InvalidStatusTransition(details={"from": order.status, "to": to_status, "reason": "changed concurrently"})
+    assert set(fields) <= set(_MOVABLE_FIELDS), fields
+    from_status = order.status
     order.status = to_status
     for name, value in fields.items():
         setattr(order, name, value)
+    to_write = [*before, events.event_build(order, event_type, previous_status=from_status)]
+    sql = _MOVE_SQL.format(assignments="".join(f", {name} = %({name})s" for name in fields))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {
+            "to_status": to_status, "from_status": from_status, "order_id": order.id, **fields,
+            **events.as_columns(to_write),
+        })  # fmt: skip
+        moved = cursor.rowcount == len(to_write)
+    if not moved:
+        order.status = from_status
+        raise InvalidStatusTransition(details={"from": from_status, "to": to_status, "reason": "changed concurrently"})
 
 
 def _lock_order(order_id: int, *, user_id: int | None = None) -> Order | None:
@@ -240,18 +298,16 @@ def _lock_order(order_id: int, *, user_id: int | None = None) -> Order | None:
     return order
 
 
-def _give_back(order: Order, *, to_status: str, event_type: str) -> list:
+def _give_back(order: Order, *, to_status: str, event_type: str) -> None:
     """Refund (if paid), release the coupon use and the stock, and move to `to_status`.
-    Inside the caller's transaction, the order row locked. Returns the event to record."""
+    Inside the caller's transaction, the order row locked."""
     reference = f"order:{order.id}"
-    previous = order.status
     if order.status == OrderStatus.PAID:
         payment_refund(order_id=order.id)
     if order.coupon_code:
         coupon_release(reference=reference)
     stock_return(quantities={item.product_id: item.quantity for item in order.items_cache}, reference=reference)
-    _move(order, to_status)
-    return [events.event_build(order, event_type, previous_status=previous)]
+    _move(order, to_status, event_type)
 
 
 def order_cancel(*, order_id: int, user_id: int) -> Order:
@@ -268,7 +324,7 @@ def order_cancel(*, order_id: int, user_id: int) -> Order:
             raise OrderNotFound()
         if OrderStatus.CANCELLED not in ALLOWED_TRANSITIONS[order.status]:
             raise InvalidStatusTransition(details={"from": order.status, "to": OrderStatus.CANCELLED})
-        events.events_record(_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED))
+        _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
     return order
 
 
@@ -297,15 +353,10 @@ def order_pay(*, order_id: int) -> Order | None:
                 if settings.PAYMENT_GATEWAY_LATENCY_MS:
                     time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip
         except InsufficientBalance:
-            previous = order.status
-            _move(order, OrderStatus.PAYMENT_FAILED)
-            failed = events.event_build(order, events.PAYMENT_FAILED, previous_status=previous)
-            events.events_record(
-                [failed, *_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)]
-            )
+            _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
+            _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
             return order
-        _move(order, OrderStatus.PAID, paid_amount=amount)
-        events.events_record([events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT)])
+        _move(order, OrderStatus.PAID, events.PAID, paid_amount=amount)
     return order
 
 
@@ -325,7 +376,7 @@ def orders_expire_pending(*, older_than_seconds: float | None = None) -> list[in
             if order is None or order.status != OrderStatus.PENDING_PAYMENT:
                 continue
             order.items_cache = list(order.items.order_by("id"))
-            events.events_record(_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED))
+            _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
             expired.append(order_id)
     if expired:
         logger.warning("cancelled %d orders left unpaid past %ss", len(expired), timeout)

@@ -4,6 +4,7 @@ from celery import shared_task
 from django.db import OperationalError
 
 from accounts.errors import BalanceConflict
+from orders import idempotency
 from orders.events import events_relay
 from orders.services import order_pay, orders_expire_pending
 
@@ -26,6 +27,11 @@ def pay_order(order_id: int) -> str | None:
 @shared_task
 def expire_pending_orders() -> int:
     return len(orders_expire_pending())
+
+
+@shared_task
+def purge_idempotency_keys() -> int:
+    return idempotency.purge_expired()
 
 
 @shared_task

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import connection, transaction
 
 from accounts.services import account_refund, account_withdraw
 from payments.models import Payment, Refund
+
+_INSERT_PAYMENT_SQL = (
+    "INSERT INTO payments_payment (order_id, user_id, amount, status, created_at) "
+    "VALUES (%s, %s, %s, %s, now()) RETURNING id, created_at"
+)
 
 
 def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> Payment:
@@ -15,7 +20,10 @@ def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int 
     and the payment row commit together. Raises InsufficientBalance or BalanceConflict.
     """
     with transaction.atomic(savepoint=False):
-        payment = Payment.objects.create(order_id=order_id, user_id=user_id, amount=amount)
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
+            payment_id, created_at = cursor.fetchone()
+        payment = Payment(id=payment_id, order_id=order_id, user_id=user_id, amount=amount, created_at=created_at)
         if amount:
             account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
         return payment

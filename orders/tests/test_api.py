@@ -399,3 +399,15 @@ def test_postgres_down_answers_503_and_gives_the_reservation_back(shop):
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert state_fingerprint() == before
+
+
+def test_the_rendered_order_has_exactly_the_documented_fields(shop):
+    from orders.serializers import OrderDetailOutputSerializer, OrderItemOutputSerializer
+
+    user, client, product, _ = shop
+    order_id = _post(client, order_body(user, (product, 1))).json()["orderId"]
+    detail = client.get(f"/api/v1/orders/{order_id}").json()
+
+    assert set(detail) == set(OrderDetailOutputSerializer().fields)
+    assert set(detail["items"][0]) == set(OrderItemOutputSerializer().fields)
+    assert set(detail["progress"][0]) == {"step", "at"}
