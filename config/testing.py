@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import token_create, user_create
+from config.database import current_database_url
 from inventory.models import Product
 from inventory.services import product_create
 
@@ -68,15 +69,9 @@ def race(count: int, action: Callable[[int], object]) -> list[object]:
         return list(pool.map(run, range(count)))
 
 
-def database_url_for_tests() -> str:
-    """The URL of the database this test runs against (pytest-django's test_shop)."""
-    s = connection.settings_dict
-    return f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{s['NAME']}"
-
-
 def run_in_django_process(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python process with Django set up on the test database and Redis."""
-    env = dict(os.environ, DATABASE_URL=database_url_for_tests(), SHOP_TESTING="1")
+    env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1")
     env["REDIS_TEST_URL"] = settings.REDIS_URL
     script = "import django, os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings')\ndjango.setup()\n"
     return subprocess.run(
@@ -93,7 +88,7 @@ class CeleryWorker:
     """A real Celery worker process on the test database and Redis, killable for crash tests."""
 
     def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "w1"):
-        env = dict(os.environ, DATABASE_URL=database_url_for_tests(), SHOP_TESTING="1")
+        env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1")
         env["REDIS_TEST_URL"] = settings.REDIS_URL
         env["CELERY_VISIBILITY_TIMEOUT_SECONDS"] = "3"
         env.update(extra_env or {})

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loadtest.async_run import PaymentFigures
 from loadtest.chart import plot
 from loadtest.invariants import Check
 from loadtest.results import PEAK_SHARE, Figures, TimeSeries
@@ -34,6 +35,7 @@ class RunResult:
     machine: dict[str, str]
     ceiling: Figures | None = None
     ceiling_series: TimeSeries | None = field(default=None, repr=False)
+    payments: PaymentFigures | None = None
 
     @property
     def invariants_hold(self) -> bool:
@@ -55,6 +57,8 @@ class RunResult:
             "server_counters": self.server_counters,
             "machine": self.machine,
         }
+        if self.payments is not None:
+            data["payments"] = asdict(self.payments)
         if self.ceiling is not None:
             data["ceiling"] = asdict(self.ceiling)
             data["ratios_to_ceiling"] = _throughput_ratios(self.figures, self.ceiling)
@@ -169,6 +173,22 @@ def _machine_lines(machine: dict[str, str]) -> str:
 # --- reports ----------------------------------------------------------------------------
 
 
+def _payments_table(p: PaymentFigures) -> str:
+    drained = f"{p.drained_after_s:.0f} s" if p.drained_after_s >= 0 else "**not drained**"
+    rows = [
+        ("orders accepted (202)", f"{p.orders:,}"),
+        ("ended PAID / CANCELLED", f"{p.paid:,} / {p.cancelled:,}"),
+        ("time from 202 to PAID p50", _ms(p.p50_ms)),
+        ("time from 202 to PAID p95", _ms(p.p95_ms)),
+        ("time from 202 to PAID p99", _ms(p.p99_ms)),
+        ("time from 202 to PAID max", _ms(p.max_ms)),
+        ("payment queue depth, max", f"{p.max_queue_depth:,}"),
+        ("queue drained after k6 stopped", drained),
+    ]
+    lines = ["| metric | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows]]
+    return "\n".join(lines) + "\n\nTime to PAID is read from the order events (order.created to order.paid).\n"
+
+
 def render_run(result: RunResult) -> str:
     f = result.figures
     shape = ", ".join(f"{key} {value}" for key, value in result.shape.items())
@@ -201,6 +221,8 @@ def render_run(result: RunResult) -> str:
         _counts_table("HTTP status", f.statuses),
         _counts_table("error code", f.errors_by_code),
     ]
+    if result.payments is not None:
+        parts += ["## Asynchronous payment\n", _payments_table(result.payments)]
     if result.scenario == "sellout":
         parts.append("In a sellout, 409 OUT_OF_STOCK is an expected answer: not counted as a failure.\n")
     parts += [
@@ -271,7 +293,8 @@ def write_run_report(out_dir: Path, result: RunResult) -> None:
     series = {result.scenario: result.series}
     if result.ceiling_series is not None:
         series["ceiling"] = result.ceiling_series
-    plot(out_dir / "chart.png", f"{result.scenario}, {result.strategy} strategy", series)
+    queue = [(s.second, s.depth) for s in result.payments.queue] if result.payments else None
+    plot(out_dir / "chart.png", f"{result.scenario}, {result.strategy} strategy", series, queue=queue)
     (out_dir / "report.md").write_text(render_run(result))
 
 

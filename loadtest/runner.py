@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from config import devservers, metrics
-from loadtest import seeding, server
+from loadtest import async_run, seeding, server
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import gunicorn_config, machine_info
 from loadtest.report import RunResult, write_comparison_report, write_run_report
@@ -44,6 +44,7 @@ class Scenario:
     name: str
     shape: seeding.SeedShape
     sold_out_expected: bool = False
+    asynchronous: bool = False  # Prefer: respond-async: 202 now, payment on a Celery worker
 
 
 SCENARIOS = {
@@ -52,6 +53,7 @@ SCENARIOS = {
     "hot": Scenario("hot", seeding.SeedShape()),
     # 1,000 units against 3,000 orders of about 6 units: sold out early, then clean 409s.
     "sellout": Scenario("sellout", seeding.SeedShape(products=5, stock=200), sold_out_expected=True),
+    "async": Scenario("async", seeding.SeedShape(), asynchronous=True),
     "ceiling": Scenario("ceiling", seeding.SeedShape()),
     "smoke": Scenario("smoke", seeding.SeedShape()),
 }
@@ -180,6 +182,25 @@ def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> I
     echo("gunicorn stopped")
 
 
+@contextlib.contextmanager
+def _payment_worker(
+    scenario: Scenario, options: RunOptions, strategy: str, out_dir: Path, echo: Echo
+) -> Iterator[async_run.QueueSampler | None]:
+    """For the async scenario: a Celery worker beside the server, and the queue sampled each second."""
+    if not scenario.asynchronous:
+        yield None
+        return
+    if options.url:
+        echo("async against --url: payments need that deployment's own Celery worker")
+        with async_run.QueueSampler() as sampler:
+            yield sampler
+        return
+    env = server.server_environment(strategy=strategy, port=options.port)
+    echo(f"starting a Celery worker for the payments; log: {out_dir / 'celery.log'}")
+    with async_run.celery_worker(env=env, log_path=out_dir / "celery.log"), async_run.QueueSampler() as sampler:
+        yield sampler
+
+
 def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
     """One full run of the chosen scenario with one strategy; writes its report into `out_dir`."""
     scenario = SCENARIOS[options.scenario]
@@ -200,13 +221,23 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                 like=scenario.name,
                 echo=echo,
             )
-        run = run_k6(
-            scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options, shape=scenario.shape, echo=echo
-        )
+        with _payment_worker(scenario, options, strategy, out_dir, echo) as sampler:
+            run = run_k6(
+                scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options, shape=scenario.shape,
+                echo=echo,
+            )  # fmt: skip
+            if sampler is not None:
+                echo("k6 done; waiting for the payment queue to drain")
+                drained_after = async_run.wait_until_settled(echo=echo)
+    payments = None
+    if sampler is not None:
+        payments = async_run.payment_figures(queue=sampler.samples, drained_after_s=drained_after)
     echo("checking invariants against PostgreSQL and Redis")
     checks = check_invariants(
         baseline=baseline, orders_answered=run.figures.orders_created, sold_out_expected=scenario.sold_out_expected
     )
+    if scenario.asynchronous:
+        checks += async_run.async_checks()
     served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
     result = RunResult(
         scenario=scenario.name,
@@ -223,6 +254,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         machine=machine_info(k6=k6_binary(), server=served_by),
         ceiling=ceiling.figures if ceiling else None,
         ceiling_series=ceiling.series if ceiling else None,
+        payments=payments,
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")

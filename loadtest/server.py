@@ -19,10 +19,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
-from django.db import connection
+
+from config.database import current_database_url
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0  # gunicorn's graceful_timeout is 10 s
@@ -32,24 +32,13 @@ class ServerFailed(RuntimeError):
     pass
 
 
-def database_url() -> str:
-    """The URL of the database this process is connected to (under tests: test_shop)."""
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    host = quote(db["HOST"] or "127.0.0.1", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
-
-
 def server_environment(*, strategy: str, port: int) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "SHOP_TESTING"}
     env.update(
         DEBUG="false",
         ORDER_STRATEGY=strategy,
         BIND=f"127.0.0.1:{port}",
-        DATABASE_URL=database_url(),
+        DATABASE_URL=current_database_url(),
         REDIS_URL=settings.REDIS_URL,
     )
     return env

@@ -55,7 +55,7 @@ def as_columns(events: list[OrderEvent]) -> dict[str, list]:
 
 _RECORD_SQL = """
 INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT event.event_id, %(order_id)s, event.type, event.payload::jsonb, now()
+SELECT event.event_id, %(order_id)s, event.type, event.payload::jsonb, clock_timestamp()
 FROM unnest(%(event_ids)s::uuid[], %(types)s::text[], %(payloads)s::text[]) WITH ORDINALITY
      AS event(event_id, type, payload, position)
 ORDER BY event.position

@@ -258,7 +258,7 @@ WITH moved AS (
     RETURNING id
 )
 INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT event.event_id, moved.id, event.type, event.payload::jsonb, now()
+SELECT event.event_id, moved.id, event.type, event.payload::jsonb, clock_timestamp()
 FROM moved, unnest(%(event_ids)s::uuid[], %(types)s::text[], %(payloads)s::text[]) WITH ORDINALITY
      AS event(event_id, type, payload, position)
 ORDER BY event.position

@@ -40,6 +40,8 @@ const EXPECT_201 = http.expectedStatuses(201);
 // Sellout: a 409 is an answer, not a broken request; whether it is OUT_OF_STOCK is checked below.
 const EXPECT_201_OR_409 = http.expectedStatuses(201, 409);
 const EXPECT_200 = http.expectedStatuses(200);
+// Async: the order is accepted (202) and paid later by the task queue.
+const EXPECT_202 = http.expectedStatuses(202);
 
 function randomInt(min, max) {
   return Math.floor(Math.random() * (max - min + 1)) + min;
@@ -124,21 +126,25 @@ function warnFailure(res, code) {
 }
 
 function record(res, code, expected) {
-  if (res.status === 201) ordersCreated.add(1);
+  if (res.status === 201 || res.status === 202) ordersCreated.add(1);
   if (code) errorsByCode.add(1, { code });
   unexpectedAnswers.add(!expected);
   if (!expected) warnFailure(res, code);
 }
 
-function placeOrder(tokens, items, outOfStockExpected) {
+function placeOrder(tokens, items, outOfStockExpected, asynchronous = false) {
   const userId = randomInt(1, USERS);
+  const headers = { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[String(userId)]}` };
+  if (asynchronous) headers.Prefer = 'respond-async';
+  const success = asynchronous ? 202 : 201;
   const res = http.post(`${BASE_URL}/api/v1/orders`, JSON.stringify({ userId, orderItems: items }), {
-    headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[String(userId)]}` },
-    responseCallback: outOfStockExpected ? EXPECT_201_OR_409 : EXPECT_201,
+    headers,
+    responseCallback: asynchronous ? EXPECT_202 : outOfStockExpected ? EXPECT_201_OR_409 : EXPECT_201,
   });
-  const code = res.status === 201 ? null : errorCode(res);
-  const expected = res.status === 201 || (outOfStockExpected && res.status === 409 && code === 'OUT_OF_STOCK');
-  check(res, { [outOfStockExpected ? 'status is 201 or 409 OUT_OF_STOCK' : 'status is 201']: () => expected });
+  const code = res.status === success ? null : errorCode(res);
+  const expected = res.status === success || (outOfStockExpected && res.status === 409 && code === 'OUT_OF_STOCK');
+  const label = outOfStockExpected ? 'status is 201 or 409 OUT_OF_STOCK' : `status is ${success}`;
+  check(res, { [label]: () => expected });
   record(res, code, expected);
 }
 
@@ -154,6 +160,7 @@ const SCENARIOS = {
   spike: { profile: 'spike', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false) },
   hot: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, hotItems(), false) },
   sellout: { profile: 'sellout', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), true) },
+  async: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false, true) },
   ceiling: { profile: 'load', peakVus: 100, run: () => healthz(), noTokens: true },
   smoke: { profile: 'smoke', peakVus: 5, run: (tokens) => placeOrder(tokens, randomItems(), false) },
 };
