@@ -211,8 +211,11 @@ def _settle_abandoned(*, grace_seconds: float) -> list[str]:
     tokens = stock.tokens_reserved_before(cutoff_ms=cutoff_ms)
     if not tokens:
         return []
+    # Most old reservations were sold long ago: find those in one query and leave them to the
+    # drift pass, which forgets them; only the rest need settling one by one.
+    sold = _sold_tokens(tokens)
     released = []
-    for token in tokens:
+    for token in (t for t in tokens if t not in sold):
         with transaction.atomic():
             StockReservation.objects.bulk_create(
                 [StockReservation(token=token, state=StockReservation.State.RELEASED)], ignore_conflicts=True
@@ -223,6 +226,16 @@ def _settle_abandoned(*, grace_seconds: float) -> list[str]:
     if released:
         logger.warning("released %d abandoned stock reservations", len(released))
     return released
+
+
+def _sold_tokens(tokens: list[str], *, chunk: int = 5_000) -> set[str]:
+    sold: set[str] = set()
+    for start in range(0, len(tokens), chunk):
+        found = StockReservation.objects.filter(
+            token__in=tokens[start : start + chunk], state=StockReservation.State.SOLD
+        ).values_list("token", flat=True)
+        sold.update(str(token) for token in found)
+    return sold
 
 
 def _wait_for_older_transactions(*, started_before: float, timeout: float = 60.0) -> None:
@@ -269,12 +282,7 @@ def inventory_reconcile(*, repair: bool = True, grace_seconds: float | None = No
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             on_hand = on_hand_by_product()
             snap = stock.snapshot(product_ids=list(on_hand))
-            sold = set(
-                str(t)
-                for t in StockReservation.objects.filter(
-                    token__in=list(snap.reservations), state=StockReservation.State.SOLD
-                ).values_list("token", flat=True)
-            )
+            sold = _sold_tokens(list(snap.reservations))
         in_flight: dict[int, int] = {}
         for token, items in snap.reservations.items():
             if token not in sold:

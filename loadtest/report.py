@@ -108,7 +108,7 @@ ROWS: list[tuple[str, Callable[[Figures], float], Callable[[float], str], bool]]
         lambda v: f"{v:.2f} req/s",
         True,
     ),
-    ("orders created (201)", lambda f: f.orders_created, str, False),
+    ("orders created (201, or 202 when asynchronous)", lambda f: f.orders_created, str, False),
     ("orders per second", lambda f: f.orders_per_s, _per_s, True),
     ("requests", lambda f: f.requests, str, False),
     ("peak VUs", lambda f: f.peak_vus, str, False),
