@@ -18,7 +18,7 @@ test: $(BIN)/.installed  ## run every test against real PostgreSQL and Redis (an
 	$(BIN)/python -m config.browser
 	$(BIN)/python -m pytest
 
-stop: $(BIN)/.installed  ## stop gunicorn, the reconciler, PostgreSQL and Redis
+stop: $(BIN)/.installed  ## stop gunicorn, the Celery worker and beat, PostgreSQL and Redis
 	$(BIN)/python -m config.serve stop
 
 loadtest: $(BIN)/.installed  ## e.g. make loadtest ARGS="--scenario load --compare"

@@ -24,8 +24,8 @@ BASE_DIR = devservers.BASE_DIR
 LOG_DIR = devservers.DATA_DIR / "logs"
 PID_DIR = devservers.DATA_DIR / "run"
 ADMIN_PASSWORD_FILE = devservers.DATA_DIR / "admin-password.txt"
-ADMIN_USER_ID = 1_000_000
-PROCESSES = ("gunicorn", "worker", "beat")  # far above the seeded customers 1..N, which reseeding recreates
+ADMIN_USER_ID = 1_000_000  # far above the seeded customers 1..N, which reseeding recreates
+PROCESSES = ("gunicorn", "worker", "beat")
 
 
 def _say(message: str) -> None:

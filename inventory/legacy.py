@@ -93,4 +93,4 @@ def stock_take_locked(*, quantities: dict[int, int], reference: str) -> None:
         for pid, qty in quantities.items():
             stock.add_available(product_id=pid, quantity=-qty)
 
-    transaction.on_commit(follow_in_redis)
+    transaction.on_commit(follow_in_redis, robust=True)

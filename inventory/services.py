@@ -68,8 +68,27 @@ def stock_reserve(*, quantities: dict[int, int]) -> uuid.UUID:
 
 
 def stock_release(*, token: uuid.UUID) -> bool:
-    """Give a reservation back (idempotent: the Lua script releases a token at most once)."""
-    return stock.release(token=token)
+    """Give back a reservation whose order failed, unless its sale committed after all.
+
+    An error can reach the caller after the COMMIT went through (a lost connection on COMMIT,
+    a worker stopped right after it), so the database decides, as for reconciliation: the
+    RELEASED row goes in first, and only a reservation that is RELEASED is given back (the Lua
+    script releases a token at most once). If the database cannot be reached, the reservation
+    stays tracked and reconciliation settles it after the grace period.
+    """
+    return _settle_as_released(str(token)) and stock.release(token=token)
+
+
+def _settle_as_released(token: str) -> bool:
+    """Mark the reservation RELEASED unless it was SOLD; True if it is RELEASED now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO inventory_stockreservation (token, state, created_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (token) DO NOTHING",
+            [token, StockReservation.State.RELEASED],
+        )
+        cursor.execute("SELECT state FROM inventory_stockreservation WHERE token = %s", [token])
+        return cursor.fetchone()[0] == StockReservation.State.RELEASED
 
 
 # One round trip: settle the reservation as SOLD and write its ledger rows.
@@ -126,7 +145,7 @@ def stock_return(*, quantities: dict[int, int], reference: str) -> None:
         for pid, qty in quantities.items():
             stock.add_available(product_id=pid, quantity=qty)
 
-    transaction.on_commit(add_back)
+    transaction.on_commit(add_back, robust=True)
 
 
 def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
@@ -151,7 +170,7 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
         return
     with transaction.atomic():
         StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reason=reason)
-        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity))
+        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity), robust=True)
 
 
 def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bool = True) -> Product:
@@ -161,7 +180,7 @@ def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bo
             StockMovement.objects.create(
                 product=product, quantity=stock_quantity, kind=StockMovement.Kind.RESTOCK, reason="initial stock"
             )
-        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=stock_quantity))
+        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=stock_quantity), robust=True)
     return product
 
 
@@ -216,12 +235,7 @@ def _settle_abandoned(*, grace_seconds: float) -> list[str]:
     sold = _sold_tokens(tokens)
     released = []
     for token in (t for t in tokens if t not in sold):
-        with transaction.atomic():
-            StockReservation.objects.bulk_create(
-                [StockReservation(token=token, state=StockReservation.State.RELEASED)], ignore_conflicts=True
-            )
-            state = StockReservation.objects.filter(token=token).values_list("state", flat=True).get()
-        if state == StockReservation.State.RELEASED and stock.release(token=token):
+        if _settle_as_released(token) and stock.release(token=token):
             released.append(token)
     if released:
         logger.warning("released %d abandoned stock reservations", len(released))
@@ -238,16 +252,18 @@ def _sold_tokens(tokens: list[str], *, chunk: int = 5_000) -> set[str]:
     return sold
 
 
-def _wait_for_older_transactions(*, started_before: float, timeout: float = 60.0) -> None:
+def _wait_for_older_transactions(*, timeout: float) -> None:
     """After Redis lost its data, sales reserved before the loss may still be committing:
     wait until every transaction that began before then has ended (they are time-bounded by
     statement and idle-in-transaction timeouts)."""
     deadline = time.monotonic() + timeout
     with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")  # the database's clock, not this host's
+        started_before = cursor.fetchone()[0]
         while time.monotonic() < deadline:
             cursor.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND xact_start < to_timestamp(%s)",
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start < %s",
                 [started_before],
             )
             if cursor.fetchone()[0] == 0:
@@ -256,7 +272,9 @@ def _wait_for_older_transactions(*, started_before: float, timeout: float = 60.0
     raise StockNotLoaded("Transactions older than the Redis data loss are still running.")
 
 
-def inventory_reconcile(*, repair: bool = True, grace_seconds: float | None = None) -> ReconcileReport:
+def inventory_reconcile(
+    *, repair: bool = True, grace_seconds: float | None = None, rebuild_wait_seconds: float = 60.0
+) -> ReconcileReport:
     """Compare Redis with the ledger, give back abandoned reservations, repair drift.
 
     Exact under live traffic: the database snapshot (REPEATABLE READ) is taken before the Redis
@@ -274,7 +292,7 @@ def inventory_reconcile(*, repair: bool = True, grace_seconds: float | None = No
     try:
         if not stock.is_loaded():
             report.rebuilt = True
-            _wait_for_older_transactions(started_before=time.time())
+            _wait_for_older_transactions(timeout=rebuild_wait_seconds)
         elif repair:
             report.released_tokens = _settle_abandoned(grace_seconds=grace)
         with transaction.atomic():
@@ -316,8 +334,10 @@ def inventory_reconcile(*, repair: bool = True, grace_seconds: float | None = No
 
 
 def _rebuild_if_lost() -> None:
-    """Redis came back empty: the first order to notice rebuilds stock from the database."""
+    """Redis came back empty: the first order to notice rebuilds stock from the database.
+    Within a request it waits at most a few seconds for older transactions (gunicorn's worker
+    timeout is 30 s); if they are not done, a later order (or beat's reconciliation) finishes."""
     try:
-        inventory_reconcile()
+        inventory_reconcile(rebuild_wait_seconds=5.0)
     except Exception:
         logger.exception("rebuilding stock in Redis failed")

@@ -169,9 +169,7 @@ def async_checks() -> list[Check]:
     total = 0
     for order_id, status in Order.objects.values_list("id", "status"):
         total += 1
-        # A redelivered payment task may say "paying" twice; it still charges once.
-        types = [t for i, t in enumerate(by_order.get(order_id, [])) if not (i and t == events.PAYMENT_STARTED
-                 and by_order[order_id][i - 1] == events.PAYMENT_STARTED)]  # fmt: skip
+        types = by_order.get(order_id, [])
         wanted = expected.get(status)
         # An order cancelled by the expiry job never started paying: created, cancelled.
         allowed = [wanted, [events.CREATED, events.CANCELLED]] if status == OrderStatus.CANCELLED else [wanted]

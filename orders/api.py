@@ -37,7 +37,7 @@ def _prefers_async(request) -> bool:
     return any(p.strip().split("=")[0].strip().lower() == "respond-async" for p in preferences.split(","))
 
 
-def _fingerprint(data: dict) -> str:
+def request_fingerprint(data: dict) -> str:
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -65,7 +65,7 @@ class OrderListCreateApi(APIView):
             lines=[OrderLine(i["productId"], i["quantity"], i["price"]) for i in data["orderItems"]],
             coupon_code=data.get("couponCode"),
             idempotency_key=key,
-            fingerprint=_fingerprint(data) if key else "",
+            fingerprint=request_fingerprint(data) if key else "",
         )
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
         if placed.status_code == 202:

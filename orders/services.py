@@ -83,18 +83,27 @@ def order_place(
     INSUFFICIENT_BALANCE, CONFLICT, SERVICE_UNAVAILABLE.
     """
     if idempotency_key:
-        earlier = idempotency.find(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
+        earlier = idempotency.begin(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
         if earlier is not None:
             return earlier
     try:
         return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, idempotency_key=idempotency_key,
-                      fingerprint=fingerprint, pay_now=not asynchronous)  # fmt: skip
-    except idempotency.KeyTakenConcurrently:
-        return idempotency.find(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
+                      pay_now=not asynchronous)  # fmt: skip
     except idempotency.REMEMBERED_ERRORS as error:
         if idempotency_key:
-            idempotency.remember_error(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, error=error)
+            idempotency.record_error(user_id=user_id, key=idempotency_key, error=error)
         raise
+    except BaseException:
+        if idempotency_key:
+            _give_up_key(user_id, idempotency_key)
+        raise
+
+
+def _give_up_key(user_id: int, key: str) -> None:
+    try:
+        idempotency.give_up(user_id=user_id, key=key)
+    except Exception:  # the database is the likely cause: the key is taken over once stale
+        logger.warning("could not release Idempotency-Key %r of user %s", key, user_id, exc_info=True)
 
 
 def _place(
@@ -103,7 +112,6 @@ def _place(
     lines: list[OrderLine],
     coupon_code: str | None,
     idempotency_key: str | None,
-    fingerprint: str,
     pay_now: bool,
 ) -> PlacedOrder:
     quantities = _quantities(lines)
@@ -118,7 +126,6 @@ def _place(
         prices=prices,
         coupon_code=coupon_code,
         idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
     )
     if settings.ORDER_STRATEGY == "old":
         with product_locks(list(quantities)):
@@ -146,7 +153,6 @@ def _record_order(
     prices: dict[int, int],
     coupon_code: str | None,
     idempotency_key: str | None,
-    fingerprint: str,
     token: uuid.UUID,
     take_stock: Callable[[str], None],
     pay_now: bool,
@@ -180,8 +186,7 @@ def _record_order(
             events.events_record([created])
             transaction.on_commit(lambda: _enqueue_payment(order.id))
         if idempotency_key:
-            idempotency.claim(user_id=user_id, key=idempotency_key, fingerprint=fingerprint, order_id=order.id,
-                              status_code=status_code)  # fmt: skip
+            idempotency.record_order(user_id=user_id, key=idempotency_key, order_id=order.id, status_code=status_code)
     return PlacedOrder(order=order, status_code=status_code)
 
 
@@ -341,7 +346,8 @@ def order_pay(*, order_id: int) -> Order | None:
         order = _lock_order(order_id)
         if order is None or order.status != OrderStatus.PENDING_PAYMENT:
             return order
-        events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
+        if not OrderEvent.objects.filter(order_id=order.id, type=events.PAYMENT_STARTED).exists():
+            events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
     with transaction.atomic():
         order = _lock_order(order_id)
         if order.status != OrderStatus.PENDING_PAYMENT:

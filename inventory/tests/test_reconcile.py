@@ -11,7 +11,13 @@ from config.testing import client_for, make_product, make_user, order_body, race
 from inventory import stock
 from inventory.errors import ReservationLost
 from inventory.models import StockReservation
-from inventory.services import inventory_reconcile, on_hand_by_product, stock_record_sale, stock_reserve
+from inventory.services import (
+    inventory_reconcile,
+    on_hand_by_product,
+    stock_record_sale,
+    stock_release,
+    stock_reserve,
+)
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -160,3 +166,14 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
     assert final.drifted == []
     counts = stock.available(product_ids=[p.id for p in products])
     assert counts == {pid: units for pid, units in on_hand_by_product().items()}
+
+
+def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_back():
+    product = make_product(price=10, stock_quantity=5)
+    token = stock_reserve(quantities={product.id: 2})
+    with transaction.atomic():
+        stock_record_sale(token=token, quantities={product.id: 2}, reference="committed")
+
+    assert stock_release(token=token) is False  # e.g. the COMMIT's answer was lost
+
+    assert stock.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()

@@ -18,7 +18,8 @@ from config.testing import client_for, make_product, make_user, order_body
 from coupons.models import Coupon, CouponRedemption
 from inventory import stock
 from inventory.models import StockMovement
-from inventory.services import on_hand_by_product
+from inventory.services import inventory_reconcile, on_hand_by_product
+from orders.api import request_fingerprint
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -371,7 +372,7 @@ def test_redis_down_answers_503_and_changes_nothing(shop, settings):
     assert state_fingerprint() == before
 
 
-def test_postgres_down_answers_503_and_gives_the_reservation_back(shop):
+def test_postgres_down_answers_503_and_reconciliation_gives_the_reservation_back(shop):
     user, client, product, _ = shop
     token = client._credentials["HTTP_AUTHORIZATION"]
     before = state_fingerprint()
@@ -398,6 +399,10 @@ def test_postgres_down_answers_503_and_gives_the_reservation_back(shop):
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    # The database could not say whether the sale committed, so the units stay held until
+    # reconciliation settles the reservation; then everything is as before.
+    assert stock.available(product_ids=[product.id])[product.id] == 9
+    inventory_reconcile(grace_seconds=0)
     assert state_fingerprint() == before
 
 
@@ -411,3 +416,33 @@ def test_the_rendered_order_has_exactly_the_documented_fields(shop):
     assert set(detail) == set(OrderDetailOutputSerializer().fields)
     assert set(detail["items"][0]) == set(OrderItemOutputSerializer().fields)
     assert set(detail["progress"][0]) == {"step", "at"}
+
+
+def test_a_503_is_not_remembered_for_the_key_so_the_retry_orders(shop, settings):
+    user, client, product, _ = shop
+    dead = dict(settings.CACHES["default"], LOCATION="redis://127.0.0.1:1/0")
+    with override_settings(CACHES={"default": dead}):
+        first = _post(client, order_body(user, (product, 1)), HTTP_IDEMPOTENCY_KEY="retry-me")
+    second = _post(client, order_body(user, (product, 1)), HTTP_IDEMPOTENCY_KEY="retry-me")
+
+    assert (first.status_code, second.status_code) == (503, 201)
+    assert Order.objects.count() == 1
+
+
+def test_a_key_left_in_progress_by_a_crashed_request_is_taken_over_once_stale(shop, settings):
+    from orders.models import IdempotencyRecord
+
+    user, client, product, _ = shop
+    settings.IDEMPOTENCY_WAIT_SECONDS = 0.2
+    IdempotencyRecord.objects.create(
+        user_id=user.id, key="orphan", request_fingerprint=request_fingerprint(order_body(user, (product, 1))),
+        status_code=0, response_body={},
+    )  # fmt: skip
+    waiting = _post(client, order_body(user, (product, 1)), HTTP_IDEMPOTENCY_KEY="orphan")
+    IdempotencyRecord.objects.filter(key="orphan").update(
+        created_at=timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_STALE_SECONDS + 1)
+    )
+    taken_over = _post(client, order_body(user, (product, 1)), HTTP_IDEMPOTENCY_KEY="orphan")
+
+    assert waiting.status_code == 409 and waiting.json()["error"]["code"] == "CONFLICT"
+    assert taken_over.status_code == 201 and Order.objects.count() == 1

@@ -130,3 +130,21 @@ def test_201s_equal_orders_and_money_and_stock_are_conserved_in_a_mixed_race():
     paid = sum(r.json()["paidAmount"] for r in created)
     assert sum(Account.objects.values_list("balance", flat=True)) + paid == 10 * 40
     assert inventory_reconcile().drifted == []
+
+
+def test_racing_requests_with_one_key_get_the_same_answer_even_when_the_loser_would_fail():
+    """Stock for one order only: the request that loses the race for stock still answers 201,
+    the key's first answer, instead of its own OUT_OF_STOCK."""
+    user = make_user(balance=1_000)
+    product = make_product(price=5, stock_quantity=2)
+    clients = [client_for(user) for _ in range(30)]
+
+    responses = race(
+        30,
+        lambda i: clients[i].post(
+            "/api/v1/orders", order_body(user, (product, 2)), format="json", HTTP_IDEMPOTENCY_KEY="one-click"
+        ),
+    )
+
+    assert Counter(r.status_code for r in responses) == {201: 30}
+    assert Order.objects.count() == 1
