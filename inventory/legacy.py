@@ -89,8 +89,5 @@ def stock_take_locked(*, quantities: dict[int, int], reference: str) -> None:
         for pid, qty in quantities.items()
     )
 
-    def follow_in_redis() -> None:
-        for pid, qty in quantities.items():
-            stock.add_available(product_id=pid, quantity=-qty)
-
-    transaction.on_commit(follow_in_redis, robust=True)
+    taken = {pid: -qty for pid, qty in quantities.items()}
+    transaction.on_commit(lambda: stock.shift_available(quantities=taken), robust=True)

@@ -141,11 +141,7 @@ def stock_return(*, quantities: dict[int, int], reference: str) -> None:
         for pid, qty in quantities.items()
     )
 
-    def add_back() -> None:
-        for pid, qty in quantities.items():
-            stock.add_available(product_id=pid, quantity=qty)
-
-    transaction.on_commit(add_back, robust=True)
+    transaction.on_commit(lambda: stock.shift_available(quantities=quantities), robust=True)
 
 
 def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 from django_redis import get_redis_connection
-from redis.commands.core import Script
+
+from config.redis_scripts import run_lua
 
 STOCK_PREFIX = "inv:stock:"
 RESERVATION_PREFIX = "inv:resv:"
@@ -37,15 +37,8 @@ def redis_client():
     return get_redis_connection("default")
 
 
-@cache
-def _script(name: str) -> Script:
-    """Register once per process; redis-py then calls it by SHA (EVALSHA), loading on NOSCRIPT."""
-    return redis_client().register_script((_LUA_DIR / f"{name}.lua").read_text())
-
-
 def run_script(name: str, *, keys: list[str], args: list[object]):
-    # The client is passed on every call so the script follows the current connection settings.
-    return _script(name)(keys=keys, args=args, client=redis_client())
+    return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args)
 
 
 def reservation_key(token: uuid.UUID | str) -> str:
@@ -74,6 +67,14 @@ def reservation_exists(*, token: uuid.UUID) -> bool:
 
 def add_available(*, product_id: int, quantity: int) -> None:
     redis_client().incrby(f"{STOCK_PREFIX}{product_id}", quantity)
+
+
+def shift_available(*, quantities: dict[int, int]) -> None:
+    """Add each (signed) quantity to its product's count, in one round trip."""
+    pipe = redis_client().pipeline(transaction=False)
+    for product_id, quantity in quantities.items():
+        pipe.incrby(f"{STOCK_PREFIX}{product_id}", quantity)
+    pipe.execute()
 
 
 def available(*, product_ids: list[int]) -> dict[int, int | None]:

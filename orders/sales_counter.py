@@ -7,12 +7,12 @@ a consumer that dies before XACK gets the event again and skips it.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import orjson
 import redis
 
+from config.redis_scripts import run_lua
 from inventory.stock import redis_client
 from orders import events
 
@@ -21,9 +21,7 @@ SEEN_KEY = "sales:seen-events"
 SALES_KEY = "sales:units-by-product"
 
 
-@cache
-def _script():
-    return redis_client().register_script((Path(__file__).parent / "lua" / "count_sale.lua").read_text())
+COUNT_SALE_LUA = Path(__file__).parent / "lua" / "count_sale.lua"
 
 
 def ensure_group() -> None:
@@ -48,7 +46,7 @@ def apply(fields: dict[bytes, bytes]) -> bool:
     args: list[object] = [fields[b"eventId"].decode(), _sign(event_type, payload)]
     for item in payload.get("items", []):
         args += [item["productId"], item["quantity"]]
-    return bool(_script()(keys=[SEEN_KEY, SALES_KEY], args=args, client=redis_client()))
+    return bool(run_lua(COUNT_SALE_LUA, keys=[SEEN_KEY, SALES_KEY], args=args))
 
 
 def consume(*, consumer: str = "counter-1", block_ms: int | None = 1000, count: int = 100) -> int:

@@ -293,8 +293,10 @@ def _move(order: Order, to_status: str, event_type: str, *, before: list[OrderEv
         raise InvalidStatusTransition(details={"from": from_status, "to": to_status, "reason": "changed concurrently"})
 
 
-def _lock_order(order_id: int, *, user_id: int | None = None) -> Order | None:
-    queryset = Order.objects.select_for_update().filter(pk=order_id)
+def _lock_order(order_id: int, *, user_id: int | None = None, skip_locked: bool = False) -> Order | None:
+    """The order row locked for this transaction, with its items (None: missing, or locked
+    by another transaction when `skip_locked`)."""
+    queryset = Order.objects.select_for_update(skip_locked=skip_locked).filter(pk=order_id)
     if user_id is not None:
         queryset = queryset.filter(user_id=user_id)
     order = queryset.first()
@@ -378,10 +380,9 @@ def orders_expire_pending(*, older_than_seconds: float | None = None) -> list[in
     )
     for order_id in list(candidates[:1000]):
         with transaction.atomic():
-            order = Order.objects.select_for_update(skip_locked=True).filter(pk=order_id).first()
+            order = _lock_order(order_id, skip_locked=True)
             if order is None or order.status != OrderStatus.PENDING_PAYMENT:
                 continue
-            order.items_cache = list(order.items.order_by("id"))
             _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
             expired.append(order_id)
     if expired:

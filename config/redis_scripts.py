@@ -1,0 +1,18 @@
+"""Lua scripts in their own files, registered once per process and called by SHA (EVALSHA;
+redis-py loads the script again on NOSCRIPT)."""
+
+from functools import cache
+from pathlib import Path
+
+from django_redis import get_redis_connection
+from redis.commands.core import Script
+
+
+@cache
+def _registered(path: Path) -> Script:
+    return get_redis_connection("default").register_script(path.read_text())
+
+
+def run_lua(path: Path, *, keys: list[str], args: list[object]):
+    # The client is passed on every call so the script follows the current connection settings.
+    return _registered(path)(keys=keys, args=args, client=get_redis_connection("default"))
