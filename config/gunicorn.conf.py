@@ -12,7 +12,7 @@ import os
 bind = os.environ.get("BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = "gthread" if threads > 1 else "sync"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if threads > 1 else "sync")
 backlog = 2048
 timeout = 30
 graceful_timeout = 10

@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
@@ -30,18 +31,19 @@ logger = logging.getLogger(__name__)
 _RECONCILE_LOCK_ID = 7_420_001
 
 
-def products_for_order(*, product_ids: list[int]) -> dict[int, Product]:
-    """The products of an order, all of which must exist and be on sale (prices from here)."""
+def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
+    """The unit price of each product of an order; all must exist and be on sale (prices come
+    from here, never from the client)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT id, price, active FROM inventory_product WHERE id = ANY(%s)", [product_ids])
-        products = {pid: Product(id=pid, price=price, active=active) for pid, price, active in cursor.fetchall()}
-    missing = sorted(set(product_ids) - products.keys())
+        rows = cursor.fetchall()
+    missing = sorted(set(product_ids) - {pid for pid, _, _ in rows})
     if missing:
         raise ProductNotFound(details={"productIds": missing})
-    inactive = sorted(pid for pid, p in products.items() if not p.active)
+    inactive = sorted(pid for pid, _, active in rows if not active)
     if inactive:
         raise ProductUnavailable(details={"productIds": inactive})
-    return products
+    return {pid: price for pid, price, _ in rows}
 
 
 def stock_reserve(*, quantities: dict[int, int]) -> uuid.UUID:
@@ -91,14 +93,15 @@ def _settle_as_released(token: str) -> bool:
         return cursor.fetchone()[0] == StockReservation.State.RELEASED
 
 
-# One round trip: settle the reservation as SOLD and write its ledger rows.
+# One round trip: settle the reservation as SOLD and write its ledger rows. The quantities
+# come as one JSON object {"<product id>": quantity}.
 _RECORD_UNITS_SQL = """
 WITH settled AS (
     INSERT INTO inventory_stockreservation (token, state, created_at) VALUES (%(token)s, 'SOLD', now())
 )
 INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, created_at)
-SELECT item.product_id, -item.quantity, %(kind)s, %(reference)s, %(reason)s, now()
-FROM unnest(%(product_ids)s::bigint[], %(quantities)s::bigint[]) AS item(product_id, quantity)
+SELECT item.key::bigint, -item.value::bigint, %(kind)s, %(reference)s, %(reason)s, now()
+FROM jsonb_each_text(%(quantities)s::jsonb) AS item
 """
 
 
@@ -122,7 +125,7 @@ def _record_reserved_units(
             cursor.execute(
                 _RECORD_UNITS_SQL,
                 {"token": token, "kind": kind, "reference": reference, "reason": reason,
-                 "product_ids": list(quantities), "quantities": list(quantities.values())},
+                 "quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode()},
             )  # fmt: skip
     except IntegrityError as exc:
         raise ReservationLost() from exc

@@ -15,6 +15,7 @@ from orders.serializers import (
     OrderInputSerializer,
     OrderOutputSerializer,
     order_detail_to_dict,
+    order_input_validate,
     order_to_dict,
 )
 from orders.services import OrderLine, order_cancel, order_place
@@ -51,9 +52,7 @@ class OrderListCreateApi(APIView):
         "and its payment queued (follow `Location` to watch its progress).",
     )
     def post(self, request):
-        serializer = OrderInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        data = serializer.validated_data
+        data = order_input_validate(request.data)
         if data["userId"] != request.user.id:
             raise NotYourOrder()
         key = request.headers.get("Idempotency-Key") or None

@@ -8,6 +8,7 @@ consumers would be a consumer group committing offsets after their idempotent up
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import orjson
 from django.db import connection, transaction
@@ -40,33 +41,38 @@ def _payload(order: Order, previous_status: str | None) -> dict:
     }
 
 
-def event_build(order: Order, event_type: str, *, previous_status: str | None = None) -> OrderEvent:
-    return OrderEvent(order=order, type=event_type, payload=_payload(order, previous_status))
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be written; the database gives it its event_id and time."""
+
+    order_id: int
+    type: str
+    payload: dict
 
 
-def as_columns(events: list[OrderEvent]) -> dict[str, list]:
-    """Events as parallel arrays, for an INSERT ... SELECT FROM unnest(...)."""
-    return {
-        "event_ids": [event.event_id for event in events],
-        "types": [event.type for event in events],
-        "payloads": [orjson.dumps(event.payload).decode() for event in events],
-    }
+def event_build(order: Order, event_type: str, *, previous_status: str | None = None) -> NewEvent:
+    return NewEvent(order_id=order.id, type=event_type, payload=_payload(order, previous_status))
 
 
+def as_json(events: list[NewEvent]) -> str:
+    """Events as one JSON array, for an INSERT ... SELECT FROM jsonb_array_elements(...)."""
+    return orjson.dumps([{"type": event.type, "payload": event.payload} for event in events]).decode()
+
+
+# Events in the order given: ids (and so the relay's order) follow their position.
 _RECORD_SQL = """
 INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT event.event_id, %(order_id)s, event.type, event.payload::jsonb, clock_timestamp()
-FROM unnest(%(event_ids)s::uuid[], %(types)s::text[], %(payloads)s::text[]) WITH ORDINALITY
-     AS event(event_id, type, payload, position)
+SELECT gen_random_uuid(), %(order_id)s, event.value->>'type', event.value->'payload', clock_timestamp()
+FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
 ORDER BY event.position
 """
 
 
-def events_record(events: list[OrderEvent]) -> None:
+def events_record(events: list[NewEvent]) -> None:
     """Events that come with no status change (created, payment started), all of one order,
     inside the transaction of what they describe."""
     with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL, {"order_id": events[0].order_id, **as_columns(events)})
+        cursor.execute(_RECORD_SQL, {"order_id": events[0].order_id, "events": as_json(events)})
 
 
 def events_relay(*, batch_size: int = 500) -> int:

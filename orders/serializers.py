@@ -18,6 +18,45 @@ class OrderInputSerializer(serializers.Serializer):
     couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
 
 
+def _is_int_within(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_plain_item(item) -> bool:
+    return (
+        type(item) is dict
+        and _is_int_within(item.get("productId"), 1, MAX_ID)
+        and _is_int_within(item.get("quantity"), 1, settings.MAX_ITEM_QUANTITY)
+        and _is_int_within(item.get("price"), 0, MAX_ID)
+    )
+
+
+def order_input_validate(data) -> dict:
+    """OrderInputSerializer's validated data, without building a serializer for the usual order.
+
+    Building and running the serializer costs about 0.4 ms of CPU per order, a tenth of the
+    order path. The usual order (integers in range, no coupon) is recognised by the plain checks
+    below, which accept a strict subset of what the serializer accepts; anything else, a coupon
+    included, goes through the serializer and gets its detailed errors. A test holds the two to
+    the same answers.
+    """
+    if type(data) is dict and data.get("couponCode") is None and _is_int_within(data.get("userId"), 1, MAX_ID):
+        items = data.get("orderItems")
+        if type(items) is list and 1 <= len(items) <= settings.MAX_ORDER_ITEMS and all(map(_is_plain_item, items)):
+            validated = {
+                "userId": data["userId"],
+                "orderItems": [
+                    {"productId": i["productId"], "quantity": i["quantity"], "price": i["price"]} for i in items
+                ],
+            }
+            if "couponCode" in data:
+                validated["couponCode"] = None
+            return validated
+    serializer = OrderInputSerializer(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
 # The output shapes below document the API (OpenAPI); the views render with the plain
 # functions after them, which skip DRF's per-request field copying on the order path
 # (measured at about 8% of a worker's CPU). A test keeps the two in step.
