@@ -6,11 +6,12 @@ import logging
 import secrets
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
 from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account, ApiToken, BalanceEntry, User
 from config import metrics
+from config.database import sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,7 @@ def account_change_balance(
     params = {"user_id": user_id, "amount": amount, "kind": kind, "reference": reference}
 
     def attempt_once() -> BalanceEntry | None:
-        with connection.cursor() as cursor:
-            cursor.execute(_CHANGE_SQL, params)
-            row = cursor.fetchone()
+        row = sql_one(_CHANGE_SQL, params)
         if row is None:
             raise Account.DoesNotExist(f"user {user_id} has no account")
         balance, entry_id, balance_after, created_at = row

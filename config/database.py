@@ -19,3 +19,41 @@ def current_database_url() -> str:
     host = quote(db["HOST"] or "127.0.0.1", safe="")
     port = f":{db['PORT']}" if db["PORT"] else ""
     return f"postgres://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+# The order path's statements go through one psycopg cursor per connection, not a new Django
+# cursor wrapper each: measured at 35-60 us of CPU less per statement, about a tenth of an
+# order's Python time. Django still owns the connection (its atomic blocks, reconnects) and
+# `wrap_database_errors` still turns psycopg errors into Django's (IntegrityError...). Query
+# counting hooks (execute_wrappers) do not see these statements.
+def _reused_cursor():
+    connection.ensure_connection()
+    raw = connection.connection
+    cached = getattr(connection, "_order_path_cursor", None)
+    if cached is None or cached[0] is not raw:
+        cached = (raw, raw.cursor())
+        connection._order_path_cursor = cached
+    return cached[1]
+
+
+def sql_one(query: str, params: dict | list | tuple) -> tuple | None:
+    """Run one statement and return its first row (None: no row)."""
+    with connection.wrap_database_errors:
+        cursor = _reused_cursor()
+        cursor.execute(query, params)
+        return cursor.fetchone()
+
+
+def sql_all(query: str, params: dict | list | tuple) -> list[tuple]:
+    with connection.wrap_database_errors:
+        cursor = _reused_cursor()
+        cursor.execute(query, params)
+        return cursor.fetchall()
+
+
+def sql_execute(query: str, params: dict | list | tuple) -> int:
+    """Run one statement; returns the number of rows it changed."""
+    with connection.wrap_database_errors:
+        cursor = _reused_cursor()
+        cursor.execute(query, params)
+        return cursor.rowcount

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
+from config.database import sql_all, sql_execute
 from inventory import stock
 from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable, ReservationLost, StockNotLoaded
 from inventory.models import Product, StockMovement, StockReservation
@@ -34,9 +35,7 @@ _RECONCILE_LOCK_ID = 7_420_001
 def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
     """The unit price of each product of an order; all must exist and be on sale (prices come
     from here, never from the client)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id, price, active FROM inventory_product WHERE id = ANY(%s)", [product_ids])
-        rows = cursor.fetchall()
+    rows = sql_all("SELECT id, price, active FROM inventory_product WHERE id = ANY(%s)", [product_ids])
     missing = sorted(set(product_ids) - {pid for pid, _, _ in rows})
     if missing:
         raise ProductNotFound(details={"productIds": missing})
@@ -121,12 +120,11 @@ def _record_reserved_units(
     no longer accounts for.
     """
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _RECORD_UNITS_SQL,
-                {"token": token, "kind": kind, "reference": reference, "reason": reason,
-                 "quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode()},
-            )  # fmt: skip
+        sql_execute(
+            _RECORD_UNITS_SQL,
+            {"token": token, "kind": kind, "reference": reference, "reason": reason,
+             "quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode()},
+        )  # fmt: skip
     except IntegrityError as exc:
         raise ReservationLost() from exc
     if not stock.reservation_exists(token=token):

@@ -14,6 +14,7 @@ import orjson
 from django.db import connection, transaction
 from django.utils import timezone
 
+from config.database import sql_execute
 from inventory.stock import redis_client
 from orders.models import Order, OrderEvent
 
@@ -71,8 +72,7 @@ ORDER BY event.position
 def events_record(events: list[NewEvent]) -> None:
     """Events that come with no status change (created, payment started), all of one order,
     inside the transaction of what they describe."""
-    with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL, {"order_id": events[0].order_id, "events": as_json(events)})
+    sql_execute(_RECORD_SQL, {"order_id": events[0].order_id, "events": as_json(events)})
 
 
 def events_relay(*, batch_size: int = 500) -> int:

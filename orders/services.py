@@ -12,10 +12,11 @@ from functools import partial
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.errors import InsufficientBalance
+from config.database import sql_execute, sql_one
 from coupons.services import coupon_redeem, coupon_release
 from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
@@ -223,13 +224,11 @@ def _insert_order(
     items_json = orjson.dumps(
         [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in items]
     ).decode()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _INSERT_ORDER_SQL,
-            {"user_id": user_id, "status": OrderStatus.PENDING_PAYMENT, "total": total, "coupon_code": coupon_code,
-             "token": token, "items": items_json},
-        )  # fmt: skip
-        order_id, created_at = cursor.fetchone()
+    order_id, created_at = sql_one(
+        _INSERT_ORDER_SQL,
+        {"user_id": user_id, "status": OrderStatus.PENDING_PAYMENT, "total": total, "coupon_code": coupon_code,
+         "token": token, "items": items_json},
+    )  # fmt: skip
     order = Order(
         id=order_id, user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
         reservation_token=token, created_at=created_at, updated_at=created_at,
@@ -286,12 +285,11 @@ def _move(order: Order, to_status: str, event_type: str, *, before: list[events.
         setattr(order, name, value)
     to_write = [*before, events.event_build(order, event_type, previous_status=from_status)]
     sql = _MOVE_SQL.format(assignments="".join(f", {name} = %({name})s" for name in fields))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {
-            "to_status": to_status, "from_status": from_status, "order_id": order.id, **fields,
-            "events": events.as_json(to_write),
-        })  # fmt: skip
-        moved = cursor.rowcount == len(to_write)
+    changed = sql_execute(sql, {
+        "to_status": to_status, "from_status": from_status, "order_id": order.id, **fields,
+        "events": events.as_json(to_write),
+    })  # fmt: skip
+    moved = changed == len(to_write)
     if not moved:
         order.status = from_status
         raise InvalidStatusTransition(details={"from": from_status, "to": to_status, "reason": "changed concurrently"})

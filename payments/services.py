@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from accounts.services import account_refund, account_withdraw
+from config.database import sql_one
 from payments.models import Payment, Refund
 
 _INSERT_PAYMENT_SQL = (
@@ -20,9 +21,7 @@ def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int 
     and the payment row commit together. Raises InsufficientBalance or BalanceConflict.
     """
     with transaction.atomic(savepoint=False):
-        with connection.cursor() as cursor:
-            cursor.execute(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
-            payment_id, created_at = cursor.fetchone()
+        payment_id, created_at = sql_one(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
         payment = Payment(id=payment_id, order_id=order_id, user_id=user_id, amount=amount, created_at=created_at)
         if amount:
             account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
