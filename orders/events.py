@@ -46,7 +46,7 @@ def _payload(order: Order, previous_status: str | None) -> dict:
 class NewEvent:
     """An event about to be written; the database gives it its event_id and time."""
 
-    order_id: int
+    order_id: int | None  # None: written with its order, which has no id yet
     type: str
     payload: dict
 

@@ -161,11 +161,16 @@ def _record_order(
 ) -> PlacedOrder:
     """One transaction: the order, its stock, the coupon use, its events, and (synchronously)
     the payment. Balance goes last, so the account row (locked by its version update) is held
-    for the shortest time. Asynchronously, the payment is queued once the order has committed."""
+    for the shortest time. Asynchronously, the payment is queued once the order has committed.
+
+    Paid now without a coupon, the paid amount is known before anything is written: the order
+    is written PAID at once, with both its events, saving a status update. Nobody sees it
+    before the payment commits with it; if the payment fails, none of it is written."""
     total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    paid_at_once = pay_now and not coupon_code
     with transaction.atomic():
         order = _insert_order(user_id=user_id, total=total, coupon_code=coupon_code or "", token=token,
-                              quantities=quantities, prices=prices)  # fmt: skip
+                              quantities=quantities, prices=prices, paid=paid_at_once)  # fmt: skip
         reference = f"order:{order.id}"
         take_stock(reference)
         discount = 0
@@ -173,36 +178,39 @@ def _record_order(
             discount = coupon_redeem(
                 code=coupon_code, user_id=user_id, order_amount=total, reference=reference
             ).discount
-        created = events.event_build(order, events.CREATED)
         if pay_now:
             payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
-            _move(order, OrderStatus.PAID, events.PAID, before=[created], discount_amount=discount,
-                  paid_amount=total - discount)  # fmt: skip
+            if not paid_at_once:
+                _move(order, OrderStatus.PAID, events.PAID, discount_amount=discount, paid_amount=total - discount)
             status_code = 201
         else:
             if discount:
                 Order.objects.filter(pk=order.pk).update(discount_amount=discount)
                 order.discount_amount = discount
             status_code = 202
-            events.events_record([created])
             transaction.on_commit(lambda: _enqueue_payment(order.id))
         if idempotency_key:
             idempotency.record_order(user_id=user_id, key=idempotency_key, order_id=order.id, status_code=status_code)
     return PlacedOrder(order=order, status_code=status_code)
 
 
-# One round trip for the order and its items (passed as one JSON array: cheaper to send from
-# Python than three typed arrays).
+# One round trip for the order, its items and its events (items and events each passed as one
+# JSON array: cheaper to send from Python than typed arrays).
 _INSERT_ORDER_SQL = """
 WITH new_order AS (
     INSERT INTO orders_order (user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
                               reservation_token, created_at, updated_at)
-    VALUES (%(user_id)s, %(status)s, %(total)s, 0, 0, %(coupon_code)s, %(token)s, now(), now())
+    VALUES (%(user_id)s, %(status)s, %(total)s, 0, %(paid_amount)s, %(coupon_code)s, %(token)s, now(), now())
     RETURNING id, created_at
 ), items AS (
     INSERT INTO orders_orderitem (order_id, product_id, quantity, unit_price)
     SELECT new_order.id, item.product_id, item.quantity, item.unit_price
     FROM new_order, jsonb_to_recordset(%(items)s::jsonb) AS item(product_id bigint, quantity int, unit_price bigint)
+), new_events AS (
+    INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
+    SELECT gen_random_uuid(), new_order.id, event.value->>'type', event.value->'payload', clock_timestamp()
+    FROM new_order, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
+    ORDER BY event.position
 )
 SELECT id, created_at FROM new_order
 """
@@ -218,22 +226,33 @@ class PlacedItem:
 
 
 def _insert_order(
-    *, user_id: int, total: int, coupon_code: str, token: uuid.UUID, quantities: dict[int, int], prices: dict[int, int]
+    *,
+    user_id: int,
+    total: int,
+    coupon_code: str,
+    token: uuid.UUID,
+    quantities: dict[int, int],
+    prices: dict[int, int],
+    paid: bool,
 ) -> Order:
-    items = [PlacedItem(pid, quantity, prices[pid]) for pid, quantity in quantities.items()]
+    """The order PENDING_PAYMENT with its order.created event, or (`paid`) PAID in full with
+    order.created and order.paid."""
+    order = Order(user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
+                  reservation_token=token)  # fmt: skip
+    order.items_cache = [PlacedItem(pid, quantity, prices[pid]) for pid, quantity in quantities.items()]
+    to_write = [events.event_build(order, events.CREATED)]
+    if paid:
+        order.status, order.paid_amount = OrderStatus.PAID, total
+        to_write.append(events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT))
     items_json = orjson.dumps(
-        [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in items]
+        [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in order.items_cache]
     ).decode()
-    order_id, created_at = sql_one(
+    order.id, order.created_at = sql_one(
         _INSERT_ORDER_SQL,
-        {"user_id": user_id, "status": OrderStatus.PENDING_PAYMENT, "total": total, "coupon_code": coupon_code,
-         "token": token, "items": items_json},
+        {"user_id": user_id, "status": order.status, "total": total, "paid_amount": order.paid_amount,
+         "coupon_code": coupon_code, "token": token, "items": items_json, "events": events.as_json(to_write)},
     )  # fmt: skip
-    order = Order(
-        id=order_id, user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
-        reservation_token=token, created_at=created_at, updated_at=created_at,
-    )  # fmt: skip
-    order.items_cache = items
+    order.updated_at = order.created_at
     return order
 
 
@@ -274,8 +293,8 @@ ORDER BY event.position
 _MOVABLE_FIELDS = ("discount_amount", "paid_amount")
 
 
-def _move(order: Order, to_status: str, event_type: str, *, before: list[events.NewEvent] = (), **fields) -> None:
-    """Move along the status machine and write the move's event (after any `before` events)."""
+def _move(order: Order, to_status: str, event_type: str, **fields) -> None:
+    """Move along the status machine and write the move's event."""
     if to_status not in ALLOWED_TRANSITIONS[order.status]:
         raise InvalidStatusTransition(details={"from": order.status, "to": to_status})
     assert set(fields) <= set(_MOVABLE_FIELDS), fields
@@ -283,7 +302,7 @@ def _move(order: Order, to_status: str, event_type: str, *, before: list[events.
     order.status = to_status
     for name, value in fields.items():
         setattr(order, name, value)
-    to_write = [*before, events.event_build(order, event_type, previous_status=from_status)]
+    to_write = [events.event_build(order, event_type, previous_status=from_status)]
     sql = _MOVE_SQL.format(assignments="".join(f", {name} = %({name})s" for name in fields))
     changed = sql_execute(sql, {
         "to_status": to_status, "from_status": from_status, "order_id": order.id, **fields,
