@@ -144,7 +144,26 @@ def test_health_and_readiness_and_docs_answer_without_auth():
     assert ready.status_code == 200 and ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
     schema = client.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert schema.status_code == 200 and "/api/v1/orders" in orjson.loads(schema.content)["paths"]
+    document = orjson.loads(schema.content)
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert document["paths"]["/api/v1/orders"]["post"]["security"] == [{"bearerAuth": []}]
     assert client.get("/api/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "accept, expected_status",
+    [(None, 200), ("*/*", 200), ("application/json", 200), ("application/json; indent=4", 200), ("text/html", 406)],
+)
+def test_the_api_answers_json_to_json_clients_and_406_to_others(accept, expected_status):
+    user = make_user(balance=5)
+    headers = {"HTTP_ACCEPT": accept} if accept else {}
+    answer = client_for(user).get("/api/v1/accounts/me", **headers)
+    assert answer.status_code == expected_status
+    assert answer["Content-Type"] == "application/json"
+    if expected_status == 406:
+        assert answer.json()["error"]["code"] == "NOT_ACCEPTABLE"
+    else:
+        assert answer.json() == {"userId": user.id, "balance": 5}
 
 
 # --- Errors with their stable codes ----------------------------------------------------
