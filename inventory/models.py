@@ -29,7 +29,7 @@ class StockMovement(models.Model):
         RETURN = "RETURN", "Return (order cancelled)"
         ADJUSTMENT = "ADJUSTMENT", "Adjustment"
 
-    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="movements")
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="movements", db_index=False)
     quantity = models.BigIntegerField(help_text="Signed: negative takes units out.")
     kind = models.CharField(max_length=16, choices=Kind.choices)
     reference = models.CharField(max_length=64, blank=True)

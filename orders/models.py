@@ -21,7 +21,8 @@ ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
 
 
 class Order(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders")
+    # db_index=False here and below: a composite index leading with the column serves its lookups.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="orders", db_index=False)
     status = models.CharField(max_length=16, choices=OrderStatus.choices, default=OrderStatus.PENDING_PAYMENT)
     total_amount = models.BigIntegerField()
     discount_amount = models.BigIntegerField(default=0)
@@ -39,7 +40,7 @@ class Order(models.Model):
 
 
 class OrderItem(models.Model):
-    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="items")
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="items", db_index=False)
     product = models.ForeignKey("inventory.Product", on_delete=models.PROTECT, related_name="+")
     quantity = models.PositiveIntegerField()
     unit_price = models.BigIntegerField(help_text="The price at order time, in minor units.")
@@ -54,7 +55,7 @@ class OrderItem(models.Model):
 class IdempotencyRecord(models.Model):
     """The first answer to an Idempotency-Key, replayed to every retry with the same key."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     key = models.CharField(max_length=255)
     request_fingerprint = models.CharField(max_length=64)
     status_code = models.PositiveSmallIntegerField()
@@ -77,7 +78,7 @@ class OrderEvent(models.Model):
     """
 
     event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
-    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events")
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="events", db_index=False)
     type = models.CharField(max_length=32)
     payload = models.JSONField(default=dict)
     created_at = models.DateTimeField(auto_now_add=True)
