@@ -11,5 +11,8 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "`Authorization: Bearer <token>`; `manage.py seed_loadtest` writes the seeded users' tokens to loadtest/tokens.json.",
+            "description": (
+                "`Authorization: Bearer <token>`; `manage.py seed_loadtest` writes the seeded users' tokens "
+                "to loadtest/tokens.json."
+            ),
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
@@ -33,10 +34,21 @@ WITH current AS (
 ), entry AS (
     INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
     SELECT %(user_id)s, %(amount)s, %(kind)s, %(reference)s, changed.balance, now() FROM changed
-    RETURNING id, balance_after, created_at
+    RETURNING id, balance_after
 )
-SELECT current.balance, entry.id, entry.balance_after, entry.created_at FROM current LEFT JOIN entry ON true
+SELECT current.balance, entry.id, entry.balance_after FROM current LEFT JOIN entry ON true
 """
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChange:
+    """A balance change as written: its ledger entry's id and the balance after it."""
+
+    entry_id: int
+    amount: int
+    kind: str
+    reference: str
+    balance_after: int
 
 
 def _balance_backoff(max_attempts: int | None = None) -> Backoff:
@@ -58,7 +70,7 @@ def account_change_balance(
     kind: BalanceEntry.Kind,
     reference: str = "",
     max_attempts: int | None = None,
-) -> BalanceEntry:
+) -> BalanceChange:
     """Add `amount` (negative to take money) to the user's balance and write its ledger entry.
 
     Safe because the UPDATE only matches the version it read: a concurrent change makes it
@@ -71,16 +83,14 @@ def account_change_balance(
 
     params = {"user_id": user_id, "amount": amount, "kind": kind, "reference": reference}
 
-    def attempt_once() -> BalanceEntry | None:
+    def attempt_once() -> BalanceChange | None:
         row = sql_one(_CHANGE_SQL, params)
         if row is None:
             raise Account.DoesNotExist(f"user {user_id} has no account")
-        balance, entry_id, balance_after, created_at = row
+        balance, entry_id, balance_after = row
         if entry_id is not None:
-            return BalanceEntry(
-                id=entry_id, account_id=user_id, amount=amount, kind=kind, reference=reference,
-                balance_after=balance_after, created_at=created_at,
-            )  # fmt: skip
+            return BalanceChange(entry_id=entry_id, amount=amount, kind=kind, reference=reference,
+                                 balance_after=balance_after)  # fmt: skip
         if balance + amount < 0:
             raise InsufficientBalance(details={"balance": balance, "required": -amount})
         return None  # the version moved on: lost the race
@@ -98,14 +108,14 @@ def account_change_balance(
             raise BalanceConflict(details={"attempts": exc.attempts}) from exc
 
 
-def account_withdraw(*, user_id: int, amount: int, reference: str, max_attempts: int | None = None) -> BalanceEntry:
+def account_withdraw(*, user_id: int, amount: int, reference: str, max_attempts: int | None = None) -> BalanceChange:
     """Take a payment of `amount` (> 0) from the balance."""
     return account_change_balance(
         user_id=user_id, amount=-amount, kind=BalanceEntry.Kind.PAYMENT, reference=reference, max_attempts=max_attempts
     )
 
 
-def account_refund(*, user_id: int, amount: int, reference: str) -> BalanceEntry:
+def account_refund(*, user_id: int, amount: int, reference: str) -> BalanceChange:
     return account_change_balance(user_id=user_id, amount=amount, kind=BalanceEntry.Kind.REFUND, reference=reference)
 
 

@@ -3,7 +3,7 @@ the very same one (under tests: test_shop): load-test servers, test workers."""
 
 from urllib.parse import quote, urlencode
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 
 def current_database_url() -> str:
@@ -26,34 +26,33 @@ def current_database_url() -> str:
 # order's Python time. Django still owns the connection (its atomic blocks, reconnects) and
 # `wrap_database_errors` still turns psycopg errors into Django's (IntegrityError...). Query
 # counting hooks (execute_wrappers) do not see these statements.
-def _reused_cursor():
-    connection.ensure_connection()
-    raw = connection.connection
-    cached = getattr(connection, "_order_path_cursor", None)
+def _reused_cursor(db):
+    db.ensure_connection()
+    raw = db.connection
+    cached = getattr(db, "_order_path_cursor", None)
     if cached is None or cached[0] is not raw:
         cached = (raw, raw.cursor())
-        connection._order_path_cursor = cached
+        db._order_path_cursor = cached
     return cached[1]
+
+
+def _run(query: str, params: dict | list | tuple):
+    db = connections[DEFAULT_DB_ALIAS]  # one lookup of this thread's connection, not one per attribute
+    with db.wrap_database_errors:
+        cursor = _reused_cursor(db)
+        cursor.execute(query, params)
+        return cursor
 
 
 def sql_one(query: str, params: dict | list | tuple) -> tuple | None:
     """Run one statement and return its first row (None: no row)."""
-    with connection.wrap_database_errors:
-        cursor = _reused_cursor()
-        cursor.execute(query, params)
-        return cursor.fetchone()
+    return _run(query, params).fetchone()
 
 
 def sql_all(query: str, params: dict | list | tuple) -> list[tuple]:
-    with connection.wrap_database_errors:
-        cursor = _reused_cursor()
-        cursor.execute(query, params)
-        return cursor.fetchall()
+    return _run(query, params).fetchall()
 
 
 def sql_execute(query: str, params: dict | list | tuple) -> int:
     """Run one statement; returns the number of rows it changed."""
-    with connection.wrap_database_errors:
-        cursor = _reused_cursor()
-        cursor.execute(query, params)
-        return cursor.rowcount
+    return _run(query, params).rowcount

@@ -34,7 +34,7 @@ PREFER_HEADER = OpenApiParameter(
 
 def _prefers_async(request) -> bool:
     """RFC 7240: `Prefer: respond-async` asks for 202 now and the payment later."""
-    preferences = request.headers.get("Prefer", "")
+    preferences = request.META.get("HTTP_PREFER", "")
     return any(p.strip().split("=")[0].strip().lower() == "respond-async" for p in preferences.split(","))
 
 
@@ -55,7 +55,7 @@ class OrderListCreateApi(APIView):
         data = order_input_validate(request.data)
         if data["userId"] != request.user.id:
             raise NotYourOrder()
-        key = request.headers.get("Idempotency-Key") or None
+        key = request.META.get("HTTP_IDEMPOTENCY_KEY") or None
         if key is not None and len(key) > 255:
             raise ValidationError({"Idempotency-Key": ["At most 255 characters."]})
         placed = order_place(

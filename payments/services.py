@@ -10,22 +10,22 @@ from payments.models import Payment, Refund
 
 _INSERT_PAYMENT_SQL = (
     "INSERT INTO payments_payment (order_id, user_id, amount, status, created_at) "
-    "VALUES (%s, %s, %s, %s, now()) RETURNING id, created_at"
+    "VALUES (%s, %s, %s, %s, now()) RETURNING id"
 )
 
 
-def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> Payment:
+def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> int:
     """Charge `amount` for `order_id` from the user's balance, in the caller's transaction.
+    Returns the payment's id.
 
     The unique `order_id` makes a second charge for the same order fail, and the balance change
     and the payment row commit together. Raises InsufficientBalance or BalanceConflict.
     """
     with transaction.atomic(savepoint=False):
-        payment_id, created_at = sql_one(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
-        payment = Payment(id=payment_id, order_id=order_id, user_id=user_id, amount=amount, created_at=created_at)
+        (payment_id,) = sql_one(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
         if amount:
             account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
-        return payment
+        return payment_id
 
 
 def payment_refund(*, order_id: int) -> Refund | None:
