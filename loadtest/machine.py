@@ -49,7 +49,24 @@ def gunicorn_config() -> str:
     return f"gunicorn {gunicorn.__version__}, {workers}"
 
 
-def machine_info(*, k6: str, server: str) -> dict[str, str]:
+def cpu_times() -> tuple[int, int] | None:
+    """(all CPU time, time stolen by the hypervisor) so far, in ticks; None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> str:
+    """The share of the CPU time a virtual machine's host took for others between two readings:
+    on a shared box, the noise behind two runs of the same code disagreeing."""
+    if before is None or after is None or after[0] <= before[0]:
+        return "unknown"
+    return f"{100 * (after[1] - before[1]) / (after[0] - before[0]):.1f}% of CPU time"
+
+
+def machine_info(*, k6: str, server: str, steal: str = "unknown") -> dict[str, str]:
     return {
         "cores": str(os.cpu_count()),
         "cpu": _quietly(_cpu_model),
@@ -60,4 +77,5 @@ def machine_info(*, k6: str, server: str) -> dict[str, str]:
         "redis": _quietly(lambda: stock.redis_client().info("server")["redis_version"]),
         "k6": _quietly(lambda: _k6_version(k6)),
         "server": server,
+        "cpu stolen by the host during the k6 runs": steal,
     }

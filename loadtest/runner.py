@@ -26,7 +26,7 @@ from django.core.management import call_command
 from config import devservers, metrics
 from loadtest import async_run, seeding, server
 from loadtest.invariants import Baseline, check_invariants
-from loadtest.machine import gunicorn_config, machine_info
+from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import RunResult, write_comparison_report, write_run_report
 from loadtest.results import Figures, TimeSeries, figures, read_summary, read_timeseries
 
@@ -210,6 +210,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     seeding.seed(scenario.shape, progress=lambda message: echo(f"  {message}"))
     baseline = Baseline.from_shape(scenario.shape)
     ceiling = None
+    cpu_before = cpu_times()
     with _serving(options, strategy, out_dir, echo) as base_url:
         if with_ceiling:
             ceiling = run_k6(
@@ -229,6 +230,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
             if sampler is not None:
                 echo("k6 done; waiting for the payment queue to drain")
                 drained_after = async_run.wait_until_settled(echo=echo)
+    cpu_after = cpu_times()
     payments = None
     if sampler is not None:
         payments = async_run.payment_figures(queue=sampler.samples, drained_after_s=drained_after)
@@ -251,7 +253,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         k6_exit_code=run.exit_code,
         invariants=checks,
         server_counters=metrics.read_all(),
-        machine=machine_info(k6=k6_binary(), server=served_by),
+        machine=machine_info(k6=k6_binary(), server=served_by, steal=steal_share(cpu_before, cpu_after)),
         ceiling=ceiling.figures if ceiling else None,
         ceiling_series=ceiling.series if ceiling else None,
         payments=payments,

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from loadtest.invariants import Check
+from loadtest.machine import steal_share
 from loadtest.report import RunResult, write_comparison_report, write_run_report
 from loadtest.results import figures, percentile, read_timeseries
 
@@ -151,3 +152,15 @@ def test_comparison_report_gives_new_over_old_ratios(tmp_path):
     report = (tmp_path / "compare" / "report.md").read_text()
     assert "| p99 latency | 6.00 s | 60.0 ms | 0.01x |" in report
     assert (tmp_path / "compare" / "chart.png").exists()
+
+
+@pytest.mark.parametrize(
+    "before, after, expected",
+    [
+        ((1000, 50), (3000, 150), "5.0% of CPU time"),
+        ((1000, 50), (1000, 50), "unknown"),
+        (None, (3000, 150), "unknown"),
+    ],
+)
+def test_steal_share_is_the_hosts_part_of_the_cpu_time_between_two_readings(before, after, expected):
+    assert steal_share(before, after) == expected
