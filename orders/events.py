@@ -60,13 +60,22 @@ def as_json(events: list[NewEvent]) -> str:
     return orjson.dumps([{"type": event.type, "payload": event.payload} for event in events]).decode()
 
 
-# Events in the order given: ids (and so the relay's order) follow their position.
-_RECORD_SQL = """
+def insert_sql(*, order_id: str, source: str = "") -> str:
+    """The INSERT of the events in %(events)s (see as_json) for the order whose id is the SQL
+    expression `order_id`, taken from `source` (a CTE of the same statement) if given.
+
+    Events keep the order given: their ids, and so the relay's order, follow their position.
+    """
+    from_source = f"{source}, " if source else ""
+    return f"""
 INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT gen_random_uuid(), %(order_id)s, event.value->>'type', event.value->'payload', clock_timestamp()
-FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
+SELECT gen_random_uuid(), {order_id}, event.value->>'type', event.value->'payload', clock_timestamp()
+FROM {from_source}jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
 ORDER BY event.position
 """
+
+
+_RECORD_SQL = insert_sql(order_id="%(order_id)s")
 
 
 def events_record(events: list[NewEvent]) -> None:

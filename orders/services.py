@@ -196,7 +196,7 @@ def _record_order(
 
 # One round trip for the order, its items and its events (items and events each passed as one
 # JSON array: cheaper to send from Python than typed arrays).
-_INSERT_ORDER_SQL = """
+_INSERT_ORDER_SQL = f"""
 WITH new_order AS (
     INSERT INTO orders_order (user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
                               reservation_token, created_at, updated_at)
@@ -206,12 +206,7 @@ WITH new_order AS (
     INSERT INTO orders_orderitem (order_id, product_id, quantity, unit_price)
     SELECT new_order.id, item.product_id, item.quantity, item.unit_price
     FROM new_order, jsonb_to_recordset(%(items)s::jsonb) AS item(product_id bigint, quantity int, unit_price bigint)
-), new_events AS (
-    INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-    SELECT gen_random_uuid(), new_order.id, event.value->>'type', event.value->'payload', clock_timestamp()
-    FROM new_order, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
-    ORDER BY event.position
-)
+), new_events AS ({events.insert_sql(order_id="new_order.id", source="new_order")})
 SELECT id, created_at FROM new_order
 """
 
@@ -279,17 +274,12 @@ def _release_after_failure(token) -> None:
 
 # The status change and its events in one statement: no change without its event, and the
 # compare-and-set on the current status makes a concurrent move lose cleanly.
-_MOVE_SQL = """
+_MOVE_SQL = f"""
 WITH moved AS (
-    UPDATE orders_order SET status = %(to_status)s, updated_at = now(){assignments}
+    UPDATE orders_order SET status = %(to_status)s, updated_at = now(){{assignments}}
     WHERE id = %(order_id)s AND status = %(from_status)s
     RETURNING id
-)
-INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT gen_random_uuid(), moved.id, event.value->>'type', event.value->'payload', clock_timestamp()
-FROM moved, jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
-ORDER BY event.position
-"""
+){events.insert_sql(order_id="moved.id", source="moved")}"""
 _MOVABLE_FIELDS = ("discount_amount", "paid_amount")
 
 
