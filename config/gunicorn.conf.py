@@ -1,9 +1,13 @@
 """gunicorn settings for `make run` and the load-test runner; every value can be overridden
-from the environment (GUNICORN_WORKERS, GUNICORN_THREADS, BIND).
+from the environment (GUNICORN_WORKERS, GUNICORN_THREADS, GUNICORN_WORKER_CLASS, BIND).
 
 Sync workers, one per request at a time: the order path is CPU-bound Python plus short waits on
 PostgreSQL and Redis, and on this 2-core box measured faster with 4 sync workers than with
 fewer workers running threads (threads wait for the GIL while holding open transactions).
+Measured again after the order path got leaner (100 VUs, 40 s, two rounds): 3 workers 321 and
+276 req/s, 4 workers 324 and 281, 5 workers 272 and 265. gthread with keep-alive (4 x 1) gave
+299 req/s against 269 for sync in one pair (within this box's noise), with p99 840 ms against
+475 ms, likely because a kept-alive connection stays with the worker that accepted it.
 """
 
 import multiprocessing
