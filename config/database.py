@@ -23,11 +23,14 @@ def current_database_url() -> str:
 
 # The order path's statements go through one psycopg cursor per connection, not a new Django
 # cursor wrapper each: measured at 35-60 us of CPU less per statement, about a tenth of an
-# order's Python time. Django still owns the connection (its atomic blocks, reconnects) and
-# `wrap_database_errors` still turns psycopg errors into Django's (IntegrityError...). Query
-# counting hooks (execute_wrappers) do not see these statements.
+# order's Python time. What Django's cursor does before a statement is kept (the health check
+# when enabled, the broken-transaction check, connecting), and `wrap_database_errors` still
+# turns psycopg errors into Django's (IntegrityError...), fetching included. Query-counting
+# hooks (execute_wrappers, connection.queries) do not see these statements.
 def _reused_cursor(db):
+    db.close_if_health_check_failed()
     db.ensure_connection()
+    db.validate_no_broken_transaction()
     raw = db.connection
     cached = getattr(db, "_order_path_cursor", None)
     if cached is None or cached[0] is not raw:
@@ -36,23 +39,23 @@ def _reused_cursor(db):
     return cached[1]
 
 
-def _run(query: str, params: dict | list | tuple):
+def _run(query: str, params: dict | list | tuple, answer):
     db = connections[DEFAULT_DB_ALIAS]  # one lookup of this thread's connection, not one per attribute
     with db.wrap_database_errors:
         cursor = _reused_cursor(db)
         cursor.execute(query, params)
-        return cursor
+        return answer(cursor)
 
 
 def sql_one(query: str, params: dict | list | tuple) -> tuple | None:
     """Run one statement and return its first row (None: no row)."""
-    return _run(query, params).fetchone()
+    return _run(query, params, lambda cursor: cursor.fetchone())
 
 
 def sql_all(query: str, params: dict | list | tuple) -> list[tuple]:
-    return _run(query, params).fetchall()
+    return _run(query, params, lambda cursor: cursor.fetchall())
 
 
 def sql_execute(query: str, params: dict | list | tuple) -> int:
     """Run one statement; returns the number of rows it changed."""
-    return _run(query, params).rowcount
+    return _run(query, params, lambda cursor: cursor.rowcount)
