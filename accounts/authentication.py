@@ -48,7 +48,10 @@ class ApiCaller:
 
     id: int
     is_authenticated = True
+    is_anonymous = False
     is_active = True
+    is_staff = False  # API tokens never carry admin rights: the admin signs in with a password
+    is_superuser = False
 
     @property
     def pk(self) -> int:

@@ -4,17 +4,20 @@ from rest_framework import serializers
 from config.fields import StrictCharField, StrictIntegerField
 
 MAX_ID = 2**63 - 1
+# Read once, for the serializer and the fast path alike: both always apply the same limits.
+MAX_ITEM_QUANTITY = settings.MAX_ITEM_QUANTITY
+MAX_ORDER_ITEMS = settings.MAX_ORDER_ITEMS
 
 
 class OrderItemInputSerializer(serializers.Serializer):
     productId = StrictIntegerField(min_value=1, max_value=MAX_ID)
-    quantity = StrictIntegerField(min_value=1, max_value=settings.MAX_ITEM_QUANTITY)
+    quantity = StrictIntegerField(min_value=1, max_value=MAX_ITEM_QUANTITY)
     price = StrictIntegerField(min_value=0, max_value=MAX_ID, help_text="The unit price the client saw, minor units.")
 
 
 class OrderInputSerializer(serializers.Serializer):
     userId = StrictIntegerField(min_value=1, max_value=MAX_ID, help_text="Must be the authenticated caller.")
-    orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=settings.MAX_ORDER_ITEMS)
+    orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=MAX_ORDER_ITEMS)
     couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
 
 
@@ -26,7 +29,7 @@ def _is_plain_item(item) -> bool:
     return (
         type(item) is dict
         and _is_int_within(item.get("productId"), 1, MAX_ID)
-        and _is_int_within(item.get("quantity"), 1, settings.MAX_ITEM_QUANTITY)
+        and _is_int_within(item.get("quantity"), 1, MAX_ITEM_QUANTITY)
         and _is_int_within(item.get("price"), 0, MAX_ID)
     )
 
@@ -42,7 +45,7 @@ def order_input_validate(data) -> dict:
     """
     if type(data) is dict and data.get("couponCode") is None and _is_int_within(data.get("userId"), 1, MAX_ID):
         items = data.get("orderItems")
-        if type(items) is list and 1 <= len(items) <= settings.MAX_ORDER_ITEMS and all(map(_is_plain_item, items)):
+        if type(items) is list and 1 <= len(items) <= MAX_ORDER_ITEMS and all(map(_is_plain_item, items)):
             validated = {
                 "userId": data["userId"],
                 "orderItems": [
