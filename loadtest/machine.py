@@ -77,5 +77,5 @@ def machine_info(*, k6: str, server: str, steal: str = "unknown") -> dict[str, s
         "redis": _quietly(lambda: stock.redis_client().info("server")["redis_version"]),
         "k6": _quietly(lambda: _k6_version(k6)),
         "server": server,
-        "cpu stolen by the host during the k6 runs": steal,
+        "cpu stolen by the host during the run (server start to last answer)": steal,
     }
