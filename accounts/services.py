@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 # One round trip per attempt: read the balance and version, update only if the version is
 # still the one read (READ COMMITTED re-checks it after waiting for a concurrent writer's
 # lock, so a committed concurrent change makes it match nothing), and write the ledger entry
-# from the updated row. `updated` is NULL when the update did not happen.
+# from the updated row. The entry's id comes back NULL when the update did not happen.
 _CHANGE_SQL = """
 WITH current AS (
     SELECT balance, version FROM accounts_account WHERE user_id = %(user_id)s

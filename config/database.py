@@ -1,5 +1,7 @@
-"""The URL of the database this process is connected to, for child processes that must use
-the very same one (under tests: test_shop): load-test servers, test workers."""
+"""The database as the project uses it beyond the ORM: the URL of the database this process is
+connected to (for child processes that must use the very same one, under tests test_shop:
+load-test servers, test workers), and the order path's plain statements (sql_one, sql_all,
+sql_execute)."""
 
 from urllib.parse import quote, urlencode
 
