@@ -292,14 +292,13 @@ def _move(order: Order, to_status: str, event_type: str, **fields) -> None:
     order.status = to_status
     for name, value in fields.items():
         setattr(order, name, value)
-    to_write = [events.event_build(order, event_type, previous_status=from_status)]
+    event = events.event_build(order, event_type, previous_status=from_status)
     sql = _MOVE_SQL.format(assignments="".join(f", {name} = %({name})s" for name in fields))
-    changed = sql_execute(sql, {
+    events_written = sql_execute(sql, {
         "to_status": to_status, "from_status": from_status, "order_id": order.id, **fields,
-        "events": events.as_json(to_write),
+        "events": events.as_json([event]),
     })  # fmt: skip
-    moved = changed == len(to_write)
-    if not moved:
+    if events_written != 1:  # the status was no longer from_status: nothing moved
         order.status = from_status
         raise InvalidStatusTransition(details={"from": from_status, "to": to_status, "reason": "changed concurrently"})
 
