@@ -3,9 +3,11 @@
 Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/devservers.py).
 """
 
+import logging
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from config import devservers
 
@@ -222,7 +224,10 @@ USE_I18N = False
 USE_TZ = True
 
 # --- Logging ----------------------------------------------------------------------------
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+# gunicorn takes the same variable in lower case; logging wants a known name in upper case.
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
+if not isinstance(logging.getLevelName(LOG_LEVEL), int):
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
