@@ -154,6 +154,29 @@ def _thresholds_table(columns: dict[str, Figures]) -> str:
     return "\n".join(lines)
 
 
+_P99_THRESHOLD = "http_req_duration p(99)<"
+
+
+def closed_loop_wait_ms(f: Figures) -> float | None:
+    """Little's law for a closed loop (every VU sends its next request as soon as its last one is
+    answered): at the peak, the mean time a request takes is peak VUs / throughput at the peak."""
+    return f.peak_vus / f.rps_at_peak * 1000 if f.rps_at_peak and f.peak_vus else None
+
+
+def _closed_loop_text(name: str, f: Figures) -> str:
+    """What the latency threshold asks of throughput at this concurrency, in one sentence."""
+    wait = closed_loop_wait_ms(f)
+    limits = [float(key.removeprefix(_P99_THRESHOLD)) for key in f.thresholds if key.startswith(_P99_THRESHOLD)]
+    if wait is None or not limits:
+        return ""
+    limit_ms = limits[0]
+    return (
+        f"{name}{f.peak_vus} VUs without pauses: a request took about {_ms(wait)} on average at the peak "
+        f"({f.peak_vus} / {f.rps_at_peak:.1f} req/s, Little's law). The p99 < {limit_ms:.0f} ms threshold "
+        f"needs more than {f.peak_vus / (limit_ms / 1000):.0f} req/s at this concurrency.\n"
+    )
+
+
 def _counts_table(title: str, counts: dict[str, int]) -> str:
     if not counts:
         return f"{title}: none\n"
@@ -217,6 +240,8 @@ def render_run(result: RunResult) -> str:
     parts += [
         "\n## Thresholds\n",
         _thresholds_table({"result": f}),
+        "",
+        _closed_loop_text("", f),
         "\n## Answers\n",
         _counts_table("HTTP status", f.statuses),
         _counts_table("error code", f.errors_by_code),
@@ -264,6 +289,8 @@ def render_comparison(old: RunResult, new: RunResult) -> str:
     parts += [
         "\n## Thresholds\n",
         _thresholds_table(columns),
+        "",
+        *(_closed_loop_text(f"{name}: ", f) for name, f in columns.items()),
         "\n## Errors by code\n",
         "**old**\n",
         _counts_table("error code", old.figures.errors_by_code),

@@ -137,6 +137,9 @@ def test_run_report_writes_markdown_json_and_chart(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| p99 latency | 50.0 ms |" in report
     assert "balance_version_conflicts" in report
+    # The synthetic run peaks at 2 VUs and 4 req/s: 2 / 4 s per request, 10 req/s for p99 < 200 ms.
+    assert "a request took about 500.0 ms on average at the peak (2 / 4.0 req/s, Little's law)" in report
+    assert "p99 < 200 ms threshold needs more than 10 req/s at this concurrency" in report
     assert (tmp_path / "run" / "chart.png").read_bytes().startswith(b"\x89PNG")
 
 
