@@ -1,6 +1,7 @@
 """Shared fixtures: real PostgreSQL and Redis (see config/pytest_plugin.py)."""
 
 import pytest
+from redis.connection import parse_url
 
 from accounts.authentication import forget_tokens
 from inventory import stock
@@ -9,7 +10,9 @@ from inventory import stock
 @pytest.fixture(autouse=True)
 def clean_redis(settings):
     """Every test starts from an empty Redis keyspace of its own (logical db 15), stock loaded."""
-    assert settings.REDIS_URL.endswith("/15"), "tests must never touch the development keyspace"
+    assert parse_url(settings.REDIS_URL).get("db") == settings.TEST_REDIS_DB, (
+        "tests never touch the development keyspace"
+    )
     client = stock.redis_client()
     client.flushdb()
     client.set(stock.READY_KEY, "1")

@@ -3,24 +3,18 @@ connected to (for child processes that must use the very same one, under tests t
 load-test servers, test workers), and the order path's plain statements (sql_one, sql_all,
 sql_execute)."""
 
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 
 
 def current_database_url() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "", safe="")
-    if db["PASSWORD"]:
-        credentials += ":" + quote(db["PASSWORD"], safe="")
-    # A Unix-socket database comes as ?host=/path/to/dir&port=N (OPTIONS), a TCP one in the URL.
-    socket_params = {name: db["OPTIONS"][name] for name in ("host", "port") if name in db["OPTIONS"]}
-    if socket_params:
-        query = "?" + urlencode(socket_params)
-        return f"postgres://{credentials}@/{quote(db['NAME'], safe='')}{query}"
-    host = quote(db["HOST"] or "127.0.0.1", safe="")
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgres://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
+    """DATABASE_URL as configured (host or socket, credentials, options), naming the database this
+    process is connected to: under tests, test_shop."""
+    # By hand, not urlunsplit: it would turn postgres:////run/postgresql/shop into host "run".
+    base, separator, query = settings.DATABASE_URL.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{quote(connection.settings_dict['NAME'], safe='')}{separator}{query}"
 
 
 # The order path's statements go through one psycopg cursor per connection, not a new Django

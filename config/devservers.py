@@ -24,8 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("SHOP_DATA_DIR", BASE_DIR / ".data"))
+from config.env import BASE_DIR  # reads .env first: SHOP_* and *_URL may be set there
+
+# A relative SHOP_DATA_DIR is under the project, whatever the current directory (PostgreSQL
+# itself resolves relative paths from its data directory, which would break its socket).
+DATA_DIR = (BASE_DIR / os.environ.get("SHOP_DATA_DIR", ".data")).resolve()
 PG_PORT = int(os.environ.get("SHOP_PG_PORT", "54329"))
 REDIS_PORT = int(os.environ.get("SHOP_REDIS_PORT", "63799"))
 PG_USER = "postgres"

@@ -12,6 +12,12 @@ Measured again after the order path got leaner (100 VUs, 40 s, two rounds): 3 wo
 
 import multiprocessing
 import os
+from pathlib import Path
+
+import environ
+
+# The project's .env counts here too, as for Django (config/env.py): BIND, GUNICORN_*, LOG_LEVEL.
+environ.Env.read_env(Path(__file__).resolve().parent.parent / ".env", overwrite=False)
 
 bind = os.environ.get("BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))

@@ -4,17 +4,11 @@ Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/devserve
 """
 
 import logging
-from pathlib import Path
 
-import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from config import devservers
-
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+from config.env import BASE_DIR, env, redis_url_with_db
 
 TESTING = env.bool("SHOP_TESTING", default=False)
 
@@ -25,7 +19,9 @@ if SECRET_KEY_IS_DEVELOPMENT:
     SECRET_KEY = "dev-only-insecure-secret-key-set-SECRET_KEY-in-production"
 
 DEBUG = env.bool("DEBUG", default=False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
+ALLOWED_HOSTS = [
+    host.strip() for host in env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
+]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -85,7 +81,9 @@ def _prepare_threshold(value: str) -> int | None:
     return None if value.lower() in ("", "none", "off") else int(value)
 
 
-DATABASES = {"default": env.db("DATABASE_URL", default=devservers.DEFAULT_DATABASE_URL)}
+# An empty DATABASE_URL / REDIS_URL means unset, as for the launcher (config/devservers.py).
+DATABASE_URL = env.str("DATABASE_URL", default="") or devservers.DEFAULT_DATABASE_URL
+DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 # Persistent connections: one per gunicorn worker thread, checked before reuse. A statement
 # timeout bounds every transaction on the order path, which reconciliation relies on.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
@@ -112,10 +110,11 @@ DATABASES["default"]["TEST"] = {"NAME": "test_shop"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default=devservers.DEFAULT_REDIS_URL)
+REDIS_URL = env.str("REDIS_URL", default="") or devservers.DEFAULT_REDIS_URL
+TEST_REDIS_DB = 15
 if TESTING:
     # Tests never touch the development keyspace: their own logical database.
-    REDIS_URL = env.str("REDIS_TEST_URL", default=REDIS_URL.rsplit("/", 1)[0] + "/15")
+    REDIS_URL = env.str("REDIS_TEST_URL", default="") or redis_url_with_db(REDIS_URL, TEST_REDIS_DB)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

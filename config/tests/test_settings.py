@@ -4,11 +4,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 from django.conf import settings
 
+from config.database import current_database_url
+from config.env import redis_url_with_db
 
-def _settings_in_child(**env: str) -> subprocess.CompletedProcess:
-    program = "import django; django.setup(); from django.conf import settings; print(settings.LOG_LEVEL)"
+
+def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
+    """Print `expression` from a fresh process with settings loaded under `env`."""
+    program = f"import django; django.setup(); from django.conf import settings; print({expression})"
     return subprocess.run(
         [sys.executable, "-c", program],
         cwd=settings.BASE_DIR,
@@ -21,13 +26,61 @@ def _settings_in_child(**env: str) -> subprocess.CompletedProcess:
 
 def test_log_level_in_any_case():
     # gunicorn.conf.py lowercases LOG_LEVEL; settings used to crash every worker on "warning".
-    child = _settings_in_child(LOG_LEVEL="warning")
+    child = _in_child("settings.LOG_LEVEL", LOG_LEVEL="warning")
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "WARNING"
 
 
 def test_unknown_log_level_is_named():
-    child = _settings_in_child(LOG_LEVEL="loud")
+    child = _in_child("settings.LOG_LEVEL", LOG_LEVEL="loud")
     assert child.returncode != 0
     assert "LOG_LEVEL='LOUD'" in child.stderr
     assert "WARNING" in child.stderr
+
+
+def test_empty_server_urls_mean_the_projects_own_servers():
+    child = _in_child(
+        "settings.DATABASES['default']['PORT'], settings.REDIS_URL", DATABASE_URL="", REDIS_URL="", SHOP_TESTING=""
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "54329 redis://127.0.0.1:63799/0"
+
+
+def test_allowed_hosts_listed_with_spaces():
+    child = _in_child("settings.ALLOWED_HOSTS", ALLOWED_HOSTS="shop.example, api.example")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "['shop.example', 'api.example']"
+
+
+def test_relative_data_dir_is_under_the_project():
+    child = _in_child("__import__('config.devservers').devservers.DATA_DIR", SHOP_DATA_DIR="elsewhere/data")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == str(settings.BASE_DIR / "elsewhere" / "data")
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379/15"),
+        ("redis://:p%40ss@cache:6380/0", "redis://:p%40ss@cache:6380/15"),
+        ("rediss://cache/2?ssl_cert_reqs=none", "rediss://cache/15?ssl_cert_reqs=none"),
+        ("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=15"),
+    ],
+)
+def test_tests_redis_is_database_15_of_the_same_server(url, expected):
+    assert redis_url_with_db(url, 15) == expected
+
+
+@pytest.mark.parametrize(
+    "configured, expected",
+    [
+        ("postgres://shop:p%40ss@db.internal:5433/shop", "postgres://shop:p%40ss@db.internal:5433/test_shop"),
+        ("postgres://shop@db/shop?sslmode=require", "postgres://shop@db/test_shop?sslmode=require"),
+        ("postgres:////var/run/postgresql/shop", "postgres:////var/run/postgresql/test_shop"),
+        ("postgres://postgres@/shop?host=/tmp&port=5433", "postgres://postgres@/test_shop?host=/tmp&port=5433"),
+    ],
+)
+@pytest.mark.django_db
+def test_child_processes_get_the_configured_url_naming_the_test_database(settings, configured, expected):
+    settings.DATABASE_URL = configured
+    assert current_database_url() == expected
