@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
 from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process
@@ -102,6 +103,23 @@ def test_drift_is_reported_by_check_and_repaired_by_reconcile():
 
     inventory_reconcile()
     assert stock.available(product_ids=[product.id]) == {product.id: 10}
+
+
+def test_check_on_an_empty_redis_says_it_changed_nothing_and_changes_nothing(capsys):
+    product = make_product(price=10, stock_quantity=10)
+    stock.mark_not_loaded()
+
+    call_command("reconcile_inventory", "--check")
+
+    assert "--check changed nothing" in capsys.readouterr().out
+    assert not stock.is_loaded()
+    call_command("reconcile_inventory")
+    assert stock.is_loaded() and stock.available(product_ids=[product.id]) == {product.id: 10}
+
+
+def test_reconcile_every_needs_a_positive_interval():
+    with pytest.raises(CommandError, match="positive number of seconds"):
+        call_command("reconcile_inventory", "--every", "-5")
 
 
 def test_after_redis_comes_back_empty_the_next_order_rebuilds_stock_from_the_database():

@@ -1,8 +1,16 @@
+import argparse
 import time
 
 from django.core.management.base import BaseCommand
 
 from inventory.services import inventory_reconcile
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return seconds
 
 
 class Command(BaseCommand):
@@ -11,7 +19,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--check", action="store_true", help="report only, change nothing")
         parser.add_argument("--grace", type=float, default=None, help="seconds before a reservation is abandoned")
-        parser.add_argument("--every", type=float, default=0, help="run forever, every N seconds")
+        parser.add_argument("--every", type=_positive_seconds, default=0, help="run forever, every N seconds")
 
     def handle(self, *args, **options):
         while True:
@@ -23,7 +31,11 @@ class Command(BaseCommand):
 
     def _print(self, report, check_only):
         if report.rebuilt:
-            self.stdout.write("Redis had no stock loaded: rebuilt from the database")
+            self.stdout.write(
+                "Redis has no stock loaded: --check changed nothing (run without it to rebuild from the database)"
+                if check_only
+                else "Redis had no stock loaded: rebuilt from the database"
+            )
         if report.released_tokens:
             self.stdout.write(f"released {len(report.released_tokens)} abandoned reservations")
         self.stdout.write(
