@@ -80,6 +80,10 @@ class RunOptions:
             found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         if self.compare and self.url:
             found.append("--compare starts its own servers (one per strategy); it cannot use --url")
+        elif self.url and self.strategy != "new":
+            found.append(
+                "--strategy sets the server this command starts; with --url, that server's ORDER_STRATEGY decides"
+            )
         if self.with_ceiling and self.scenario == "ceiling":
             found.append("--with-ceiling beside --scenario ceiling measures the same thing twice")
         if self.duration_scale <= 0:

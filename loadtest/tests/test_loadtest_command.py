@@ -9,7 +9,7 @@ import json
 import socket
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 
 def free_port() -> int:
@@ -34,3 +34,17 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     assert "| invariant | result | detail |" in (report_dir / "report.md").read_text()
     assert (report_dir / "chart.png").read_bytes().startswith(b"\x89PNG")
     assert (report_dir / "k6-timeseries.csv.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--compare", "--url", "http://127.0.0.1:1"], "--compare starts its own servers"),
+        (["--strategy", "old", "--url", "http://127.0.0.1:1"], "with --url, that server's ORDER_STRATEGY decides"),
+        (["--scenario", "ceiling", "--with-ceiling"], "measures the same thing twice"),
+        (["--duration-scale", "0"], "--duration-scale must be positive"),
+    ],
+)
+def test_options_that_cannot_work_together_are_refused_before_anything_runs(args, problem):
+    with pytest.raises(CommandError, match=problem):
+        call_command("loadtest", *args)
