@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from django.conf import settings
+from django.core.checks import run_checks
 
 from config.database import current_database_url
 from config.env import redis_url_with_db
@@ -84,3 +85,10 @@ def test_tests_redis_is_database_15_of_the_same_server(url, expected):
 def test_child_processes_get_the_configured_url_naming_the_test_database(settings, configured, expected):
     settings.DATABASE_URL = configured
     assert current_database_url() == expected
+
+
+@pytest.mark.parametrize("development_key, warned", [(True, True), (False, False)])
+def test_deploy_check_warns_about_the_development_secret_key(settings, development_key, warned):
+    settings.SECRET_KEY_IS_DEVELOPMENT = development_key
+    ids = {message.id for message in run_checks(include_deployment_checks=True)}
+    assert ("config.W001" in ids) is warned
