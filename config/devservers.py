@@ -24,13 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from config.env import BASE_DIR  # reads .env first: SHOP_* and *_URL may be set there
+from config.env import BASE_DIR, env  # reads .env first: SHOP_* and *_URL may be set there
 
 # A relative SHOP_DATA_DIR is under the project, whatever the current directory (PostgreSQL
 # itself resolves relative paths from its data directory, which would break its socket).
-DATA_DIR = (BASE_DIR / os.environ.get("SHOP_DATA_DIR", ".data")).resolve()
-PG_PORT = int(os.environ.get("SHOP_PG_PORT", "54329"))
-REDIS_PORT = int(os.environ.get("SHOP_REDIS_PORT", "63799"))
+DATA_DIR = (BASE_DIR / env.str("SHOP_DATA_DIR", default=".data")).resolve()
+PG_PORT = env.int("SHOP_PG_PORT", default=54329)
+REDIS_PORT = env.int("SHOP_REDIS_PORT", default=63799)
 PG_USER = "postgres"
 PG_DATABASE = "shop"
 PG_SYSTEM_USER = "embedded_postgres"

@@ -11,23 +11,25 @@ Measured again after the order path got leaner (100 VUs, 40 s, two rounds): 3 wo
 """
 
 import multiprocessing
-import os
+import sys
 from pathlib import Path
 
-import environ
+# The variables are read as Django reads them (config/env.py: .env, empty means unset), so the
+# project's root must be importable whatever directory gunicorn was started from.
+_PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
+if _PROJECT_DIR not in sys.path:
+    sys.path.insert(0, _PROJECT_DIR)
+from config.env import env  # noqa: E402
 
-# The project's .env counts here too, as for Django (config/env.py): BIND, GUNICORN_*, LOG_LEVEL.
-environ.Env.read_env(Path(__file__).resolve().parent.parent / ".env", overwrite=False)
-
-bind = os.environ.get("BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or ("gthread" if threads > 1 else "sync")
+bind = env.str("BIND", default="127.0.0.1:8080")
+workers = env.int("GUNICORN_WORKERS", default=multiprocessing.cpu_count() * 2)
+threads = env.int("GUNICORN_THREADS", default=1)
+worker_class = env.str("GUNICORN_WORKER_CLASS", default="") or ("gthread" if threads > 1 else "sync")
 backlog = 2048
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
-accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+accesslog = env.str("GUNICORN_ACCESSLOG", default="") or None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = env.str("LOG_LEVEL", default="info").strip().lower()
 proc_name = "flash-sale-orders"

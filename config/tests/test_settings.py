@@ -47,6 +47,46 @@ def test_empty_server_urls_mean_the_projects_own_servers():
     assert child.stdout.strip() == "54329 redis://127.0.0.1:63799/0"
 
 
+def test_empty_variables_take_their_defaults():
+    child = _in_child(
+        "settings.TOKEN_CACHE_SECONDS, settings.DEBUG, settings.DATABASES['default']['OPTIONS']['prepare_threshold']",
+        TOKEN_CACHE_SECONDS="",
+        DEBUG=" ",
+        DB_PREPARE_THRESHOLD="",
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "60 False 5"
+
+
+def test_a_number_that_does_not_parse_names_its_variable():
+    child = _in_child("settings.TOKEN_CACHE_SECONDS", TOKEN_CACHE_SECONDS="1 minute")
+    assert child.returncode != 0
+    assert "ImproperlyConfigured: TOKEN_CACHE_SECONDS='1 minute' is not valid here" in child.stderr
+
+
+def test_gunicorn_reads_the_same_variables():
+    env = {**os.environ, "GUNICORN_WORKERS": "", "GUNICORN_THREADS": "3", "LOG_LEVEL": "WARNING", "BIND": ""}
+    config = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "-c", "config/gunicorn.conf.py", "--print-config"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert config.returncode == 0, config.stderr
+    lines = {
+        line.split("=", 1)[0].strip(): line.split("=", 1)[1].strip()
+        for line in config.stdout.splitlines()
+        if "=" in line
+    }
+    assert lines["bind"] == "['127.0.0.1:8080']"
+    assert lines["threads"] == "3"
+    assert lines["worker_class"] == "gthread"
+    assert lines["loglevel"] == "warning"
+    assert int(lines["workers"]) >= 2
+
+
 def test_allowed_hosts_listed_with_spaces():
     child = _in_child("settings.ALLOWED_HOSTS", ALLOWED_HOSTS="shop.example, api.example")
     assert child.returncode == 0, child.stderr
