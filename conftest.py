@@ -15,7 +15,7 @@ def clean_redis(settings):
     )
     client = stock.redis_client()
     client.flushdb()
-    client.set(stock.READY_KEY, "1")
+    stock.mark_loaded()
     forget_tokens()
     yield
     client.flushdb()

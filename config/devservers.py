@@ -184,7 +184,8 @@ def start_redis() -> None:
     redis_dir.mkdir(parents=True, exist_ok=True)
     _log(f"starting Redis on 127.0.0.1:{REDIS_PORT} (log: {redis_dir / 'server.log'})")
     # Append-only file, fsync every second: Redis is derived state (the database is the record
-    # of stock), and reconciliation rebuilds it if it comes back empty or behind.
+    # of stock). After a restart, stock counts as not loaded (inventory/lua/reserve.lua) until
+    # reconciliation has rebuilt it, so writes lost in that second cannot oversell.
     subprocess.run(
         [
             _redis_server_binary(),

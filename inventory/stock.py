@@ -4,7 +4,8 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:stock:{product_id}   available units
     inv:resv:{token}         hash product_id -> quantity of one reservation
     inv:reservations         zset token -> reserved-at (ms): every reservation not yet forgotten
-    inv:ready                set once stock is loaded from the database; absent after data loss
+    inv:ready                the run id of the server that loaded stock from the database: absent
+                             after data loss, another run's after a restart or failover
 """
 
 from __future__ import annotations
@@ -84,8 +85,19 @@ def available(*, product_ids: list[int]) -> dict[int, int | None]:
     return {pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, values, strict=True)}
 
 
+def _run_id(client) -> bytes:
+    return client.info("server")["run_id"].encode()
+
+
 def is_loaded() -> bool:
-    return bool(redis_client().exists(READY_KEY))
+    client = redis_client()
+    return client.get(READY_KEY) == _run_id(client)
+
+
+def mark_loaded() -> None:
+    """Only for a Redis known to hold the database's counts (tests set up their own)."""
+    client = redis_client()
+    client.set(READY_KEY, _run_id(client))
 
 
 def mark_not_loaded() -> None:

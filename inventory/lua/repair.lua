@@ -1,6 +1,7 @@
 -- Apply reconciliation's result in one step: shift each product's available count by its
 -- drift (a relative change, so reservations made since the snapshot are kept), forget
--- reservations the database snapshot showed as sold, and mark stock as loaded.
+-- reservations the database snapshot showed as sold, and mark stock as loaded by this run of
+-- the server (its run id: see reserve.lua).
 -- KEYS[1] tracked-reservations zset, KEYS[2] ready flag
 -- ARGV[1] stock key prefix, ARGV[2] reservation key prefix, ARGV[3] number of products n,
 -- then n pairs (product id, drift), then the tokens to forget
@@ -15,5 +16,5 @@ for i = 4 + 2 * n, #ARGV do
   redis.call('ZREM', KEYS[1], ARGV[i])
   redis.call('DEL', ARGV[2] .. ARGV[i])
 end
-redis.call('SET', KEYS[2], '1')
+redis.call('SET', KEYS[2], string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'))
 return 1

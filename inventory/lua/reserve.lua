@@ -4,7 +4,11 @@
 -- KEYS[1] ready flag, KEYS[2] pending zset, KEYS[3] this reservation's hash
 -- ARGV[1] stock key prefix, ARGV[2] token, ARGV[3] now (ms), then pairs: product id, quantity
 -- Returns {1} reserved | {0, product id, available} out of stock | {-1} stock not loaded
-if redis.call('EXISTS', KEYS[1]) == 0 then
+-- Stock counts as loaded only by this very run of the server: the ready flag holds the run id
+-- of the server that loaded it, so a restart (whose append-only file may lack the last writes)
+-- or a failover to a replica makes every order wait for a rebuild from the database.
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if redis.call('GET', KEYS[1]) ~= run_id then
   return {-1}
 end
 local prefix = ARGV[1]

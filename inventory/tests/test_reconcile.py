@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
+import time
 
 import pytest
+import redis
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.test import override_settings
 
+from config import devservers
 from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process
 from inventory import stock
-from inventory.errors import ReservationLost
+from inventory.errors import ReservationLost, StockNotLoaded
 from inventory.models import StockReservation
 from inventory.services import (
     inventory_reconcile,
@@ -195,3 +201,52 @@ def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_bac
     assert stock_release(token=token) is False  # e.g. the COMMIT's answer was lost
 
     assert stock.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
+
+
+def _start_redis(port: int, data_dir) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [devservers._redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port).ping():
+                return process
+        except redis.exceptions.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port}")
+
+
+def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, settings):
+    """A restarted Redis replays its append-only file, which (fsync every second) may lack the
+    last writes; the ready flag it replays names the old run, so orders wait for a rebuild."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    own_redis = dict(settings.CACHES["default"], LOCATION=f"redis://127.0.0.1:{port}/15")
+    process = _start_redis(port, tmp_path)
+    try:
+        with override_settings(CACHES={"default": own_redis}):
+            product = make_product(price=10, stock_quantity=10)
+            inventory_reconcile()
+            stock_reserve(quantities={product.id: 3})  # its order never commits: abandoned
+
+            process.kill()
+            process.wait()
+            process = _start_redis(port, tmp_path)
+            stock.redis_client().connection_pool.disconnect()
+
+            assert stock.redis_client().get(stock.READY_KEY) is not None  # replayed from the file
+            assert not stock.is_loaded()
+            with pytest.raises(StockNotLoaded):
+                stock_reserve(quantities={product.id: 1})
+            assert stock.is_loaded()  # the refusal rebuilt it from the database
+            assert stock.available(product_ids=[product.id]) == {product.id: 7}  # 3 still in flight
+            inventory_reconcile(grace_seconds=0)
+            assert stock.available(product_ids=[product.id]) == {product.id: 10}
+    finally:
+        process.kill()
+        process.wait()

@@ -31,6 +31,16 @@ def test_releasing_twice_gives_the_units_back_once():
     assert stock.available(product_ids=[a.id]) == {a.id: 5}
 
 
+def test_stock_loaded_by_another_run_of_the_redis_server_does_not_count_as_loaded():
+    a = make_product(stock_quantity=5)
+    stock.redis_client().set(stock.READY_KEY, "0123456789abcdef")  # as replayed after a restart
+
+    assert not stock.is_loaded()
+    with pytest.raises(StockNotLoaded):
+        stock_reserve(quantities={a.id: 1})
+    assert stock.is_loaded()  # the refusal rebuilt it
+
+
 def test_reserving_before_stock_is_loaded_is_refused():
     a = make_product(stock_quantity=5)
     stock.mark_not_loaded()
