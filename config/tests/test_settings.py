@@ -25,11 +25,35 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_log_level_in_any_case():
-    # gunicorn.conf.py lowercases LOG_LEVEL; settings used to crash every worker on "warning".
-    child = _in_child("settings.LOG_LEVEL", LOG_LEVEL="warning")
+@pytest.mark.parametrize(
+    "env, expression, expected",
+    [
+        # gunicorn.conf.py lowercases LOG_LEVEL; settings used to crash every worker on "warning".
+        ({"LOG_LEVEL": "warning"}, "settings.LOG_LEVEL", "WARNING"),
+        (
+            {"DATABASE_URL": "", "REDIS_URL": "", "SHOP_TESTING": ""},
+            "settings.DATABASES['default']['PORT'], settings.REDIS_URL",
+            "54329 redis://127.0.0.1:63799/0",
+        ),
+        (
+            {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
+            "settings.TOKEN_CACHE_SECONDS, settings.DEBUG, settings.DATABASES['default']['OPTIONS']"
+            "['prepare_threshold']",
+            "60 False 5",
+        ),
+        ({"ALLOWED_HOSTS": "shop.example, api.example"}, "settings.ALLOWED_HOSTS", "['shop.example', 'api.example']"),
+        (
+            {"SHOP_DATA_DIR": "elsewhere/data"},
+            "__import__('config.devservers').devservers.DATA_DIR",
+            str(settings.BASE_DIR / "elsewhere" / "data"),
+        ),
+    ],
+    ids=["log-level-lower-case", "empty-urls", "empty-variables", "hosts-with-spaces", "relative-data-dir"],
+)
+def test_settings_take_what_users_type(env, expression, expected):
+    child = _in_child(expression, **env)
     assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "WARNING"
+    assert child.stdout.strip() == expected
 
 
 def test_unknown_log_level_is_named():
@@ -37,25 +61,6 @@ def test_unknown_log_level_is_named():
     assert child.returncode != 0
     assert "LOG_LEVEL='LOUD'" in child.stderr
     assert "WARNING" in child.stderr
-
-
-def test_empty_server_urls_mean_the_projects_own_servers():
-    child = _in_child(
-        "settings.DATABASES['default']['PORT'], settings.REDIS_URL", DATABASE_URL="", REDIS_URL="", SHOP_TESTING=""
-    )
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "54329 redis://127.0.0.1:63799/0"
-
-
-def test_empty_variables_take_their_defaults():
-    child = _in_child(
-        "settings.TOKEN_CACHE_SECONDS, settings.DEBUG, settings.DATABASES['default']['OPTIONS']['prepare_threshold']",
-        TOKEN_CACHE_SECONDS="",
-        DEBUG=" ",
-        DB_PREPARE_THRESHOLD="",
-    )
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "60 False 5"
 
 
 def test_a_number_that_does_not_parse_names_its_variable():
@@ -85,18 +90,6 @@ def test_gunicorn_reads_the_same_variables():
     assert lines["worker_class"] == "gthread"
     assert lines["loglevel"] == "warning"
     assert int(lines["workers"]) >= 2
-
-
-def test_allowed_hosts_listed_with_spaces():
-    child = _in_child("settings.ALLOWED_HOSTS", ALLOWED_HOSTS="shop.example, api.example")
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "['shop.example', 'api.example']"
-
-
-def test_relative_data_dir_is_under_the_project():
-    child = _in_child("__import__('config.devservers').devservers.DATA_DIR", SHOP_DATA_DIR="elsewhere/data")
-    assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == str(settings.BASE_DIR / "elsewhere" / "data")
 
 
 @pytest.mark.parametrize(
