@@ -287,9 +287,11 @@ def inventory_reconcile(
             logger.info("another reconciliation is running; skipped")
             return report
     try:
-        if not stock.is_loaded():
+        run_id = stock.server_run_id()
+        if not stock.is_loaded(run_id=run_id):
             report.rebuilt = True
-            _wait_for_older_transactions(timeout=rebuild_wait_seconds)
+            if repair:  # a check changes nothing: it need not wait for transactions older than the loss
+                _wait_for_older_transactions(timeout=rebuild_wait_seconds)
         elif repair:
             report.released_tokens = _settle_abandoned(grace_seconds=grace)
         with transaction.atomic():
@@ -312,8 +314,9 @@ def inventory_reconcile(
             )
         report.forgotten_tokens = len(sold)
         if repair:
-            stock.repair(drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold))
-            report.repaired = True
+            report.repaired = stock.repair(
+                drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id
+            )
         for product in [] if report.rebuilt else report.drifted:
             logger.warning(
                 "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s)%s",

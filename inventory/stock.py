@@ -85,19 +85,19 @@ def available(*, product_ids: list[int]) -> dict[int, int | None]:
     return {pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, values, strict=True)}
 
 
-def _run_id(client) -> bytes:
-    return client.info("server")["run_id"].encode()
+def server_run_id() -> str:
+    """The id of this run of the Redis server: a new one on every start and on failover."""
+    return redis_client().info("server")["run_id"]
 
 
-def is_loaded() -> bool:
-    client = redis_client()
-    return client.get(READY_KEY) == _run_id(client)
+def is_loaded(*, run_id: str | None = None) -> bool:
+    ready = redis_client().get(READY_KEY)
+    return ready is not None and ready.decode() == (run_id or server_run_id())
 
 
 def mark_loaded() -> None:
     """Only for a Redis known to hold the database's counts (tests set up their own)."""
-    client = redis_client()
-    client.set(READY_KEY, _run_id(client))
+    redis_client().set(READY_KEY, server_run_id())
 
 
 def mark_not_loaded() -> None:
@@ -126,9 +126,11 @@ def snapshot(*, product_ids: list[int]) -> Snapshot:
     )
 
 
-def repair(*, drifts: dict[int, int], forget_tokens: list[str]) -> None:
-    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts)]
+def repair(*, drifts: dict[int, int], forget_tokens: list[str], run_id: str) -> bool:
+    """Apply reconciliation's result; stock counts as loaded afterwards unless the server
+    restarted since `run_id` was read (then False)."""
+    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id]
     for product_id, drift in drifts.items():
         args += [product_id, drift]
     args += forget_tokens
-    run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY], args=args)
+    return bool(run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY], args=args))

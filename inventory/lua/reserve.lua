@@ -7,7 +7,12 @@
 -- Stock counts as loaded only by this very run of the server: the ready flag holds the run id
 -- of the server that loaded it, so a restart (whose append-only file may lack the last writes)
 -- or a failover to a replica makes every order wait for a rebuild from the database.
+-- (INFO needs the @dangerous ACL category; effects replication keeps it off the replicas.)
+redis.replicate_commands()
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not run_id then
+  return redis.error_reply('INFO server gave no run_id')
+end
 if redis.call('GET', KEYS[1]) ~= run_id then
   return {-1}
 end

@@ -41,6 +41,15 @@ def test_stock_loaded_by_another_run_of_the_redis_server_does_not_count_as_loade
     assert stock.is_loaded()  # the refusal rebuilt it
 
 
+def test_a_repair_computed_before_a_restart_leaves_stock_not_loaded():
+    stock.mark_not_loaded()
+
+    assert stock.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef") is False
+    assert not stock.is_loaded()
+    assert stock.repair(drifts={}, forget_tokens=[], run_id=stock.server_run_id()) is True
+    assert stock.is_loaded()
+
+
 def test_reserving_before_stock_is_loaded_is_refused():
     a = make_product(stock_quantity=5)
     stock.mark_not_loaded()

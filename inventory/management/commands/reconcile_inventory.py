@@ -32,9 +32,8 @@ class Command(BaseCommand):
     def _print(self, report, check_only):
         if report.rebuilt:
             self.stdout.write(
-                "Redis has no stock loaded: --check changed nothing (run without it to rebuild from the database)"
-                if check_only
-                else "Redis had no stock loaded: rebuilt from the database"
+                "Redis stock is not loaded by this run of the server (empty, restarted or failed over): "
+                + ("--check changed nothing; run without it to rebuild" if check_only else "rebuilt from the database")
             )
         if report.released_tokens:
             self.stdout.write(f"released {len(report.released_tokens)} abandoned reservations")
