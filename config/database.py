@@ -3,18 +3,15 @@ connected to (for child processes that must use the very same one, under tests t
 load-test servers, test workers), and the order path's plain statements (sql_one, sql_all,
 sql_execute)."""
 
-from urllib.parse import quote
-
-from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+from config.env import configured_database_url, database_url_naming
 
 
 def current_database_url() -> str:
-    """DATABASE_URL as configured (host or socket, credentials, options), naming the database this
-    process is connected to: under tests, test_shop."""
-    # By hand, not urlunsplit: it would turn postgres:////run/postgresql/shop into host "run".
-    base, separator, query = settings.DATABASE_URL.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{quote(connection.settings_dict['NAME'], safe='')}{separator}{query}"
+    """DATABASE_URL as configured, naming the database this process is connected to (under
+    tests, test_shop): what child processes must use to reach the very same one."""
+    return database_url_naming(configured_database_url(), connection.settings_dict["NAME"])
 
 
 # The order path's statements go through one psycopg cursor per connection, not a new Django

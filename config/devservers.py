@@ -233,9 +233,9 @@ def status() -> dict[str, bool]:
 
 def ensure_running_if_needed() -> None:
     """Start our own servers for whichever of DATABASE_URL / REDIS_URL is unset."""
-    if not os.environ.get("DATABASE_URL"):
+    if not os.environ.get("DATABASE_URL", "").strip():
         start_postgres()
-    if not os.environ.get("REDIS_URL"):
+    if not os.environ.get("REDIS_URL", "").strip():
         start_redis()
 
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from config import devservers
+from config.env import env
 
 BASE_DIR = devservers.BASE_DIR
 LOG_DIR = devservers.DATA_DIR / "logs"
@@ -82,11 +83,11 @@ def run() -> int:
     python = sys.executable
     helpers = [
         _spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-                          "--concurrency", os.environ.get("CELERY_CONCURRENCY", "2")]),
+                          "--concurrency", str(env.int("CELERY_CONCURRENCY", default=2))]),
         _spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"]),
     ]  # fmt: skip
     _say(f"Celery worker and beat started (logs: {LOG_DIR / 'worker.log'}, {LOG_DIR / 'beat.log'})")
-    bind = os.environ.get("BIND", "127.0.0.1:8080")
+    bind = env.str("BIND", default="127.0.0.1:8080")
     _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
     gunicorn = subprocess.Popen(
         [str(Path(python).parent / "gunicorn"), "config.wsgi", "-c", "config/gunicorn.conf.py"], cwd=BASE_DIR

@@ -8,7 +8,7 @@ import logging
 from django.core.exceptions import ImproperlyConfigured
 
 from config import devservers
-from config.env import BASE_DIR, env, redis_url_with_db
+from config.env import BASE_DIR, configured_database_url, env, redis_url_with_db
 
 TESTING = env.bool("SHOP_TESTING", default=False)
 
@@ -22,7 +22,7 @@ DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = [
     host.strip() for host in env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 ]
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_TRUSTED_ORIGINS = [origin.strip() for origin in env.list("CSRF_TRUSTED_ORIGINS", default=[])]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -79,12 +79,11 @@ TEMPLATES = [
 
 # --- PostgreSQL -------------------------------------------------------------------------
 def _prepare_threshold(value: str) -> int | None:
-    return None if value.lower() in ("", "none", "off") else int(value)
+    return None if value.strip().lower() in ("none", "off") else int(value)
 
 
 # An empty DATABASE_URL / REDIS_URL means unset, as for the launcher (config/devservers.py).
-DATABASE_URL = env.str("DATABASE_URL", default="") or devservers.DEFAULT_DATABASE_URL
-DATABASES = {"default": env.db_url_config(DATABASE_URL)}
+DATABASES = {"default": env.db_url_config(configured_database_url())}
 # Persistent connections: one per gunicorn worker thread, checked before reuse. A statement
 # timeout bounds every transaction on the order path, which reconciliation relies on.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)

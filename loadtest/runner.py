@@ -58,12 +58,13 @@ SCENARIOS = {
     "smoke": Scenario("smoke", seeding.SeedShape()),
 }
 STRATEGIES = ("new", "old")
+EXTERNAL_STRATEGY = "the --url server's own"  # its ORDER_STRATEGY, which this command cannot see
 
 
 @dataclass(frozen=True)
 class RunOptions:
     scenario: str = "load"
-    strategy: str = "new"
+    strategy: str | None = None  # None: "new" for the server this command starts
     compare: bool = False
     with_ceiling: bool = False
     duration_scale: float = 1.0
@@ -76,11 +77,11 @@ class RunOptions:
         found = []
         if self.scenario not in SCENARIOS:
             found.append(f"unknown scenario {self.scenario!r}; one of {', '.join(SCENARIOS)}")
-        if self.strategy not in STRATEGIES:
+        if self.strategy is not None and self.strategy not in STRATEGIES:
             found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         if self.compare and self.url:
             found.append("--compare starts its own servers (one per strategy); it cannot use --url")
-        elif self.url and self.strategy != "new":
+        elif self.url and self.strategy is not None:
             found.append(
                 "--strategy sets the server this command starts; with --url, that server's ORDER_STRATEGY decides"
             )
@@ -283,9 +284,8 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if not options.compare:
         out_dir = options.reports_dir / f"{stamp}-{options.scenario}"
-        result = run_strategy(
-            options, strategy=options.strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo
-        )
+        strategy = options.strategy or (EXTERNAL_STRATEGY if options.url else "new")
+        result = run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo)
         return out_dir, [result]
     out_dir = options.reports_dir / f"{stamp}-{options.scenario}-compare"
     # The ceiling does not depend on the strategy: measured once, before the old run.

@@ -8,8 +8,7 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 
-from config.database import current_database_url
-from config.env import redis_url_with_db
+from config.env import database_url_naming, redis_url_with_db
 
 
 def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
@@ -99,6 +98,7 @@ def test_gunicorn_reads_the_same_variables():
         ("redis://:p%40ss@cache:6380/0", "redis://:p%40ss@cache:6380/15"),
         ("rediss://cache/2?ssl_cert_reqs=none", "rediss://cache/15?ssl_cert_reqs=none"),
         ("unix:///run/redis.sock?db=3", "unix:///run/redis.sock?db=15"),
+        ("redis://cache?db=3", "redis://cache/15"),
     ],
 )
 def test_tests_redis_is_database_15_of_the_same_server(url, expected):
@@ -112,12 +112,11 @@ def test_tests_redis_is_database_15_of_the_same_server(url, expected):
         ("postgres://shop@db/shop?sslmode=require", "postgres://shop@db/test_shop?sslmode=require"),
         ("postgres:////var/run/postgresql/shop", "postgres:////var/run/postgresql/test_shop"),
         ("postgres://postgres@/shop?host=/tmp&port=5433", "postgres://postgres@/test_shop?host=/tmp&port=5433"),
+        ("postgres://shop@db:5432?service=orders", "postgres://shop@db:5432/test_shop?service=orders"),
     ],
 )
-@pytest.mark.django_db
-def test_child_processes_get_the_configured_url_naming_the_test_database(settings, configured, expected):
-    settings.DATABASE_URL = configured
-    assert current_database_url() == expected
+def test_child_processes_get_the_configured_url_naming_the_test_database(configured, expected):
+    assert database_url_naming(configured, "test_shop") == expected
 
 
 @pytest.mark.parametrize("development_key, warned", [(True, True), (False, False)])

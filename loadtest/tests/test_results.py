@@ -139,7 +139,7 @@ def test_run_report_writes_markdown_json_and_chart(tmp_path):
     assert "balance_version_conflicts" in report
     # The synthetic run peaks at 2 VUs and 4 req/s: 2 / 4 s per request, 10 req/s for p99 < 200 ms.
     assert "a request took about 500.0 ms on average at the peak (2 / 4.0 req/s, Little's law)" in report
-    assert "p99 < 200 ms threshold needs more than 10 req/s at this concurrency" in report
+    assert "A mean under 200 ms, which p99 < 200 ms needs, takes more than 10 req/s at this concurrency" in report
     assert (tmp_path / "run" / "chart.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -19,7 +19,9 @@ class Command(BaseCommand):
             help="load and spike are the seed report's profiles (default load)",
         )
         parser.add_argument(
-            "--strategy", choices=runner.STRATEGIES, default="new", help="the server's ORDER_STRATEGY (default new)"
+            "--strategy",
+            choices=runner.STRATEGIES,
+            help="ORDER_STRATEGY of the server this command starts (default new; not with --url)",
         )
         parser.add_argument(
             "--compare", action="store_true", help="run old then new on identical fresh data; one side-by-side report"
