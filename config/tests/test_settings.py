@@ -8,6 +8,7 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 
+from config import devservers
 from config.env import database_url_naming, redis_url_with_db
 
 
@@ -32,7 +33,7 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         (
             {"DATABASE_URL": "", "REDIS_URL": "", "SHOP_TESTING": ""},
             "settings.DATABASES['default']['PORT'], settings.REDIS_URL",
-            "54329 redis://127.0.0.1:63799/0",
+            f"{devservers.PG_PORT} {devservers.DEFAULT_REDIS_URL}",
         ),
         (
             {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
