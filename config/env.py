@@ -34,6 +34,12 @@ _read_env_file()
 
 
 class _Env(environ.Env):
+    @classmethod
+    def parse_value(cls, value, cast):
+        if cast is float and isinstance(value, str):
+            return float(value)  # django-environ's own float cast drops letters: "1 minute" became 1.0
+        return super().parse_value(value, cast)
+
     def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
         raw = self.ENVIRON.get(var)
         if raw is not None and not raw.strip() and default is not self.NOTSET:

@@ -63,10 +63,11 @@ def test_unknown_log_level_is_named():
     assert "WARNING" in child.stderr
 
 
-def test_a_number_that_does_not_parse_names_its_variable():
-    child = _in_child("settings.TOKEN_CACHE_SECONDS", TOKEN_CACHE_SECONDS="1 minute")
+@pytest.mark.parametrize("name", ["TOKEN_CACHE_SECONDS", "IDEMPOTENCY_WAIT_SECONDS"])  # an int, a float
+def test_a_number_that_does_not_parse_names_its_variable(name):
+    child = _in_child(f"settings.{name}", **{name: "1 minute"})
     assert child.returncode != 0
-    assert "ImproperlyConfigured: TOKEN_CACHE_SECONDS='1 minute' is not valid here" in child.stderr
+    assert f"ImproperlyConfigured: {name}='1 minute' is not valid here" in child.stderr
 
 
 def test_gunicorn_reads_the_same_variables():

@@ -123,9 +123,10 @@ def test_check_on_an_empty_redis_says_it_changed_nothing_and_changes_nothing(cap
     assert stock.is_loaded() and stock.available(product_ids=[product.id]) == {product.id: 10}
 
 
-def test_reconcile_every_needs_a_positive_interval():
+@pytest.mark.parametrize("interval", ["-5", "0", "nan", "inf"])
+def test_reconcile_every_needs_a_positive_interval(interval):
     with pytest.raises(CommandError, match="positive number of seconds"):
-        call_command("reconcile_inventory", "--every", "-5")
+        call_command("reconcile_inventory", "--every", interval)
 
 
 def test_after_redis_comes_back_empty_the_next_order_rebuilds_stock_from_the_database():

@@ -1,4 +1,5 @@
 import argparse
+import math
 import time
 
 from django.core.management.base import BaseCommand
@@ -8,7 +9,7 @@ from inventory.services import inventory_reconcile
 
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return seconds
 
