@@ -233,9 +233,9 @@ def status() -> dict[str, bool]:
 
 def ensure_running_if_needed() -> None:
     """Start our own servers for whichever of DATABASE_URL / REDIS_URL is unset."""
-    if not os.environ.get("DATABASE_URL", "").strip():
+    if not env.str("DATABASE_URL", default=""):
         start_postgres()
-    if not os.environ.get("REDIS_URL", "").strip():
+    if not env.str("REDIS_URL", default=""):
         start_redis()
 
 

@@ -24,12 +24,12 @@ from config.env import env  # noqa: E402
 bind = env.str("BIND", default="127.0.0.1:8080")
 workers = env.int("GUNICORN_WORKERS", default=multiprocessing.cpu_count() * 2)
 threads = env.int("GUNICORN_THREADS", default=1)
-worker_class = env.str("GUNICORN_WORKER_CLASS", default="") or ("gthread" if threads > 1 else "sync")
+worker_class = env.str("GUNICORN_WORKER_CLASS", default="gthread" if threads > 1 else "sync")
 backlog = 2048
 timeout = 30
 graceful_timeout = 10
 keepalive = 5
-accesslog = env.str("GUNICORN_ACCESSLOG", default="") or None
+accesslog = env.str("GUNICORN_ACCESSLOG", default=None)
 errorlog = "-"
 loglevel = env.str("LOG_LEVEL", default="info").strip().lower()
 proc_name = "flash-sale-orders"

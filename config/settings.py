@@ -110,11 +110,11 @@ DATABASES["default"]["TEST"] = {"NAME": "test_shop"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="") or devservers.DEFAULT_REDIS_URL
+REDIS_URL = env.str("REDIS_URL", default=devservers.DEFAULT_REDIS_URL)
 TEST_REDIS_DB = 15
 if TESTING:
     # Tests never touch the development keyspace: their own logical database.
-    REDIS_URL = env.str("REDIS_TEST_URL", default="") or redis_url_with_db(REDIS_URL, TEST_REDIS_DB)
+    REDIS_URL = env.str("REDIS_TEST_URL", default=redis_url_with_db(REDIS_URL, TEST_REDIS_DB))
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
