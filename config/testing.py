@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,13 @@ from inventory.models import Product
 from inventory.services import product_create
 
 _usernames = (f"customer{i}" for i in itertools.count(1))
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def make_user(*, balance: int = 1_000, username: str | None = None) -> User:

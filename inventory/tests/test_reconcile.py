@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -14,7 +13,15 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from config import devservers
-from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process
+from config.testing import (
+    client_for,
+    free_port,
+    make_product,
+    make_user,
+    order_body,
+    race,
+    run_in_django_process,
+)
 from inventory import stock
 from inventory.errors import ReservationLost, StockNotLoaded
 from inventory.models import StockReservation
@@ -224,9 +231,7 @@ def _start_redis(port: int, data_dir) -> subprocess.Popen:
 def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, settings):
     """A restarted Redis replays its append-only file, which (fsync every second) may lack the
     last writes; the ready flag it replays names the old run, so orders wait for a rebuild."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     own_redis = dict(settings.CACHES["default"], LOCATION=f"redis://127.0.0.1:{port}/15")
     process = _start_redis(port, tmp_path)
     try:

@@ -6,16 +6,11 @@ asserted, only that the run answered orders, the invariants held and the report 
 """
 
 import json
-import socket
 
 import pytest
 from django.core.management import CommandError, call_command
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from config.testing import free_port
 
 
 @pytest.mark.slow
