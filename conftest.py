@@ -5,17 +5,20 @@ from redis.connection import parse_url
 
 from accounts.authentication import forget_tokens
 from inventory import stock
+from inventory.services import stock_epoch
 
 
 @pytest.fixture(autouse=True)
-def clean_redis(settings):
-    """Every test starts from an empty Redis keyspace of its own (logical db 15), stock loaded."""
+def clean_redis(request, settings):
+    """Every test starts from an empty Redis keyspace of its own (logical db 15), stock loaded
+    under the database's stock epoch (a test without the database places no order)."""
     assert parse_url(settings.REDIS_URL).get("db") == settings.TEST_REDIS_DB, (
         "tests never touch the development keyspace"
     )
     client = stock.redis_client()
     client.flushdb()
-    stock.mark_loaded()
+    if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
+        stock.mark_loaded(epoch=stock_epoch())
     forget_tokens()
     yield
     client.flushdb()

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
-from config.database import sql_all, sql_execute
+from config.database import sql_all, sql_one
 from inventory import stock
 from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable, ReservationLost, StockNotLoaded
 from inventory.models import Product, StockMovement, StockReservation
@@ -45,8 +45,16 @@ def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
     return {pid: price for pid, price, _ in rows}
 
 
-def stock_reserve(*, quantities: dict[int, int]) -> uuid.UUID:
-    """Take units of every product in Redis at once, or none. Returns the reservation token.
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Units held in Redis for one order: its token, and the stock epoch it was made under."""
+
+    token: uuid.UUID
+    epoch: int
+
+
+def stock_reserve(*, quantities: dict[int, int]) -> Reservation:
+    """Take units of every product in Redis at once, or none.
 
     Safe because one Lua script checks and decrements all items atomically. A crash after it
     leaves the reservation tracked with its time; reconciliation gives it back later unless the
@@ -55,7 +63,7 @@ def stock_reserve(*, quantities: dict[int, int]) -> uuid.UUID:
     token = uuid.uuid4()
     result = stock.reserve(token=token, quantities=quantities)
     if result.ok:
-        return token
+        return Reservation(token=token, epoch=result.epoch)
     if not result.loaded:
         _rebuild_if_lost()
         raise StockNotLoaded()
@@ -92,43 +100,82 @@ def _settle_as_released(token: str) -> bool:
         return cursor.fetchone()[0] == StockReservation.State.RELEASED
 
 
-# One round trip: settle the reservation as SOLD and write its ledger rows. The quantities
-# come as one JSON object {"<product id>": quantity}.
-_RECORD_UNITS_SQL = """
-WITH settled AS (
-    INSERT INTO inventory_stockreservation (token, state, created_at) VALUES (%(token)s, 'SOLD', now())
-)
-INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, created_at)
-SELECT item.key::bigint, -item.value::bigint, %(kind)s, %(reference)s, %(reason)s, now()
-FROM jsonb_each_text(%(quantities)s::jsonb) AS item
+# --- Recording a sale: the reservation settled SOLD and its ledger rows, fenced by the epoch --
+
+# The generation of Redis' stock counts. A rebuild from the database (after Redis lost data)
+# bumps it before it waits for older transactions, and a reservation's units are recorded only
+# while the epoch is still the one they were reserved under: a statement that read the old
+# epoch began before the bump, so the rebuild waits for it and counts its sale; one that reads
+# the new epoch records nothing. Read with last_value, which needs no lock and no snapshot.
+EPOCH_FENCE_SQL = "SELECT 1 FROM inventory_stock_epoch WHERE last_value = %(stock_epoch)s"
+_EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
+_EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
+
+
+def stock_sale_sql(*, source: str, reference: str) -> str:
+    """The CTEs `settled` and `movements` that record the reservation in sale_params() once
+    per row of the CTE `source`, the ledger reference being the SQL expression `reference`.
+
+    For a statement that writes the sale together with what it was sold for (an order): the
+    caller makes `source` depend on EPOCH_FENCE_SQL. The SOLD row's primary key makes a sale
+    and a reconciliation release mutually exclusive (the statement fails with IntegrityError).
+    """
+    return f"""
+settled AS (
+    INSERT INTO inventory_stockreservation (token, state, created_at)
+    SELECT %(stock_token)s, %(stock_sold)s, now() FROM {source}
+    RETURNING token
+), movements AS (
+    INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, created_at)
+    SELECT item.key::bigint, -item.value::bigint, %(stock_kind)s, {reference}, %(stock_reason)s, now()
+    FROM {source}, settled, jsonb_each_text(%(stock_quantities)s::jsonb) AS item
+    RETURNING 1
+)"""
+
+
+def stock_sale_params(
+    *, reservation: Reservation, quantities: dict[int, int], kind: str = StockMovement.Kind.SALE, reason: str = ""
+) -> dict[str, object]:
+    return {
+        "stock_token": reservation.token,
+        "stock_epoch": reservation.epoch,
+        "stock_sold": StockReservation.State.SOLD,
+        "stock_kind": kind,
+        "stock_reason": reason,
+        "stock_quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode(),
+    }
+
+
+_RECORD_UNITS_SQL = f"""
+WITH fence AS ({EPOCH_FENCE_SQL}), {stock_sale_sql(source="fence", reference="%(reference)s")}
+SELECT count(*) FROM movements
 """
 
 
-def stock_record_sale(*, token: uuid.UUID, quantities: dict[int, int], reference: str) -> None:
+def stock_record_sale(*, reservation: Reservation, quantities: dict[int, int], reference: str) -> None:
     """Write the sale into the ledger, inside the caller's transaction (the order's)."""
-    _record_reserved_units(token=token, quantities=quantities, kind=StockMovement.Kind.SALE, reference=reference)
+    _record_reserved_units(reservation=reservation, quantities=quantities, kind=StockMovement.Kind.SALE,
+                           reference=reference)  # fmt: skip
 
 
 def _record_reserved_units(
-    *, token: uuid.UUID, quantities: dict[int, int], kind: str, reference: str, reason: str = ""
+    *, reservation: Reservation, quantities: dict[int, int], kind: str, reference: str, reason: str = ""
 ) -> None:
-    """Turn a Redis reservation into ledger rows, inside the caller's transaction.
-
-    The SOLD row's primary key makes this and a reconciliation release mutually exclusive (an
-    IntegrityError here aborts the caller's transaction). The EXISTS check makes sure Redis
-    still holds the units: if it lost its data, this transaction must not commit units Redis
-    no longer accounts for.
-    """
+    """Turn a Redis reservation into ledger rows, inside the caller's transaction, or raise
+    ReservationLost: reconciliation released it, or Redis lost it and stock was rebuilt since
+    (the epoch moved on)."""
+    params = stock_sale_params(reservation=reservation, quantities=quantities, kind=kind, reason=reason)
     try:
-        sql_execute(
-            _RECORD_UNITS_SQL,
-            {"token": token, "kind": kind, "reference": reference, "reason": reason,
-             "quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode()},
-        )  # fmt: skip
+        (recorded,) = sql_one(_RECORD_UNITS_SQL, {**params, "reference": reference})
     except IntegrityError as exc:
         raise ReservationLost() from exc
-    if not stock.reservation_exists(token=token):
+    if not recorded:
         raise ReservationLost()
+
+
+def stock_epoch() -> int:
+    (epoch,) = sql_one(_EPOCH_SQL, [])
+    return epoch
 
 
 def stock_return(*, quantities: dict[int, int], reference: str) -> None:
@@ -155,14 +202,13 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
     if quantity == 0:
         return
     if quantity < 0:
-        token = stock_reserve(quantities={product.id: -quantity})
+        reservation = stock_reserve(quantities={product.id: -quantity})
         try:
             with transaction.atomic():
-                _record_reserved_units(
-                    token=token, quantities={product.id: -quantity}, kind=kind, reference="admin", reason=reason
-                )
+                _record_reserved_units(reservation=reservation, quantities={product.id: -quantity}, kind=kind,
+                                       reference="admin", reason=reason)  # fmt: skip
         except Exception:
-            stock_release(token=token)
+            stock_release(token=reservation.token)
             raise
         return
     with transaction.atomic():
@@ -288,9 +334,13 @@ def inventory_reconcile(
             return report
     try:
         run_id = stock.server_run_id()
+        epoch = stock_epoch()
         if not stock.is_loaded(run_id=run_id):
             report.rebuilt = True
             if repair:  # a check changes nothing: it need not wait for transactions older than the loss
+                # First the fence: reservations made before the loss can no longer be recorded...
+                (epoch,) = sql_one(_EPOCH_BUMP_SQL, [])
+                # ...then the wait for the sales that read the old epoch, so the rebuild counts them.
                 _wait_for_older_transactions(timeout=rebuild_wait_seconds)
         elif repair:
             report.released_tokens = _settle_abandoned(grace_seconds=grace)
@@ -315,8 +365,9 @@ def inventory_reconcile(
         report.forgotten_tokens = len(sold)
         if repair:
             report.repaired = stock.repair(
-                drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id
-            )
+                drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
+                epoch=epoch,
+            )  # fmt: skip
         for product in [] if report.rebuilt else report.drifted:
             logger.warning(
                 "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s)%s",

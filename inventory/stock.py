@@ -6,6 +6,7 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:reservations         zset token -> reserved-at (ms): every reservation not yet forgotten
     inv:ready                the run id of the server that loaded stock from the database: absent
                              after data loss, another run's after a restart or failover
+    inv:epoch                the database's stock epoch the counts were loaded under
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ STOCK_PREFIX = "inv:stock:"
 RESERVATION_PREFIX = "inv:resv:"
 RESERVATIONS_KEY = "inv:reservations"
 READY_KEY = "inv:ready"
+EPOCH_KEY = "inv:epoch"
 _LUA_DIR = Path(__file__).parent / "lua"
 
 
 @dataclass(frozen=True)
 class ReserveResult:
     ok: bool
+    epoch: int | None = None  # the stock epoch the units were reserved under
     loaded: bool = True
     failed_product_id: int | None = None
     available: int | None = None
@@ -50,9 +53,9 @@ def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
     args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000)]
     for product_id, quantity in sorted(quantities.items()):
         args += [product_id, quantity]
-    result = run_script("reserve", keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token)], args=args)
+    result = run_script("reserve", keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token), EPOCH_KEY], args=args)
     if result[0] == 1:
-        return ReserveResult(ok=True)
+        return ReserveResult(ok=True, epoch=int(result[1]))
     if result[0] == -1:
         return ReserveResult(ok=False, loaded=False)
     return ReserveResult(ok=False, failed_product_id=int(result[1]), available=int(result[2]))
@@ -60,10 +63,6 @@ def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
 
 def release(*, token: uuid.UUID | str) -> bool:
     return bool(run_script("release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token)]))
-
-
-def reservation_exists(*, token: uuid.UUID) -> bool:
-    return bool(redis_client().exists(reservation_key(token)))
 
 
 def add_available(*, product_id: int, quantity: int) -> None:
@@ -95,8 +94,9 @@ def is_loaded(*, run_id: str | None = None) -> bool:
     return ready is not None and ready.decode() == (run_id or server_run_id())
 
 
-def mark_loaded() -> None:
+def mark_loaded(*, epoch: int) -> None:
     """Only for a Redis known to hold the database's counts (tests set up their own)."""
+    redis_client().set(EPOCH_KEY, epoch)
     redis_client().set(READY_KEY, server_run_id())
 
 
@@ -126,11 +126,11 @@ def snapshot(*, product_ids: list[int]) -> Snapshot:
     )
 
 
-def repair(*, drifts: dict[int, int], forget_tokens: list[str], run_id: str) -> bool:
-    """Apply reconciliation's result; stock counts as loaded afterwards unless the server
-    restarted since `run_id` was read (then False)."""
-    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id]
+def repair(*, drifts: dict[int, int], forget_tokens: list[str], run_id: str, epoch: int) -> bool:
+    """Apply reconciliation's result; stock counts as loaded (under `epoch`) afterwards unless
+    the server restarted since `run_id` was read (then False)."""
+    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id, epoch]
     for product_id, drift in drifts.items():
         args += [product_id, drift]
     args += forget_tokens
-    return bool(run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY], args=args))
+    return bool(run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY, EPOCH_KEY], args=args))

@@ -11,18 +11,23 @@ from functools import partial
 
 import orjson
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from config.database import sql_execute, sql_one
 from coupons.services import coupon_redeem, coupon_release
+from inventory.errors import ReservationLost
 from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
+    EPOCH_FENCE_SQL,
+    Reservation,
     prices_for_order,
     stock_record_sale,
     stock_release,
     stock_reserve,
     stock_return,
+    stock_sale_params,
+    stock_sale_sql,
 )
 from orders import events, idempotency
 from orders.backlog import payment_backlog_check
@@ -140,14 +145,19 @@ def _place(
                 payment_attempts=1,
             )
 
-    token = stock_reserve(quantities=quantities)
+    reservation = stock_reserve(quantities=quantities)
     try:
+        if not pay_now and not coupon_code and not idempotency_key:
+            return PlacedOrder(order=_accept_order(user_id=user_id, quantities=quantities, prices=prices,
+                                                   reservation=reservation), status_code=202)  # fmt: skip
         return record(
-            token=token,
-            take_stock=lambda reference: stock_record_sale(token=token, quantities=quantities, reference=reference),
+            token=reservation.token,
+            take_stock=lambda reference: stock_record_sale(
+                reservation=reservation, quantities=quantities, reference=reference
+            ),
         )
     except BaseException:
-        _release_after_failure(token)
+        _release_after_failure(reservation.token)
         raise
 
 
@@ -198,24 +208,34 @@ def _record_order(
     return PlacedOrder(order=order, status_code=status_code)
 
 
-# One round trip for the order, its items and its events (items and events each passed as one
-# JSON array: cheaper to send from Python than typed arrays).
-_INSERT_ORDER_SQL = f"""
+# The order, its items and its events (items and events each passed as one JSON array: cheaper
+# to send from Python than typed arrays), written only where `{condition}` holds.
+_ORDER_CTES = f"""
 WITH new_order AS (
     INSERT INTO orders_order (user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
                               reservation_token, created_at, updated_at)
-    VALUES (%(user_id)s, %(status)s, %(total)s, 0, %(paid_amount)s, %(coupon_code)s, %(token)s, now(), now())
+    SELECT %(user_id)s, %(status)s, %(total)s, 0, %(paid_amount)s, %(coupon_code)s, %(stock_token)s, now(), now()
+    {{condition}}
     RETURNING id, created_at
 ), items AS (
     INSERT INTO orders_orderitem (order_id, product_id, quantity, unit_price)
     SELECT new_order.id, item.product_id, item.quantity, item.unit_price
     FROM new_order, jsonb_to_recordset(%(items)s::jsonb) AS item(product_id bigint, quantity int, unit_price bigint)
-), new_events AS ({events.insert_sql(order_id="new_order.id", source="new_order")})
-SELECT id, created_at FROM new_order
-"""
-# The same, and the settlers' wake-up: NOTIFY is delivered when (and only if) the order commits.
-_INSERT_PENDING_ORDER_SQL = _INSERT_ORDER_SQL.replace(
-    "SELECT id, created_at FROM new_order", f"SELECT id, created_at, pg_notify('{SETTLE_CHANNEL}', '') FROM new_order"
+), new_events AS ({events.insert_sql(order_id="new_order.id", source="new_order")})"""
+_ORDER_REFERENCE = "'order:' || new_order.id"
+_SELECT_ORDER = "\nSELECT id, created_at FROM new_order"
+# NOTIFY wakes the settlers; it is delivered when (and only if) the order commits.
+_SELECT_ORDER_AND_WAKE_SETTLERS = f"\nSELECT id, created_at, pg_notify('{SETTLE_CHANNEL}', '') FROM new_order"
+# Inside the order's transaction, which records the sale (and the payment) next.
+_INSERT_ORDER_SQL = _ORDER_CTES.format(condition="") + _SELECT_ORDER
+_INSERT_PENDING_ORDER_SQL = _ORDER_CTES.format(condition="") + _SELECT_ORDER_AND_WAKE_SETTLERS
+# An asynchronous order without coupon or Idempotency-Key: the order and its sale in one
+# statement, in autocommit (one round trip, its own commit), fenced by the stock epoch.
+_ACCEPT_ORDER_SQL = (
+    _ORDER_CTES.format(condition=f"WHERE EXISTS ({EPOCH_FENCE_SQL})")
+    + ", "
+    + stock_sale_sql(source="new_order", reference=_ORDER_REFERENCE)
+    + _SELECT_ORDER_AND_WAKE_SETTLERS
 )
 
 
@@ -238,9 +258,11 @@ def _insert_order(
     prices: dict[int, int],
     paid: bool,
     wake_settler: bool,
+    sale: Reservation | None = None,
 ) -> Order:
     """The order PENDING_PAYMENT with its order.created event, or (`paid`) PAID in full with
-    order.created and order.paid. `wake_settler`: the order waits for a settler."""
+    order.created and order.paid. `wake_settler`: the order waits for a settler. With `sale`,
+    the reservation's sale is recorded by the same statement (ReservationLost if it cannot be)."""
     order = Order(user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
                   reservation_token=token)  # fmt: skip
     order.items_cache = [PlacedItem(pid, quantity, prices[pid]) for pid, quantity in quantities.items()]
@@ -251,13 +273,31 @@ def _insert_order(
     items_json = orjson.dumps(
         [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in order.items_cache]
     ).decode()
-    order.id, order.created_at, *_ = sql_one(
-        _INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL,
-        {"user_id": user_id, "status": order.status, "total": total, "paid_amount": order.paid_amount,
-         "coupon_code": coupon_code, "token": token, "items": items_json, "events": events.as_json(to_write)},
-    )  # fmt: skip
+    sql = _INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL
+    params = {"user_id": user_id, "status": order.status, "total": total, "paid_amount": order.paid_amount,
+              "coupon_code": coupon_code, "stock_token": token, "items": items_json,
+              "events": events.as_json(to_write)}  # fmt: skip
+    if sale is not None:
+        sql, params = _ACCEPT_ORDER_SQL, {**params, **stock_sale_params(reservation=sale, quantities=quantities)}
+    try:
+        row = sql_one(sql, params)
+    except IntegrityError as exc:  # reconciliation released the reservation first
+        raise ReservationLost() from exc
+    if row is None:  # the stock epoch moved on: Redis lost the reservation and stock was rebuilt
+        raise ReservationLost()
+    order.id, order.created_at, *_ = row
     order.updated_at = order.created_at
     return order
+
+
+def _accept_order(
+    *, user_id: int, quantities: dict[int, int], prices: dict[int, int], reservation: Reservation
+) -> Order:
+    """An asynchronous order without coupon or Idempotency-Key, and its sale, in one statement
+    committed on its own: a settler pays it later. All of it is written, or none."""
+    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    return _insert_order(user_id=user_id, total=total, coupon_code="", token=reservation.token, quantities=quantities,
+                         prices=prices, paid=False, wake_settler=True, sale=reservation)  # fmt: skip
 
 
 def _release_after_failure(token) -> None:

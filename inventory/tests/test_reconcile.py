@@ -32,6 +32,7 @@ from inventory.services import (
     stock_release,
     stock_reserve,
 )
+from orders import services
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -82,15 +83,15 @@ def test_a_process_killed_between_reservation_and_commit_gets_its_stock_back_by_
 
 def test_a_late_commit_after_reconciliation_released_its_reservation_is_refused():
     product = make_product(price=10, stock_quantity=5)
-    token = stock_reserve(quantities={product.id: 2})
+    reservation = stock_reserve(quantities={product.id: 2})
     inventory_reconcile(grace_seconds=0)
     assert stock.available(product_ids=[product.id]) == {product.id: 5}
 
     with pytest.raises(ReservationLost), transaction.atomic():
-        stock_record_sale(token=token, quantities={product.id: 2}, reference="late")
+        stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="late")
 
     assert on_hand_by_product() == {product.id: 5}
-    assert StockReservation.objects.get(token=token).state == StockReservation.State.RELEASED
+    assert StockReservation.objects.get(token=reservation.token).state == StockReservation.State.RELEASED
 
 
 def test_reconciliation_keeps_sold_reservations_and_forgets_them_once_the_database_shows_the_sale():
@@ -152,15 +153,56 @@ def test_after_redis_comes_back_empty_the_next_order_rebuilds_stock_from_the_dat
     assert inventory_reconcile().drifted == []
 
 
-def test_a_sale_whose_reservation_redis_lost_cannot_commit():
+def test_a_sale_whose_reservation_redis_lost_cannot_commit_once_stock_is_rebuilt():
     product = make_product(price=10, stock_quantity=10)
-    token = stock_reserve(quantities={product.id: 2})
-    stock.redis_client().delete(stock.reservation_key(token))
+    reservation = stock_reserve(quantities={product.id: 2})
+    stock.redis_client().flushdb()  # Redis lost its data, the reservation with it
+    assert inventory_reconcile().rebuilt  # the rebuild moves the stock epoch on first
 
     with pytest.raises(ReservationLost), transaction.atomic():
-        stock_record_sale(token=token, quantities={product.id: 2}, reference="lost")
+        stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="lost")
 
     assert on_hand_by_product() == {product.id: 10}
+    assert stock.available(product_ids=[product.id]) == {product.id: 10}
+
+
+def test_an_async_order_whose_reservation_redis_lost_is_refused_and_writes_nothing():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=10)
+    reservation = stock_reserve(quantities={product.id: 2})
+    stock.redis_client().flushdb()
+    inventory_reconcile()
+
+    with pytest.raises(ReservationLost):
+        services._accept_order(user_id=user.id, quantities={product.id: 2}, prices={product.id: 10},
+                               reservation=reservation)  # fmt: skip
+
+    assert Order.objects.count() == 0 and StockReservation.objects.count() == 0
+    assert on_hand_by_product() == {product.id: 10}
+
+
+def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted():
+    product = make_product(price=10, stock_quantity=10)
+    reservation = stock_reserve(quantities={product.id: 2})
+    sold, rebuilt = threading.Event(), []
+
+    def sell_slowly():
+        with transaction.atomic():
+            stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="slow")
+            sold.set()
+            time.sleep(0.5)  # committed only after the rebuild started: it must wait for this
+        connection.close()
+
+    seller = threading.Thread(target=sell_slowly)
+    seller.start()
+    sold.wait(10)
+    stock.redis_client().flushdb()
+    rebuilt.append(inventory_reconcile())
+    seller.join()
+
+    assert rebuilt[0].rebuilt
+    assert on_hand_by_product() == {product.id: 8}
+    assert stock.available(product_ids=[product.id]) == {product.id: 8}
 
 
 @pytest.mark.slow
@@ -202,11 +244,11 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
 
 def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_back():
     product = make_product(price=10, stock_quantity=5)
-    token = stock_reserve(quantities={product.id: 2})
+    reservation = stock_reserve(quantities={product.id: 2})
     with transaction.atomic():
-        stock_record_sale(token=token, quantities={product.id: 2}, reference="committed")
+        stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="committed")
 
-    assert stock_release(token=token) is False  # e.g. the COMMIT's answer was lost
+    assert stock_release(token=reservation.token) is False  # e.g. the COMMIT's answer was lost
 
     assert stock.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
 

@@ -5,7 +5,7 @@ import pytest
 from config.testing import make_product
 from inventory import stock
 from inventory.errors import OutOfStock, StockNotLoaded
-from inventory.services import on_hand_by_product, stock_adjust, stock_release, stock_reserve
+from inventory.services import on_hand_by_product, stock_adjust, stock_epoch, stock_release, stock_reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,7 +24,7 @@ def test_a_reservation_takes_every_item_or_none_and_names_the_one_that_failed():
 
 def test_releasing_twice_gives_the_units_back_once():
     a = make_product(stock_quantity=5)
-    token = stock_reserve(quantities={a.id: 4})
+    token = stock_reserve(quantities={a.id: 4}).token
 
     assert stock_release(token=token) is True
     assert stock_release(token=token) is False
@@ -44,9 +44,9 @@ def test_stock_loaded_by_another_run_of_the_redis_server_does_not_count_as_loade
 def test_a_repair_computed_before_a_restart_leaves_stock_not_loaded():
     stock.mark_not_loaded()
 
-    assert stock.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef") is False
+    assert stock.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef", epoch=stock_epoch()) is False
     assert not stock.is_loaded()
-    assert stock.repair(drifts={}, forget_tokens=[], run_id=stock.server_run_id()) is True
+    assert stock.repair(drifts={}, forget_tokens=[], run_id=stock.server_run_id(), epoch=stock_epoch()) is True
     assert stock.is_loaded()
 
 
