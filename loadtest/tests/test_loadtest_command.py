@@ -65,3 +65,18 @@ def test_compare_means_old_then_new_strategy_but_for_async_sync_then_async(optio
     made = [(folder, run_options.scenario, strategy) for folder, run_options, strategy in comparison_runs(options)]
 
     assert made == runs
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--orders", "0"], "--orders must be at least 1"),
+        (["--batch-sizes", "1,ten"], "comma-separated whole numbers"),
+        (["--batch-sizes", "10,0"], "batch sizes of at least 1"),
+        (["--batch-sizes", ","], "batch sizes of at least 1"),
+        (["--timeout", "0"], "--timeout must be positive"),
+    ],
+)
+def test_settle_benchmark_refuses_bad_options_before_anything_runs(args, problem):
+    with pytest.raises(CommandError, match=problem):
+        call_command("settle_benchmark", *args)
