@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from enum import StrEnum
 
+import orjson
 from django.conf import settings
 from django.db import transaction
 
 from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account, ApiToken, BalanceEntry, User
 from config import metrics
-from config.database import sql_one
+from config.database import sql_all, sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,111 @@ def account_withdraw(*, user_id: int, amount: int, reference: str, max_attempts:
 
 def account_refund(*, user_id: int, amount: int, reference: str) -> BalanceChange:
     return account_change_balance(user_id=user_id, amount=amount, kind=BalanceEntry.Kind.REFUND, reference=reference)
+
+
+# --- Many payments at once (the batch settlement) -----------------------------------------
+
+# One round trip per attempt of a batch: for each account, update it only if its version is
+# still the one read (as _CHANGE_SQL does for one), and write the ledger entries of the
+# accounts that were updated, each with the balance it left. Returns the updated accounts.
+_WITHDRAW_MANY_SQL = """
+WITH planned AS (
+    SELECT * FROM jsonb_to_recordset(%(accounts)s::jsonb) AS planned(user_id bigint, version bigint, balance bigint)
+), changed AS (
+    UPDATE accounts_account AS account
+    SET balance = planned.balance, version = account.version + 1, updated_at = now()
+    FROM planned
+    WHERE account.user_id = planned.user_id AND account.version = planned.version
+    RETURNING account.user_id
+), entries AS (
+    INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
+    SELECT entry.user_id, -entry.amount, %(kind)s, entry.reference, entry.balance_after, now()
+    FROM ROWS FROM (jsonb_to_recordset(%(entries)s::jsonb)
+                    AS (user_id bigint, amount bigint, reference text, balance_after bigint))
+         WITH ORDINALITY AS entry(user_id, amount, reference, balance_after, position)
+    JOIN changed ON changed.user_id = entry.user_id
+    ORDER BY entry.position
+)
+SELECT user_id FROM changed
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    user_id: int
+    amount: int  # > 0
+    reference: str
+
+
+class WithdrawalOutcome(StrEnum):
+    TAKEN = "TAKEN"
+    SHORT = "SHORT"  # the balance did not cover it, after the user's earlier withdrawals in the batch
+    CONFLICT = "CONFLICT"  # the version kept moving beyond the retry bound: try again later
+
+
+def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | None = None) -> list[WithdrawalOutcome]:
+    """Take many payments in the caller's transaction; one outcome per withdrawal, in order.
+
+    A user's withdrawals are taken in the order given, each against what the previous ones
+    left; one that the balance does not cover is SHORT and the later ones still get their
+    chance. Safe for the same reason as account_change_balance: each account is updated only
+    if its version is still the one read, so an account changed meanwhile is re-read and
+    planned again (bounded, jittered, counted); the others keep their update. Accounts go in
+    user id order, so two batches lock shared rows in the same order. The ledger entries are
+    written by the same statement as the balances: a crash leaves both or neither.
+    """
+    outcomes: list[WithdrawalOutcome | None] = [None] * len(withdrawals)
+    waiting = {w.user_id for w in withdrawals}
+
+    def attempt_once() -> bool | None:
+        balances = {
+            user_id: (balance, version)
+            for user_id, balance, version in sql_all(
+                "SELECT user_id, balance, version FROM accounts_account WHERE user_id = ANY(%s)", [sorted(waiting)]
+            )
+        }
+        left: dict[int, int] = {}
+        planned: dict[int, WithdrawalOutcome] = {}
+        entries = []
+        for index, withdrawal in enumerate(withdrawals):
+            if withdrawal.user_id not in waiting:
+                continue
+            if withdrawal.user_id not in balances:
+                raise Account.DoesNotExist(f"user {withdrawal.user_id} has no account")
+            balance = left.get(withdrawal.user_id, balances[withdrawal.user_id][0])
+            if balance < withdrawal.amount:
+                planned[index] = WithdrawalOutcome.SHORT
+                continue
+            left[withdrawal.user_id] = balance - withdrawal.amount
+            planned[index] = WithdrawalOutcome.TAKEN
+            entries.append(
+                {"user_id": withdrawal.user_id, "amount": withdrawal.amount, "reference": withdrawal.reference,
+                 "balance_after": balance - withdrawal.amount}
+            )  # fmt: skip
+        changed: set[int] = set()
+        if left:
+            accounts = [{"user_id": uid, "version": balances[uid][1], "balance": left[uid]} for uid in sorted(left)]
+            params = {"accounts": orjson.dumps(accounts).decode(), "entries": orjson.dumps(entries).decode(),
+                      "kind": BalanceEntry.Kind.PAYMENT}  # fmt: skip
+            changed = {user_id for (user_id,) in sql_all(_WITHDRAW_MANY_SQL, params)}
+        # Done: the accounts updated, and those with nothing to take (all their withdrawals SHORT).
+        done = changed | (waiting - set(left))
+        for index, outcome in planned.items():
+            if withdrawals[index].user_id in done:
+                outcomes[index] = outcome
+        waiting.difference_update(done)
+        return True if not waiting else None
+
+    def on_conflict(attempt: int) -> None:
+        for user_id in sorted(waiting):
+            _count_conflict(user_id, attempt)
+
+    try:
+        retry_on_conflict(attempt_once, backoff=_balance_backoff(max_attempts), on_conflict=on_conflict)
+    except RetryExhausted as exc:
+        metrics.count("balance_conflict_failures", len(waiting))
+        logger.warning("batch balance update gave up on %d accounts after %s attempts", len(waiting), exc.attempts)
+    return [outcome or WithdrawalOutcome.CONFLICT for outcome in outcomes]
 
 
 @transaction.atomic

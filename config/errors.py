@@ -42,10 +42,15 @@ class DomainError(Exception):
     code: str = ErrorCode.CONFLICT
     status_code: int = status.HTTP_409_CONFLICT
     default_message: str = "The request conflicts with the current state."
+    retry_after: int | None = None  # seconds, sent as Retry-After: the request may simply be repeated then
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None):
+    def __init__(
+        self, message: str | None = None, *, details: dict[str, Any] | None = None, retry_after: int | None = None
+    ):
         self.message = message or self.default_message
         self.details = details or {}
+        if retry_after is not None:
+            self.retry_after = retry_after
         super().__init__(self.message)
 
 
@@ -53,6 +58,7 @@ class ServiceUnavailable(DomainError):
     code = ErrorCode.SERVICE_UNAVAILABLE
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_message = "A backing service is unavailable; nothing was changed. Try again shortly."
+    retry_after = 1
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -88,7 +94,8 @@ def _drf_error(exc: drf_exceptions.APIException) -> Response:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=headers)
     if isinstance(exc, (Http404, ObjectDoesNotExist)):
         return Response(error_body(ErrorCode.NOT_FOUND, "Not found."), status=status.HTTP_404_NOT_FOUND)
     if isinstance(exc, PermissionDenied):

@@ -2,9 +2,10 @@
 
 Starts the project's own PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set),
 migrates, seeds the load-test data when the database is empty, creates an admin user, loads
-stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a Celery worker (the
-asynchronous payments) and Celery beat (event relay every second, expiry of unpaid orders and
-stock reconciliation every minute). Ctrl-C stops all three; `make stop` also stops the servers.
+stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a settler (pays the
+asynchronous orders in batches), a Celery worker and Celery beat (event relay every second,
+expiry of unpaid orders and stock reconciliation every minute). Ctrl-C stops them all;
+`make stop` also stops the servers.
 
     python -m config.serve [run|stop]
 """
@@ -26,7 +27,7 @@ LOG_DIR = devservers.DATA_DIR / "logs"
 PID_DIR = devservers.DATA_DIR / "run"
 ADMIN_PASSWORD_FILE = devservers.DATA_DIR / "admin-password.txt"
 ADMIN_USER_ID = 1_000_000  # far above the seeded customers 1..N, which reseeding recreates
-PROCESSES = ("gunicorn", "worker", "beat")
+PROCESSES = ("gunicorn", "settler", "worker", "beat")
 
 
 def _say(message: str) -> None:
@@ -82,11 +83,13 @@ def run() -> int:
     _prepare()
     python = sys.executable
     helpers = [
+        _spawn("settler", [python, "manage.py", "settle_payments"]),
         _spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
                           "--concurrency", str(env.int("CELERY_CONCURRENCY", default=2))]),
         _spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"]),
     ]  # fmt: skip
-    _say(f"Celery worker and beat started (logs: {LOG_DIR / 'worker.log'}, {LOG_DIR / 'beat.log'})")
+    logs = ", ".join(str(LOG_DIR / f"{name}.log") for name in PROCESSES[1:])
+    _say(f"settler, Celery worker and beat started (logs: {logs})")
     bind = env.str("BIND", default="127.0.0.1:8080")
     _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
     gunicorn = subprocess.Popen(

@@ -157,11 +157,19 @@ LEGACY_LOCK_RETRY_MS = env.int("LEGACY_LOCK_RETRY_MS", default=100)
 LEGACY_LOCK_WAIT_MS = env.int("LEGACY_LOCK_WAIT_MS", default=3_000)
 LEGACY_LOCK_TTL_MS = env.int("LEGACY_LOCK_TTL_MS", default=10_000)
 
-# --- Asynchronous payment (Celery, Redis as the broker) --------------------------------
-# Simulates an external payment call inside the asynchronous payment (0: none). The web shop
-# demo sets it so the progress bar has something to show.
+# --- Asynchronous payment (batch settlement) and periodic jobs (Celery beat) ------------
+# Simulates an external payment call, once per settlement batch (0: none). The web shop demo
+# sets it so the progress bar has something to show.
 PAYMENT_GATEWAY_LATENCY_MS = env.int("PAYMENT_GATEWAY_LATENCY_MS", default=0)
 ORDER_PAYMENT_TIMEOUT_SECONDS = env.int("ORDER_PAYMENT_TIMEOUT_SECONDS", default=15 * 60)
+# Orders one settler pays per transaction at most (it takes what is waiting, up to this).
+SETTLE_BATCH_SIZE = env.int("SETTLE_BATCH_SIZE", default=500)
+# An idle settler is woken by each new order (NOTIFY); it also looks every this many seconds.
+SETTLE_IDLE_WAIT_SECONDS = env.float("SETTLE_IDLE_WAIT_SECONDS", default=1.0)
+# New asynchronous orders are refused (503, Retry-After) while the oldest unpaid order has
+# waited longer than this; each web thread looks again at most every CHECK seconds.
+PAYMENT_BACKLOG_MAX_SECONDS = env.float("PAYMENT_BACKLOG_MAX_SECONDS", default=5.0)
+PAYMENT_BACKLOG_CHECK_SECONDS = env.float("PAYMENT_BACKLOG_CHECK_SECONDS", default=0.25)
 CELERY_BROKER_URL = REDIS_URL
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -92,38 +93,45 @@ def run_in_django_process(code: str, *, timeout: float = 60) -> subprocess.Compl
     )
 
 
-class CeleryWorker:
-    """A real Celery worker process on the test database and Redis, killable for crash tests."""
+class Settler:
+    """A real settler process (manage.py settle_payments) on the test database and Redis,
+    killable for crash tests. Its log (one line per batch) is at `log_path`."""
 
-    def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "w1"):
-        env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1")
+    def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "s1", batch_size: int | None = None):
+        env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1", LOG_LEVEL="INFO")
         env["REDIS_TEST_URL"] = settings.REDIS_URL
-        env["CELERY_VISIBILITY_TIMEOUT_SECONDS"] = "3"
         env.update(extra_env or {})
         log_dir = Path(settings.BASE_DIR) / "test-output"
         log_dir.mkdir(exist_ok=True)
-        self.log_path = log_dir / f"celery-{name}.log"
+        self.log_path = log_dir / f"settler-{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "manage.py", "settle_payments"]
+        if batch_size:
+            command += ["--batch-size", str(batch_size)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "-n", f"{name}@%h",
-             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=settings.BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            command, cwd=settings.BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_until_ready()
 
     def _wait_until_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "ready." in self.log_path.read_text():
+            if "settler: waiting" in self.log_path.read_text():
                 return
             if self.process.poll() is not None:
                 break
-            time.sleep(0.1)
-        raise RuntimeError(f"celery worker did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"settler did not start:\n{self.log_path.read_text()}")
+
+    def orders_settled(self) -> int:
+        """Orders this settler paid or cancelled, from its batch lines."""
+        return sum(
+            int(paid) + int(cancelled)
+            for paid, cancelled in re.findall(r"settled batch: (\d+) paid, (\d+) cancelled", self.log_path.read_text())
+        )
 
     def kill(self) -> None:
-        """SIGKILL, no goodbye: whatever the worker was doing is cut off mid-way."""
+        """SIGKILL, no goodbye: whatever the settler was doing is cut off mid-way."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self._log.close()

@@ -34,6 +34,7 @@ class ReservationLost(DomainError):
 
     code = ErrorCode.SERVICE_UNAVAILABLE
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    retry_after = 1
     default_message = "Stock is being reloaded; nothing was charged. Try again shortly."
 
 

@@ -2,7 +2,7 @@ from enum import StrEnum
 
 from rest_framework import status
 
-from config.errors import DomainError, ErrorCode
+from config.errors import DomainError, ErrorCode, ServiceUnavailable
 
 
 class OrderErrorCode(StrEnum):
@@ -41,3 +41,7 @@ class NotYourOrder(DomainError):
     code = OrderErrorCode.FORBIDDEN
     status_code = status.HTTP_403_FORBIDDEN
     default_message = "userId must be the authenticated caller."
+
+
+class PaymentBacklogFull(ServiceUnavailable):
+    default_message = "Payments are running behind; nothing was reserved. Try again after Retry-After seconds."

@@ -57,7 +57,9 @@ def event_build(order: Order, event_type: str, *, previous_status: str | None = 
 
 def as_json(events: list[NewEvent]) -> str:
     """Events as one JSON array, for an INSERT ... SELECT FROM jsonb_array_elements(...)."""
-    return orjson.dumps([{"type": event.type, "payload": event.payload} for event in events]).decode()
+    return orjson.dumps(
+        [{"orderId": event.order_id, "type": event.type, "payload": event.payload} for event in events]
+    ).decode()
 
 
 def insert_sql(*, order_id: str, source: str = "") -> str:

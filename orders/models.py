@@ -33,7 +33,13 @@ class Order(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["user", "-id"])]
+        indexes = [
+            models.Index(fields=["user", "-id"]),
+            # The settlers' queue: only the unpaid orders, oldest first (orders/settlement.py).
+            models.Index(
+                fields=["id"], condition=models.Q(status=OrderStatus.PENDING_PAYMENT), name="orders_order_pending"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"order {self.pk} ({self.status})"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.errors import InsufficientBalance
 from config.database import sql_execute, sql_one
 from coupons.services import coupon_redeem, coupon_release
 from inventory.legacy import product_locks, stock_take_locked
@@ -27,9 +25,12 @@ from inventory.services import (
     stock_return,
 )
 from orders import events, idempotency
+from orders.backlog import payment_backlog_check
 from orders.errors import InvalidStatusTransition, OrderNotFound, PriceChanged
-from orders.models import ALLOWED_TRANSITIONS, Order, OrderEvent, OrderStatus
+from orders.models import ALLOWED_TRANSITIONS, Order, OrderStatus
 from payments.services import payment_refund, payment_take
+
+SETTLE_CHANNEL = "orders_pending"  # settlers LISTEN here (orders/settlement.py)
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def order_place(
 ) -> PlacedOrder:
     """Reserve stock, record the order, redeem the coupon and pay, all or nothing.
 
-    With `asynchronous=True` the order is recorded PENDING_PAYMENT and its payment queued
-    (answer 202); `order_pay` then takes it.
+    With `asynchronous=True` the order is recorded PENDING_PAYMENT (answer 202), unless payment
+    is running more than PAYMENT_BACKLOG_MAX_SECONDS behind (SERVICE_UNAVAILABLE, nothing
+    reserved); a settler pays it in its next batch (orders/settlement.py).
 
     Stock is reserved in Redis first (no database lock on products), then one transaction
     writes the order, the stock sale, the coupon use and the payment. Any failure after the
@@ -116,6 +118,8 @@ def _place(
     idempotency_key: str | None,
     pay_now: bool,
 ) -> PlacedOrder:
+    if not pay_now:
+        payment_backlog_check()
     quantities = _quantities(lines)
     prices = prices_for_order(product_ids=list(quantities))
     _check_prices(lines, prices)
@@ -161,7 +165,7 @@ def _record_order(
 ) -> PlacedOrder:
     """One transaction: the order, its stock, the coupon use, its events, and (synchronously)
     the payment. Balance goes last, so the account row (locked by its version update) is held
-    for the shortest time. Asynchronously, the payment is queued once the order has committed.
+    for the shortest time. Asynchronously, the order's INSERT wakes a settler as it commits.
 
     Paid now without a coupon, the paid amount is known before anything is written: the order
     is written PAID at once, with both its events, saving a status update. Nobody sees it
@@ -170,7 +174,8 @@ def _record_order(
     paid_at_once = pay_now and not coupon_code
     with transaction.atomic():
         order = _insert_order(user_id=user_id, total=total, coupon_code=coupon_code or "", token=token,
-                              quantities=quantities, prices=prices, paid=paid_at_once)  # fmt: skip
+                              quantities=quantities, prices=prices, paid=paid_at_once,
+                              wake_settler=not pay_now)  # fmt: skip
         reference = f"order:{order.id}"
         take_stock(reference)
         discount = 0
@@ -188,7 +193,6 @@ def _record_order(
                 Order.objects.filter(pk=order.pk).update(discount_amount=discount)
                 order.discount_amount = discount
             status_code = 202
-            transaction.on_commit(lambda: _enqueue_payment(order.id))
         if idempotency_key:
             idempotency.record_order(user_id=user_id, key=idempotency_key, order_id=order.id, status_code=status_code)
     return PlacedOrder(order=order, status_code=status_code)
@@ -209,6 +213,10 @@ WITH new_order AS (
 ), new_events AS ({events.insert_sql(order_id="new_order.id", source="new_order")})
 SELECT id, created_at FROM new_order
 """
+# The same, and the settlers' wake-up: NOTIFY is delivered when (and only if) the order commits.
+_INSERT_PENDING_ORDER_SQL = _INSERT_ORDER_SQL.replace(
+    "SELECT id, created_at FROM new_order", f"SELECT id, created_at, pg_notify('{SETTLE_CHANNEL}', '') FROM new_order"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,9 +237,10 @@ def _insert_order(
     quantities: dict[int, int],
     prices: dict[int, int],
     paid: bool,
+    wake_settler: bool,
 ) -> Order:
     """The order PENDING_PAYMENT with its order.created event, or (`paid`) PAID in full with
-    order.created and order.paid."""
+    order.created and order.paid. `wake_settler`: the order waits for a settler."""
     order = Order(user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
                   reservation_token=token)  # fmt: skip
     order.items_cache = [PlacedItem(pid, quantity, prices[pid]) for pid, quantity in quantities.items()]
@@ -242,26 +251,13 @@ def _insert_order(
     items_json = orjson.dumps(
         [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in order.items_cache]
     ).decode()
-    order.id, order.created_at = sql_one(
-        _INSERT_ORDER_SQL,
+    order.id, order.created_at, *_ = sql_one(
+        _INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL,
         {"user_id": user_id, "status": order.status, "total": total, "paid_amount": order.paid_amount,
          "coupon_code": coupon_code, "token": token, "items": items_json, "events": events.as_json(to_write)},
     )  # fmt: skip
     order.updated_at = order.created_at
     return order
-
-
-def _enqueue_payment(order_id: int) -> None:
-    """After the commit: a lost enqueue (broker down, crash) leaves the order PENDING_PAYMENT,
-    which the expiry job cancels after ORDER_PAYMENT_TIMEOUT_SECONDS, releasing its stock."""
-    from orders.tasks import pay_order
-
-    try:
-        pay_order.delay(order_id)
-    except Exception:
-        logger.warning(
-            "could not queue the payment of order %s; the expiry job will cancel it", order_id, exc_info=True
-        )
 
 
 def _release_after_failure(token) -> None:
@@ -342,39 +338,6 @@ def order_cancel(*, order_id: int, user_id: int) -> Order:
         if OrderStatus.CANCELLED not in ALLOWED_TRANSITIONS[order.status]:
             raise InvalidStatusTransition(details={"from": order.status, "to": OrderStatus.CANCELLED})
         _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
-    return order
-
-
-def order_pay(*, order_id: int) -> Order | None:
-    """Take the payment of an order placed asynchronously: PAID, or PAYMENT_FAILED then
-    CANCELLED with stock and coupon given back.
-
-    Idempotent: the order row is locked and only a PENDING_PAYMENT order is charged, and the
-    unique `order_id` of payments makes a second charge impossible even past that check.
-    Redelivered, retried or run twice at once, it charges once. Raises BalanceConflict (the
-    task retries) when the balance kept changing beyond the retry bound.
-    """
-    with transaction.atomic():
-        order = _lock_order(order_id)
-        if order is None or order.status != OrderStatus.PENDING_PAYMENT:
-            return order
-        if not OrderEvent.objects.filter(order_id=order.id, type=events.PAYMENT_STARTED).exists():
-            events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
-    with transaction.atomic():
-        order = _lock_order(order_id)
-        if order.status != OrderStatus.PENDING_PAYMENT:
-            return order
-        amount = order.total_amount - order.discount_amount
-        try:
-            with transaction.atomic():
-                payment_take(order_id=order.id, user_id=order.user_id, amount=amount)
-                if settings.PAYMENT_GATEWAY_LATENCY_MS:
-                    time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip
-        except InsufficientBalance:
-            _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
-            _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
-            return order
-        _move(order, OrderStatus.PAID, events.PAID, paid_amount=amount)
     return order
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import orjson
 from django.db import transaction
 
-from accounts.services import account_refund, account_withdraw
-from config.database import sql_one
+from accounts.services import Withdrawal, WithdrawalOutcome, account_refund, account_withdraw, account_withdraw_many
+from config.database import sql_execute, sql_one
 from payments.models import Payment, Refund
 
 _INSERT_PAYMENT_SQL = (
@@ -26,6 +29,46 @@ def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int 
         if amount:
             account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
         return payment_id
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    order_id: int
+    user_id: int
+    amount: int
+
+
+_INSERT_PAYMENTS_SQL = """
+INSERT INTO payments_payment (order_id, user_id, amount, status, created_at)
+SELECT charge.order_id, charge.user_id, charge.amount, %(status)s, now()
+FROM jsonb_to_recordset(%(charges)s::jsonb) AS charge(order_id bigint, user_id bigint, amount bigint)
+"""
+
+
+def payment_take_many(*, charges: list[Charge]) -> list[WithdrawalOutcome]:
+    """Charge many orders in the caller's transaction; one outcome per charge, in order
+    (TAKEN, SHORT, or CONFLICT: not charged, to be tried again).
+
+    The balances move first (accounts' version check, retried per account), then one INSERT
+    writes the payments of the charges TAKEN. The unique `order_id` makes a second charge
+    for an order fail the whole transaction, so no order is ever charged twice.
+    """
+    to_withdraw = [c for c in charges if c.amount]
+    results = (
+        account_withdraw_many(withdrawals=[Withdrawal(c.user_id, c.amount, f"order:{c.order_id}") for c in to_withdraw])
+        if to_withdraw
+        else []
+    )
+    withdrawn = {charge.order_id: result for charge, result in zip(to_withdraw, results, strict=True)}
+    outcomes = [withdrawn.get(c.order_id, WithdrawalOutcome.TAKEN) for c in charges]
+    paid = [
+        {"order_id": c.order_id, "user_id": c.user_id, "amount": c.amount}
+        for c, outcome in zip(charges, outcomes, strict=True)
+        if outcome == WithdrawalOutcome.TAKEN
+    ]
+    if paid:
+        sql_execute(_INSERT_PAYMENTS_SQL, {"charges": orjson.dumps(paid).decode(), "status": Payment.Status.CAPTURED})
+    return outcomes
 
 
 def payment_refund(*, order_id: int) -> Refund | None:

@@ -1,15 +1,13 @@
-"""The asynchronous order: 202 now, payment on a real Celery worker, events to a Redis Stream."""
+"""The asynchronous order: 202 now, payment by a real settler process, events to a Redis Stream."""
 
 from __future__ import annotations
-
-from collections import Counter
 
 import pytest
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config.testing import (
-    CeleryWorker,
+    Settler,
     client_for,
     make_product,
     make_user,
@@ -23,7 +21,8 @@ from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
 from orders import events, sales_counter
 from orders.models import Order, OrderEvent, OrderStatus
-from orders.services import OrderLine, order_pay, order_place, orders_expire_pending
+from orders.services import OrderLine, order_place, orders_expire_pending
+from orders.settlement import orders_settle_batch
 from payments.models import Payment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -32,8 +31,8 @@ ASYNC = {"HTTP_PREFER": "respond-async"}
 
 
 @pytest.fixture
-def worker():
-    started = CeleryWorker()
+def settler():
+    started = Settler()
     yield started
     started.stop()
 
@@ -50,7 +49,7 @@ def _final(order_id: int, timeout: float = 60) -> str:
     )
 
 
-def test_an_async_order_answers_202_then_the_worker_pays_it_and_progress_shows_the_steps(worker):
+def test_an_async_order_answers_202_then_the_worker_pays_it_and_progress_shows_the_steps(settler):
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
     client = client_for(user)
@@ -69,7 +68,7 @@ def test_an_async_order_answers_202_then_the_worker_pays_it_and_progress_shows_t
     assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
 
 
-def test_a_payment_that_fails_gives_back_stock_and_coupon(worker):
+def test_a_payment_that_fails_gives_back_stock_and_coupon(settler):
     user = make_user(balance=50)
     product = make_product(price=100, stock_quantity=10)
     Coupon.objects.create(code="ONE", kind=Coupon.Kind.FIXED, value=10, usage_limit=1)
@@ -89,44 +88,59 @@ def test_a_payment_that_fails_gives_back_stock_and_coupon(worker):
     assert inventory_reconcile().drifted == []
 
 
-def test_a_worker_killed_mid_payment_charges_exactly_once_after_redelivery():
-    user = make_user(balance=1_000)
-    product = make_product(price=100, stock_quantity=10)
-    slow = CeleryWorker(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "60000"}, name="slow")
+def test_a_settler_killed_mid_batch_leaves_the_batch_to_the_next_which_charges_each_order_once():
+    users = [make_user(balance=1_000) for _ in range(3)]
+    product = make_product(price=100, stock_quantity=30)
+    placed = [
+        order_place(user_id=user.id, lines=[OrderLine(product.id, 2, 100)], asynchronous=True).order for user in users
+    ]
+    slow = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "60000"}, name="slow")
     try:
-        placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 2, 100)], asynchronous=True)
-        wait_for(
-            lambda: OrderEvent.objects.filter(order_id=placed.order.id, type=events.PAYMENT_STARTED).exists(),
-            what="the payment to start",
-        )
+        wait_for(lambda: _batch_in_flight(), what="the settler to hold its batch")
     finally:
-        slow.kill()  # inside the payment transaction: charged but not committed
-    assert _status(placed.order.id) == "PENDING_PAYMENT"
-    assert Account.objects.get(user=user).balance == 1_000
+        slow.kill()  # inside the batch's transaction: claimed, not committed
+    assert {_status(order.id) for order in placed} == {"PENDING_PAYMENT"}
+    assert {Account.objects.get(user=user).balance for user in users} == {1_000}
 
-    rescuer = CeleryWorker(name="rescuer")
+    rescuer = Settler(name="rescuer")
     try:
-        assert _final(placed.order.id, timeout=90) == "PAID"
+        assert {_final(order.id) for order in placed} == {"PAID"}
     finally:
         rescuer.stop()
-    assert Payment.objects.filter(order_id=placed.order.id).count() == 1
-    assert Account.objects.get(user=user).balance == 800 == ledger_balance(user_id=user.id)
+    assert Payment.objects.filter(order_id__in=[o.id for o in placed]).count() == 3
+    for user in users:
+        assert Account.objects.get(user=user).balance == 800 == ledger_balance(user_id=user.id)
 
 
-def test_the_payment_task_run_twice_at_once_charges_once():
+def _batch_in_flight() -> bool:
+    """A settler's batch transaction holds its claimed rows (seen from pg_stat_activity)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction' AND query LIKE %s",
+            ["%orders_orderitem%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_settling_from_twenty_threads_at_once_charges_each_order_once():
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 100)], asynchronous=True)
+    placed = [
+        order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 100)], asynchronous=True).order for _ in range(5)
+    ]
 
-    outcomes = race(20, lambda _: order_pay(order_id=placed.order.id).status)
+    batches = race(20, lambda _: orders_settle_batch(limit=2))
 
-    assert Counter(outcomes) == {"PAID": 20}
-    assert Payment.objects.filter(order_id=placed.order.id).count() == 1
-    assert Account.objects.get(user=user).balance == 900
-    assert OrderEvent.objects.filter(order_id=placed.order.id, type=events.PAID).count() == 1
+    assert sorted(oid for batch in batches for oid in batch.paid) == [order.id for order in placed]
+    assert Payment.objects.count() == 5
+    assert Account.objects.get(user=user).balance == 500 == ledger_balance(user_id=user.id)
+    assert OrderEvent.objects.filter(type=events.PAID).count() == 5
 
 
-def test_an_order_left_unpaid_past_the_timeout_is_cancelled_and_a_late_task_charges_nothing():
+def test_an_order_left_unpaid_past_the_timeout_is_cancelled_and_a_late_settler_charges_nothing():
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
     placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 4, 100)], asynchronous=True)
@@ -137,11 +151,7 @@ def test_an_order_left_unpaid_past_the_timeout_is_cancelled_and_a_late_task_char
 
     assert _status(placed.order.id) == "CANCELLED"
     assert stock.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
-    worker = CeleryWorker()  # the queued payment task arrives late
-    try:
-        wait_for(lambda: "succeeded" in worker.log_path.read_text(), what="the late task to run")
-    finally:
-        worker.stop()
+    assert orders_settle_batch().claimed == 0  # a settler arriving late finds nothing to pay
     assert Payment.objects.count() == 0 and Account.objects.get(user=user).balance == 1_000
 
 
@@ -187,7 +197,7 @@ def test_every_status_change_has_its_event():
     paid = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 10)]).order
     pending = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 10)], asynchronous=True).order
     client_for(user).post(f"/api/v1/orders/{paid.id}/cancel")
-    order_pay(order_id=pending.id)
+    orders_settle_batch()
 
     types = lambda order: list(OrderEvent.objects.filter(order=order).order_by("id").values_list("type", flat=True))  # noqa: E731
     assert types(paid) == [events.CREATED, events.PAID, events.CANCELLED]

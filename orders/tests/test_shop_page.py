@@ -1,4 +1,4 @@
-"""The web shop page in a real headless Chromium, against a live server and a real Celery worker.
+"""The web shop page in a real headless Chromium, against a live server and a real settler.
 
 Screenshots of every screen go to test-output/browser/.
 """
@@ -13,7 +13,7 @@ from django.conf import settings
 
 from accounts.services import token_create
 from config.browser import CHROMIUM
-from config.testing import CeleryWorker, make_product, make_user
+from config.testing import Settler, make_product, make_user
 from inventory import stock
 from orders.models import Order
 
@@ -45,8 +45,8 @@ def page():
 
 @pytest.fixture
 def slow_payment_worker():
-    """A worker whose payment takes a moment, so the progress screen can be seen."""
-    worker = CeleryWorker(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "1500"})
+    """A settler whose payment takes a moment, so the progress screen can be seen."""
+    worker = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "1500"})
     yield worker
     worker.stop()
 

@@ -1,0 +1,228 @@
+"""Settlement of asynchronous orders in batches: many PENDING_PAYMENT orders paid per transaction.
+
+The order the request committed is the work item: no message is sent per order. The request's
+INSERT also NOTIFYs `SETTLE_CHANNEL` (delivered at its commit), which wakes an idle settler at
+once; a busy settler never waits, it takes the next batch. Several settlers share the work:
+each batch claims its orders with FOR UPDATE SKIP LOCKED, so no two settlers (nor a cancel, nor
+the expiry job, which lock the order row too) take the same order. One transaction per batch:
+the claim, the balances (accounts' version column), the payments, the status moves and their
+events commit together or not at all, so a settler killed mid-batch leaves its orders pending
+for the next one, and none is charged twice (payments' unique order id besides).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, connection, connections, transaction
+
+from accounts.services import WithdrawalOutcome
+from config.database import sql_all, sql_one
+from orders import events
+from orders.models import Order, OrderStatus
+from orders.services import SETTLE_CHANNEL, PlacedItem, _give_back, _move
+from payments.services import Charge, payment_take_many
+
+logger = logging.getLogger(__name__)
+
+# The oldest first, skipping orders another transaction holds (a settler, a cancel, expiry).
+# The partial index orders_order_pending keeps this cheap however many orders were settled.
+_CLAIM_SQL = """
+SELECT id, user_id, total_amount, discount_amount, coupon_code
+FROM orders_order WHERE status = %(status)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+"""
+_ITEMS_SQL = (
+    "SELECT order_id, product_id, quantity, unit_price FROM orders_orderitem WHERE order_id = ANY(%s) ORDER BY id"
+)
+# The paid orders moved and their events (payment started, paid) written, in one round trip.
+# The rows are locked by the claim, so every one of them still is PENDING_PAYMENT.
+_MARK_PAID_SQL = f"""
+WITH paid AS (
+    UPDATE orders_order AS o SET status = %(paid)s, paid_amount = paid.amount, updated_at = now()
+    FROM jsonb_to_recordset(%(orders)s::jsonb) AS paid(id bigint, amount bigint)
+    WHERE o.id = paid.id AND o.status = %(pending)s
+    RETURNING o.id
+), new_events AS ({events.insert_sql(order_id="(event.value->>'orderId')::bigint")})
+SELECT count(*) FROM paid
+"""
+
+
+@dataclass
+class SettledBatch:
+    paid: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+    retried: list[int] = field(default_factory=list)  # balance kept changing: left pending
+
+    @property
+    def claimed(self) -> int:
+        return len(self.paid) + len(self.cancelled) + len(self.retried)
+
+
+def orders_settle_batch(*, limit: int | None = None) -> SettledBatch:
+    """Pay up to `limit` pending orders, oldest first, in one transaction.
+
+    Each order is charged its total less its discount. An order whose balance is short fails
+    alone: PAYMENT_FAILED then CANCELLED, its stock and coupon use given back; the rest of the
+    batch is paid. One user's orders are paid in order, each against what the previous left.
+    An account whose version kept moving beyond the retry bound leaves its orders pending
+    (the next batch takes them again), never failed for that reason.
+    """
+    batch = SettledBatch()
+    with transaction.atomic():
+        orders = _claim(limit or settings.SETTLE_BATCH_SIZE)
+        if not orders:
+            return batch
+        _attach_items(orders)
+        if settings.PAYMENT_GATEWAY_LATENCY_MS:
+            time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip, per batch
+        outcomes = payment_take_many(
+            charges=[Charge(o.id, o.user_id, o.total_amount - o.discount_amount) for o in orders]
+        )
+        paid = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.TAKEN]
+        short = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.SHORT]
+        batch.retried = [
+            o.id for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.CONFLICT
+        ]
+        if paid:
+            _mark_paid(paid)
+            batch.paid = [o.id for o in paid]
+        for order in short:
+            events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
+            _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
+            _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
+            batch.cancelled.append(order.id)
+    return batch
+
+
+def _claim(limit: int) -> list[Order]:
+    rows = sql_all(_CLAIM_SQL, {"status": OrderStatus.PENDING_PAYMENT, "limit": limit})
+    return [
+        Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total, discount_amount=discount,
+              coupon_code=coupon)
+        for oid, uid, total, discount, coupon in rows
+    ]  # fmt: skip
+
+
+def _attach_items(orders: list[Order]) -> None:
+    by_order: dict[int, list[PlacedItem]] = {o.id: [] for o in orders}
+    for order_id, product_id, quantity, unit_price in sql_all(_ITEMS_SQL, [list(by_order)]):
+        by_order[order_id].append(PlacedItem(product_id, quantity, unit_price))
+    for order in orders:
+        order.items_cache = by_order[order.id]
+
+
+def _mark_paid(orders: list[Order]) -> None:
+    to_write = []
+    for order in orders:
+        to_write.append(events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status))
+        order.status, order.paid_amount = OrderStatus.PAID, order.total_amount - order.discount_amount
+        to_write.append(events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT))
+    (moved,) = sql_one(
+        _MARK_PAID_SQL,
+        {"paid": OrderStatus.PAID, "pending": OrderStatus.PENDING_PAYMENT, "events": events.as_json(to_write),
+         "orders": orjson.dumps([{"id": o.id, "amount": o.paid_amount} for o in orders]).decode()},
+    )  # fmt: skip
+    if moved != len(orders):  # cannot happen while the claim's row locks hold; never commit half a batch
+        raise RuntimeError(f"settlement moved {moved} of {len(orders)} claimed orders")
+
+
+# --- The settler process ------------------------------------------------------------------
+
+
+@dataclass
+class SettlerTotals:
+    batches: int = 0
+    paid: int = 0
+    cancelled: int = 0
+    retried: int = 0
+
+
+class _Wakeup:
+    """A LISTEN on its own connection: wait() returns at the first NOTIFY (or the timeout).
+
+    LISTEN is in place before the settler looks for work, so an order committed between an
+    empty claim and the wait still wakes it: its notification is already queued here."""
+
+    def __init__(self) -> None:
+        self._db = None
+
+    def listen(self) -> None:
+        if self._db is None:
+            db = connections.create_connection("default")
+            db.ensure_connection()
+            db.connection.autocommit = True
+            db.connection.execute(f"LISTEN {SETTLE_CHANNEL}")
+            self._db = db
+
+    def wait(self, timeout: float) -> None:
+        raw = self._db.connection
+        for _ in raw.notifies(timeout=timeout, stop_after=1):
+            break
+        for _ in raw.notifies(timeout=0.001):  # many commits, one wake-up
+            pass
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(Exception):  # a dead connection: nothing left to close
+                self._db.close()
+            self._db = None
+
+
+def settler_run(
+    *,
+    batch_size: int | None = None,
+    stop: threading.Event | None = None,
+    until_empty: bool = False,
+) -> SettlerTotals:
+    """Settle batches until `stop` is set (or, `until_empty`, until nothing is pending).
+
+    A database error (PostgreSQL restarting, a deadlock between two batches) rolls the batch
+    back; the settler reconnects after a bounded pause and carries on, so every accepted order
+    is settled once the database is back."""
+    stop = stop or threading.Event()
+    limit = batch_size or settings.SETTLE_BATCH_SIZE
+    totals = SettlerTotals()
+    wakeup = _Wakeup()
+    pause = 0.05
+    try:
+        while not stop.is_set():
+            try:
+                wakeup.listen()
+                started = time.monotonic()
+                batch = orders_settle_batch(limit=limit)
+            except (DatabaseError, InterfaceError, psycopg.Error) as exc:
+                logger.warning("settlement batch failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause)
+                connection.close()
+                wakeup.close()
+                stop.wait(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            pause = 0.05
+            if batch.claimed:
+                totals.batches += 1
+                totals.paid += len(batch.paid)
+                totals.cancelled += len(batch.cancelled)
+                totals.retried += len(batch.retried)
+                logger.info(
+                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms",
+                    len(batch.paid), len(batch.cancelled), len(batch.retried), (time.monotonic() - started) * 1000,
+                )  # fmt: skip
+            if batch.claimed >= limit or batch.retried:
+                continue  # more is waiting
+            if until_empty and not Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists():
+                break
+            try:
+                wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS)
+            except (DatabaseError, InterfaceError, psycopg.Error, OSError) as exc:
+                logger.warning("settlement wake-up lost (%s); reconnecting", exc)
+                wakeup.close()
+    finally:
+        wakeup.close()
+    return totals
