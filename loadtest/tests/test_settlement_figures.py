@@ -53,3 +53,10 @@ def test_benchmark_without_postgres_on_this_machine_says_n_a():
 
 def test_batch_sizes_parse_from_a_comma_separated_list():
     assert parse_batch_sizes("1,10, 100,500") == (1, 10, 100, 500)
+
+
+def test_the_start_up_kept_is_the_least_of_its_runs_and_pg_unknown_if_any_run_missed_it():
+    runs = [Measured(1.0, 550.0, 40.0), Measured(0.5, 520.0, 45.0)]
+
+    assert Measured.least(runs) == Measured(0.5, 520.0, 40.0)
+    assert Measured.least([*runs, Measured(0.6, 500.0, None)]).postgres_ms is None
