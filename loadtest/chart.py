@@ -17,6 +17,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = 3 if backlog else 2
     fig, axes = plt.subplots(rows, 1, figsize=(11, 7 if rows == 2 else 9.5), sharex=True)
@@ -26,6 +27,7 @@ def plot(
         waiting.plot([second for second, _ in backlog], [n for _, n in backlog], color="C4",
                      label="backlog: orders PENDING_PAYMENT")  # fmt: skip
         waiting.set_ylim(bottom=0)
+        waiting.yaxis.set_major_locator(MaxNLocator(integer=True))
         waiting.set_ylabel("orders waiting")
         waiting.set_xlabel("seconds since the start of the run")
         waiting.legend(loc="upper left", fontsize="small")
@@ -56,7 +58,8 @@ def plot(
     if latencies and max(latencies) / max(min(latencies), 0.001) > 100:
         bottom.set_yscale("log")
     bottom.set_ylabel("latency (ms)")
-    bottom.set_xlabel("seconds since the start of the run")
+    if not backlog:  # else the backlog panel below carries the time axis
+        bottom.set_xlabel("seconds since the start of the run")
     bottom.legend(loc="upper left", fontsize="small")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
