@@ -83,18 +83,23 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         for result in results:
-            f = result.figures
+            f, name = result.figures, f"{result.scenario} ({result.strategy} strategy)"
             self._echo(
-                f"{result.strategy}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
+                f"{name}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
                 f"p99 {f.latency_ms['p(99)']:.1f} ms, failures {f.failure_rate:.2%}, "
                 f"thresholds {'passed' if f.thresholds_passed else 'FAILED'}"
             )
             if result.payments is not None:
-                self._echo(f"{result.strategy}: {_payment_line(result.payments)}")
+                self._echo(f"{name}: {_payment_line(result.payments)}")
             if result.cpu is not None:
-                self._echo(f"{result.strategy}: {_cpu_line(result.cpu)}")
+                self._echo(f"{name}: {_cpu_line(result.cpu)}")
         self._echo(f"report folder: {out_dir}")
-        broken = [f"{r.strategy}: {c.name}: {c.detail}" for r in results for c in r.invariants if not c.ok]
+        broken = [
+            f"{r.scenario} ({r.strategy} strategy): {c.name}: {c.detail}"
+            for r in results
+            for c in r.invariants
+            if not c.ok
+        ]
         if broken:
             raise CommandError("INVARIANTS BROKEN (report written):\n  " + "\n  ".join(broken))
         if options["fail_on_thresholds"] and not all(r.figures.thresholds_passed for r in results):
