@@ -163,15 +163,24 @@ class BacklogSampler:
 
 
 def wait_until_settled(
-    *, timeout: float = SETTLE_TIMEOUT_S, echo: Callable[[str], None] = print, every_s: float = 2.0
+    *,
+    timeout: float = SETTLE_TIMEOUT_S,
+    echo: Callable[[str], None] = print,
+    every_s: float = 2.0,
+    settlers: list[subprocess.Popen] | None = None,
 ) -> float | None:
     """Wait until no order is PENDING_PAYMENT, looking every 0.1 s; returns the seconds it took
-    (rounded to 0.1 s), or None after `timeout`. Says how many are left every `every_s`."""
+    (rounded to 0.1 s), or None after `timeout`, or at once when every one of `settlers` has
+    exited (nobody is left to drain it). Says how many are left every `every_s`."""
     started = last_said = time.monotonic()
     while (elapsed := time.monotonic() - started) < timeout:
         pending = backlog()
         if pending == 0:
             return round(elapsed, 1)
+        if settlers and all(process.poll() is not None for process in settlers):
+            codes = ", ".join(str(process.returncode) for process in settlers)
+            echo(f"  every settler has exited (codes {codes}) with {pending} orders PENDING_PAYMENT; see their logs")
+            return None
         if time.monotonic() - last_said >= every_s:
             echo(f"  {pending} orders still PENDING_PAYMENT after {elapsed:.1f} s")
             last_said = time.monotonic()

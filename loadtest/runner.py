@@ -296,7 +296,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                 meter.stop("request")
                 if sampler is not None:
                     echo("k6 done; waiting for the settlers to drain the backlog")
-                    drained_after = async_run.wait_until_settled(echo=echo)
+                    drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
                     echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
                 meter.stop("settlement", "postgres")
             processes = _processes(options, served, settlers)
