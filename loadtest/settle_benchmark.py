@@ -134,18 +134,16 @@ class BatchSizeResult:
 # --- measuring --------------------------------------------------------------------------
 
 
-class _PostgresClock:
-    """PostgreSQL's CPU between two readings; None throughout when it is not on this machine."""
+def _postgres_meter(postgres_pid: int | None) -> cpu.CpuMeter:
+    """PostgreSQL's CPU from now on (its side stays unmeasured when it is not on this machine)."""
+    meter = cpu.CpuMeter({"postgres": [postgres_pid] if postgres_pid else []})
+    meter.start()
+    return meter
 
-    def __init__(self) -> None:
-        self.pid = cpu.postgres_server_pid()
 
-    def read(self) -> float | None:
-        return cpu.tree_cpu_ms([self.pid]) if self.pid else None
-
-    @staticmethod
-    def used(before: float | None, after: float | None) -> float | None:
-        return after - before if before is not None and after is not None else None
+def _postgres_used(meter: cpu.CpuMeter) -> float | None:
+    meter.stop("postgres")
+    return meter.used_ms.get("postgres")
 
 
 def _children_cpu_ms() -> float:
@@ -153,11 +151,11 @@ def _children_cpu_ms() -> float:
     return (usage.ru_utime + usage.ru_stime) * 1000
 
 
-def place_orders(*, count: int, postgres: _PostgresClock, echo: Echo) -> Measured:
+def place_orders(*, count: int, postgres_pid: int | None, echo: Echo) -> Measured:
     """`count` orders PENDING_PAYMENT through the order service; the same orders every time
     (a fixed seed): 1 to 3 lines of 1 to 5 units, as the k6 scenarios send."""
     rng = random.Random(0)
-    pg_before, cpu_before, started = postgres.read(), time.process_time(), time.monotonic()
+    postgres, cpu_before, started = _postgres_meter(postgres_pid), time.process_time(), time.monotonic()
     last_said = started
     # The backlog is built on purpose, no settler running: the door's bound (503 once the oldest
     # unpaid order has waited PAYMENT_BACKLOG_MAX_SECONDS) would refuse it after a few seconds.
@@ -174,16 +172,16 @@ def place_orders(*, count: int, postgres: _PostgresClock, echo: Echo) -> Measure
                 echo(f"  placed {number}/{count} orders ({number / elapsed:.0f}/s)")
                 last_said = time.monotonic()
     wall, cpu_ms = time.monotonic() - started, (time.process_time() - cpu_before) * 1000
-    return Measured(wall, cpu_ms, postgres.used(pg_before, postgres.read()))
+    return Measured(wall, cpu_ms, _postgres_used(postgres))
 
 
 def run_settler(
-    *, batch_size: int, log_path: Path, postgres: _PostgresClock, timeout_s: float, echo: Echo, expected: int = 0
+    *, batch_size: int, log_path: Path, postgres_pid: int | None, timeout_s: float, echo: Echo, expected: int = 0
 ) -> tuple[Measured, BatchStats]:
     """One settler with --until-empty, timed to its exit; with `expected`, says each second how
     far it got (from its log: no queries that would count as PostgreSQL's work)."""
     env = server.server_environment(strategy="new")
-    pg_before, cpu_before, started = postgres.read(), _children_cpu_ms(), time.monotonic()
+    postgres, cpu_before, started = _postgres_meter(postgres_pid), _children_cpu_ms(), time.monotonic()
     last_said = started
     with log_path.open("ab") as log:
         process = async_run.start_settler(env=env, log=log, batch_size=batch_size, until_empty=True)
@@ -207,26 +205,26 @@ def run_settler(
     text = log_path.read_text(errors="replace")
     if process.returncode != 0:
         raise BenchmarkFailed(f"the settler exited with code {process.returncode}; its log ends:\n{text[-2000:]}")
-    return Measured(wall, cpu_ms, postgres.used(pg_before, postgres.read())), async_run.batch_stats([text])
+    return Measured(wall, cpu_ms, _postgres_used(postgres)), async_run.batch_stats([text])
 
 
 def measure_batch_size(batch_size: int, options: BenchmarkOptions, out_dir: Path, echo: Echo) -> BatchSizeResult:
     echo(f"batch size {batch_size}: reseeding ({_shape_text()})")
     seeding.seed(SHAPE)
-    postgres = _PostgresClock()
+    postgres_pid = cpu.postgres_server_pid()
     echo(f"  a settler's start-up alone, on the empty backlog ({STARTUP_RUNS} times, the least kept)")
     startups = [
-        run_settler(batch_size=batch_size, log_path=out_dir / f"startup-{batch_size}.log", postgres=postgres,
+        run_settler(batch_size=batch_size, log_path=out_dir / f"startup-{batch_size}.log", postgres_pid=postgres_pid,
                     timeout_s=options.timeout_s, echo=echo)[0]
         for _ in range(STARTUP_RUNS)
     ]  # fmt: skip
     startup = Measured.least(startups)
-    placement = place_orders(count=options.orders, postgres=postgres, echo=echo)
-    if postgres.pid:
-        cpu.wait_until_idle([postgres.pid], timeout=10)  # let the placement's writes settle in PostgreSQL
+    placement = place_orders(count=options.orders, postgres_pid=postgres_pid, echo=echo)
+    if postgres_pid:
+        cpu.wait_until_idle([postgres_pid], timeout=10)  # let the placement's writes settle in PostgreSQL
     echo(f"  one settler, batch size {batch_size}, until the backlog is empty")
     settle, batches = run_settler(batch_size=batch_size, log_path=out_dir / f"settler-{batch_size}.log",
-                                  postgres=postgres, timeout_s=options.timeout_s, echo=echo,
+                                  postgres_pid=postgres_pid, timeout_s=options.timeout_s, echo=echo,
                                   expected=options.orders)  # fmt: skip
     left = Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
     paid = Order.objects.filter(status=OrderStatus.PAID).count()
