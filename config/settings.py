@@ -164,6 +164,9 @@ PAYMENT_GATEWAY_LATENCY_MS = env.int("PAYMENT_GATEWAY_LATENCY_MS", default=0)
 ORDER_PAYMENT_TIMEOUT_SECONDS = env.int("ORDER_PAYMENT_TIMEOUT_SECONDS", default=15 * 60)
 # Orders one settler pays per transaction at most (it takes what is waiting, up to this).
 SETTLE_BATCH_SIZE = env.int("SETTLE_BATCH_SIZE", default=500)
+# After a batch that was not full, a settler lets orders gather this long before the next one:
+# fewer, fuller batches (less CPU per order) for a little time to PAID.
+SETTLE_BATCH_WINDOW_MS = env.int("SETTLE_BATCH_WINDOW_MS", default=50)
 # An idle settler is woken by each new order (NOTIFY); it also looks every this many seconds.
 SETTLE_IDLE_WAIT_SECONDS = env.float("SETTLE_IDLE_WAIT_SECONDS", default=1.0)
 # New asynchronous orders are refused (503, Retry-After) while the oldest unpaid order has

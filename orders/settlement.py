@@ -216,6 +216,9 @@ def settler_run(
                 )  # fmt: skip
             if batch.claimed >= limit or batch.retried:
                 continue  # more is waiting
+            if batch.claimed and settings.SETTLE_BATCH_WINDOW_MS:
+                stop.wait(settings.SETTLE_BATCH_WINDOW_MS / 1000)  # orders are coming: let a batch gather
+                continue
             if until_empty and not Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists():
                 break
             try:
