@@ -49,13 +49,22 @@ def test_waiting_for_the_drain_gives_up_at_once_when_no_settler_is_left():
     assert said == ["  every settler has exited (codes 0) with 1 orders PENDING_PAYMENT; see their logs"]
 
 
+def _wait_until_listening(log_dir, count: int, timeout: float = 30.0) -> None:
+    """Until each settler has said it waits (its SIGTERM handler is in place by then)."""
+    deadline = time.monotonic() + timeout
+    while sum("waiting for orders" in text for text in settler_logs(log_dir)) < count:
+        assert time.monotonic() < deadline, settler_logs(log_dir)
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_a_settler_beside_the_run_drains_the_backlog_and_stops_cleanly_on_sigterm(tmp_path):
     seed(SeedShape(users=3, products=2, stock=100, balance=1_000))
-    for user_id in (1, 2, 3):
-        order_place(user_id=user_id, lines=[OrderLine(1, 2, 1)], asynchronous=True)
 
     with settlers(count=2, env=server_environment(strategy="new"), log_dir=tmp_path) as processes:
+        _wait_until_listening(tmp_path, count=2)
+        for user_id in (1, 2, 3):
+            order_place(user_id=user_id, lines=[OrderLine(1, 2, 1)], asynchronous=True)
         drained_after = wait_until_settled(timeout=60, settlers=processes)
 
     assert drained_after is not None and drained_after == round(drained_after, 1)
