@@ -1,5 +1,6 @@
-"""The asynchronous scenario's extra parts: a Celery worker beside gunicorn, the queue depth
-sampled every second, waiting for the queue to drain, time from 202 to PAID, and its checks.
+"""The asynchronous scenario's extra parts: settler processes beside gunicorn, the backlog
+(orders PENDING_PAYMENT) sampled every second, waiting for it to drain, time from 202 to PAID,
+what the settlers' logs say about their batches, and the scenario's checks.
 
 Time to PAID is read from the order events (outbox rows, stamped when written): from
 `order.created` to `order.paid` of each order.
@@ -8,13 +9,12 @@ Time to PAID is read from the order events (outbox rows, stamped when written): 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
+import re
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,21 +22,61 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Q
 
-from inventory.stock import redis_client
+from loadtest import server
 from loadtest.invariants import Check, _check
 from loadtest.results import percentile
 from orders import events
 from orders.models import Order, OrderEvent, OrderStatus
 
-QUEUE_KEY = "celery"  # Celery's default queue: a Redis list
 SETTLE_TIMEOUT_S = 600.0
+SETTLE_POLL_S = 0.1  # the drain time's resolution
+SETTLER_STOP_TIMEOUT_S = 30.0  # a settler finishes the batch in hand on SIGTERM
+PAID_WITHIN_MS = 1000.0
 
 
 @dataclass
-class QueueSample:
+class BacklogSample:
     second: int
-    depth: int
-    pending_orders: int
+    backlog: int  # orders PENDING_PAYMENT
+
+
+# settle_payments logs one line per batch: "settled batch: N paid, M cancelled, K retried in X ms"
+_BATCH_LINE = re.compile(
+    r"settled batch: (?P<paid>\d+) paid, (?P<cancelled>\d+) cancelled, (?P<retried>\d+) retried in (?P<ms>[\d.]+) ms"
+)
+
+
+@dataclass
+class BatchStats:
+    """The settlers' batches, added up from their log lines."""
+
+    batches: int = 0
+    paid: int = 0
+    cancelled: int = 0
+    retried: int = 0
+    largest: int = 0
+    busy_ms: float = 0.0  # time spent inside batches, by the settlers' own clocks
+
+    @property
+    def settled(self) -> int:
+        return self.paid + self.cancelled
+
+    @property
+    def mean_batch(self) -> float:
+        return self.settled / self.batches if self.batches else 0.0
+
+    def add(self, line: str) -> bool:
+        match = _BATCH_LINE.search(line)
+        if not match:
+            return False
+        paid, cancelled = int(match["paid"]), int(match["cancelled"])
+        self.batches += 1
+        self.paid += paid
+        self.cancelled += cancelled
+        self.retried += int(match["retried"])
+        self.largest = max(self.largest, paid + cancelled)
+        self.busy_ms += float(match["ms"])
+        return True
 
 
 @dataclass
@@ -48,43 +88,62 @@ class PaymentFigures:
     p95_ms: float
     p99_ms: float
     max_ms: float
-    max_queue_depth: int
-    drained_after_s: float
-    queue: list[QueueSample] = field(default_factory=list, repr=False)
+    paid_within_1s: float  # share of the accepted orders PAID within 1 s of their 202
+    max_backlog: int
+    drained_after_s: float | None  # after k6 stopped; None: not drained within the timeout
+    batches: BatchStats = field(default_factory=BatchStats)
+    backlog: list[BacklogSample] = field(default_factory=list, repr=False)
+
+
+def settler_command(*, batch_size: int | None = None, until_empty: bool = False) -> list[str]:
+    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "settle_payments"]
+    if batch_size is not None:
+        command += ["--batch-size", str(batch_size)]
+    return command + (["--until-empty"] if until_empty else [])
+
+
+def start_settler(*, env: dict[str, str], log, batch_size: int | None = None, until_empty: bool = False):
+    """One `manage.py settle_payments` in its own session (a Ctrl-C in the terminal reaches k6, not it)."""
+    return subprocess.Popen(
+        settler_command(batch_size=batch_size, until_empty=until_empty),
+        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager
-def celery_worker(*, env: dict[str, str], log_path: Path, concurrency: int = 2) -> Iterator[subprocess.Popen]:
-    """A Celery worker on the same database and Redis as the server under test."""
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING",
-         "--concurrency", str(concurrency), "--without-gossip", "--without-mingle"],
-        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        log.close()
+def settlers(*, count: int, env: dict[str, str], log_dir: Path) -> Iterator[list[subprocess.Popen]]:
+    """`count` settlers on the same database as the server under test, logging to
+    settler-<n>.log; on the way out SIGTERM to all (each finishes its batch), SIGKILL after 30 s."""
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for number in range(1, count + 1):
+            log = stack.enter_context((log_dir / f"settler-{number}.log").open("ab"))
+            processes.append(start_settler(env=env, log=log))
+        try:
+            yield processes
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.terminate()
+            for process in processes:
+                server.stop(process, timeout=SETTLER_STOP_TIMEOUT_S)
 
 
-class QueueSampler:
-    """Samples the payment queue's depth and the orders still unpaid, once a second."""
+def backlog() -> int:
+    """Orders waiting for a settler (a partial index keeps this count cheap)."""
+    return Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
+
+
+class BacklogSampler:
+    """Samples the backlog once a second, from k6's start until the backlog has drained."""
 
     def __init__(self) -> None:
-        self.samples: list[QueueSample] = []
+        self.samples: list[BacklogSample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = 0.0
 
-    def __enter__(self) -> QueueSampler:
+    def __enter__(self) -> BacklogSampler:
         self._started = time.monotonic()
         self._thread.start()
         return self
@@ -95,29 +154,41 @@ class QueueSampler:
 
     def _run(self) -> None:
         try:
-            client = redis_client()
             while not self._stop.is_set():
-                pending = Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
                 second = int(time.monotonic() - self._started)
-                self.samples.append(QueueSample(second, client.llen(QUEUE_KEY), pending))
+                self.samples.append(BacklogSample(second, backlog()))
                 self._stop.wait(1.0)
         finally:
             connection.close()
 
 
-def wait_until_settled(*, timeout: float = SETTLE_TIMEOUT_S, echo=print) -> float:
-    """Wait until no order is PENDING_PAYMENT; returns the seconds it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        pending = Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
+def wait_until_settled(
+    *,
+    timeout: float = SETTLE_TIMEOUT_S,
+    echo: Callable[[str], None] = print,
+    every_s: float = 2.0,
+    settlers: list[subprocess.Popen] | None = None,
+) -> float | None:
+    """Wait until no order is PENDING_PAYMENT, looking every 0.1 s; returns the seconds it took
+    (rounded to 0.1 s), or None after `timeout`, or at once when every one of `settlers` has
+    exited (nobody is left to drain it). Says how many are left every `every_s`."""
+    started = last_said = time.monotonic()
+    while (elapsed := time.monotonic() - started) < timeout:
+        pending = backlog()
         if pending == 0:
-            return time.monotonic() - started
-        echo(f"  waiting for {pending} payments to finish")
-        time.sleep(2)
-    return -1.0
+            return round(elapsed, 1)
+        if settlers and all(process.poll() is not None for process in settlers):
+            codes = ", ".join(str(process.returncode) for process in settlers)
+            echo(f"  every settler has exited (codes {codes}) with {pending} orders PENDING_PAYMENT; see their logs")
+            return None
+        if time.monotonic() - last_said >= every_s:
+            echo(f"  {pending} orders still PENDING_PAYMENT after {elapsed:.1f} s")
+            last_said = time.monotonic()
+        time.sleep(SETTLE_POLL_S)
+    return None
 
 
-def payment_figures(*, queue: list[QueueSample], drained_after_s: float) -> PaymentFigures:
+def _times_to_paid_ms() -> list[float]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -128,22 +199,47 @@ def payment_figures(*, queue: list[QueueSample], drained_after_s: float) -> Paym
             """,
             [events.PAID, events.CREATED],
         )
-        latencies = sorted(float(row[0]) for row in cursor.fetchall())
+        return sorted(float(row[0]) for row in cursor.fetchall())
+
+
+def payment_figures(
+    *, samples: list[BacklogSample], drained_after_s: float | None, batches: BatchStats | None = None
+) -> PaymentFigures:
+    latencies = _times_to_paid_ms()
     counts = Order.objects.aggregate(
         orders=Count("id"),
         paid=Count("id", filter=Q(status=OrderStatus.PAID)),
         cancelled=Count("id", filter=Q(status=OrderStatus.CANCELLED)),
     )
+    within = sum(1 for ms in latencies if ms <= PAID_WITHIN_MS)
     return PaymentFigures(
         **counts,
         p50_ms=percentile(latencies, 50) if latencies else 0.0,
         p95_ms=percentile(latencies, 95) if latencies else 0.0,
         p99_ms=percentile(latencies, 99) if latencies else 0.0,
         max_ms=latencies[-1] if latencies else 0.0,
-        max_queue_depth=max((s.depth for s in queue), default=0),
+        paid_within_1s=within / counts["orders"] if counts["orders"] else 0.0,
+        max_backlog=max((s.backlog for s in samples), default=0),
         drained_after_s=drained_after_s,
-        queue=queue,
+        batches=batches or BatchStats(),
+        backlog=samples,
     )
+
+
+def batch_stats(texts: list[str]) -> BatchStats:
+    """The batches logged in `texts` (settler logs); other lines are skipped."""
+    stats = BatchStats()
+    for text in texts:
+        for line in text.splitlines():
+            stats.add(line)
+    return stats
+
+
+def settler_logs(log_dir: Path) -> list[str]:
+    return [path.read_text(errors="replace") for path in sorted(log_dir.glob("settler-*.log"))]
+
+
+# --- checks -----------------------------------------------------------------------------
 
 
 def async_checks() -> list[Check]:

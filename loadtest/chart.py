@@ -9,26 +9,29 @@ from loadtest.results import TimeSeries
 
 
 def plot(
-    path: Path, title: str, series_by_label: dict[str, TimeSeries], *, queue: list[tuple[int, int]] | None = None
+    path: Path, title: str, series_by_label: dict[str, TimeSeries], *, backlog: list[tuple[int, int]] | None = None
 ) -> None:
     """Throughput (top) and p50/p95/p99 latency (bottom) per second, with the VU curve behind both;
-    with `queue` (second, depth), a third panel shows the payment queue's depth."""
+    with `backlog` (second, orders PENDING_PAYMENT), a third panel shows the settlers' backlog."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    rows = 3 if queue else 2
+    rows = 3 if backlog else 2
     fig, axes = plt.subplots(rows, 1, figsize=(11, 7 if rows == 2 else 9.5), sharex=True)
     top, bottom = axes[0], axes[1]
-    if queue:
-        depth = axes[2]
-        depth.plot([second for second, _ in queue], [d for _, d in queue], color="C4", label="payment queue depth")
-        depth.set_ylim(bottom=0)
-        depth.set_ylabel("tasks queued")
-        depth.set_xlabel("seconds since the start of the run")
-        depth.legend(loc="upper left", fontsize="small")
-        depth.grid(alpha=0.3)
+    if backlog:
+        waiting = axes[2]
+        waiting.plot([second for second, _ in backlog], [n for _, n in backlog], color="C4",
+                     label="backlog: orders PENDING_PAYMENT")  # fmt: skip
+        waiting.set_ylim(bottom=0)
+        waiting.yaxis.set_major_locator(MaxNLocator(integer=True))
+        waiting.set_ylabel("orders waiting")
+        waiting.set_xlabel("seconds since the start of the run")
+        waiting.legend(loc="upper left", fontsize="small")
+        waiting.grid(alpha=0.3)
     several = len(series_by_label) > 1
     latencies = []
     for index, (label, series) in enumerate(series_by_label.items()):
@@ -55,7 +58,8 @@ def plot(
     if latencies and max(latencies) / max(min(latencies), 0.001) > 100:
         bottom.set_yscale("log")
     bottom.set_ylabel("latency (ms)")
-    bottom.set_xlabel("seconds since the start of the run")
+    if not backlog:  # else the backlog panel below carries the time axis
+        bottom.set_xlabel("seconds since the start of the run")
     bottom.legend(loc="upper left", fontsize="small")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)

@@ -66,8 +66,11 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return f"{100 * (after[1] - before[1]) / (after[0] - before[0]):.1f}% of CPU time"
 
 
-def machine_info(*, k6: str, server: str, steal: str = "unknown") -> dict[str, str]:
-    return {
+def machine_info(
+    *, k6: str | None, server: str, steal: str = "unknown", steal_during: str = "the run (server start to last answer)"
+) -> dict[str, str]:
+    """What a report says about the box; `k6` None: no k6 in this measurement."""
+    info = {
         "cores": str(os.cpu_count()),
         "cpu": _quietly(_cpu_model),
         "os": platform.platform(),
@@ -75,7 +78,9 @@ def machine_info(*, k6: str, server: str, steal: str = "unknown") -> dict[str, s
         "django": django.get_version(),
         "postgresql": _quietly(_postgres_version),
         "redis": _quietly(lambda: stock.redis_client().info("server")["redis_version"]),
-        "k6": _quietly(lambda: _k6_version(k6)),
-        "server": server,
-        "cpu stolen by the host during the run (server start to last answer)": steal,
     }
+    if k6 is not None:
+        info["k6"] = _quietly(lambda: _k6_version(k6))
+    info["server"] = server
+    info[f"cpu stolen by the host during {steal_during}"] = steal
+    return info

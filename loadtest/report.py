@@ -1,9 +1,12 @@
 """Write a load run's report: report.md (the seed report's table and more), summary.json, chart.png.
 
 A run's report holds k6's whole-run figures, the thresholds, the answers by status and error
-code, the server's counters, the invariants and the machine. With a ceiling run beside it, the
-report shows order throughput as a share of the framework's ceiling (GET /healthz, same VUs);
-a comparison report puts the old and new strategy side by side with new/old ratios.
+code, the server's counters, the processes that ran and their CPU per order, the invariants
+and the machine; an asynchronous run adds its payment figures and the backlog over time. With
+a ceiling run beside it, the report shows order throughput as a share of the framework's
+ceiling (GET /healthz, same VUs). A comparison report puts two runs side by side with the
+ratio of the second to the first: the old and new strategy, or the synchronous (201) and the
+asynchronous (202) order path.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from loadtest.async_run import PaymentFigures
 from loadtest.chart import plot
+from loadtest.cpu import CpuUse
 from loadtest.invariants import Check
 from loadtest.results import PEAK_SHARE, Figures, TimeSeries
 
@@ -36,6 +40,8 @@ class RunResult:
     ceiling: Figures | None = None
     ceiling_series: TimeSeries | None = field(default=None, repr=False)
     payments: PaymentFigures | None = None
+    processes: dict[str, str] = field(default_factory=dict)  # what ran: gunicorn, settlers
+    cpu: CpuUse | None = None
 
     @property
     def invariants_hold(self) -> bool:
@@ -56,7 +62,10 @@ class RunResult:
             "invariants_hold": self.invariants_hold,
             "server_counters": self.server_counters,
             "machine": self.machine,
+            "processes": self.processes,
         }
+        if self.cpu is not None:
+            data["cpu"] = self.cpu.as_dict()
         if self.payments is not None:
             data["payments"] = asdict(self.payments)
         if self.ceiling is not None:
@@ -96,9 +105,9 @@ def _share_text(value: float | None) -> str:
 ROWS: list[tuple[str, Callable[[Figures], float], Callable[[float], str], bool]] = [
     ("success rate", lambda f: f.success_rate, _pct, False),
     ("failure rate", lambda f: f.failure_rate, _pct, False),
-    ("avg latency", lambda f: f.latency_ms["avg"], _ms, False),
+    ("avg latency", lambda f: f.latency_ms["avg"], _ms, True),
     ("max latency", lambda f: f.latency_ms["max"], _ms, False),
-    ("p90 latency", lambda f: f.latency_ms["p(90)"], _ms, False),
+    ("p90 latency", lambda f: f.latency_ms["p(90)"], _ms, True),
     ("p95 latency", lambda f: f.latency_ms["p(95)"], _ms, True),
     ("p99 latency", lambda f: f.latency_ms["p(99)"], _ms, True),
     ("throughput, whole run (k6 http_reqs rate)", lambda f: f.rps, lambda v: f"{v:.2f} req/s", True),
@@ -190,27 +199,100 @@ def _invariants_table(checks: list[Check]) -> str:
     return f"| invariant | result | detail |\n|---|---|---|\n{rows}\n"
 
 
-def _machine_lines(machine: dict[str, str]) -> str:
-    return "\n".join(f"- {key}: {value}" for key, value in machine.items())
+def _bullets(items: dict[str, str]) -> str:
+    return "\n".join(f"- {key}: {value}" for key, value in items.items())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _drained_text(p: PaymentFigures) -> str:
+    return "**not drained**" if p.drained_after_s is None else f"{p.drained_after_s:.1f} s"
+
+
+def _batches_text(p: PaymentFigures) -> str:
+    b = p.batches
+    if not b.batches:
+        return "n/a (no settler log)"
+    return f"{b.batches:,} (mean {b.mean_batch:.1f} orders, largest {b.largest:,}; {b.retried:,} retried)"
+
+
+# (label, value as text): the rows of the asynchronous payment table.
+PAYMENT_ROWS: list[tuple[str, Callable[[PaymentFigures], str]]] = [
+    ("orders accepted (202)", lambda p: f"{p.orders:,}"),
+    ("ended PAID / CANCELLED", lambda p: f"{p.paid:,} / {p.cancelled:,}"),
+    ("time from 202 to PAID p50", lambda p: _ms(p.p50_ms)),
+    ("time from 202 to PAID p95", lambda p: _ms(p.p95_ms)),
+    ("time from 202 to PAID p99", lambda p: _ms(p.p99_ms)),
+    ("time from 202 to PAID max", lambda p: _ms(p.max_ms)),
+    ("accepted orders PAID within 1 s", lambda p: _pct(p.paid_within_1s)),
+    ("backlog (orders PENDING_PAYMENT), max", lambda p: f"{p.max_backlog:,}"),
+    ("backlog drained after k6 stopped", _drained_text),
+    ("settlement batches (settlers' logs)", _batches_text),
+]
+PAYMENT_NOTE = (
+    "Time to PAID is read from the order events (order.created to order.paid). The backlog is "
+    "sampled once a second from k6's start; after k6 stops it is looked at every 0.1 s until empty."
+)
+
+
+def _payments_table(columns: dict[str, PaymentFigures | None]) -> str:
+    """One column per run; "-" for a run that paid inside the request."""
+    rows = [[label, *(show(p) if p is not None else "-" for p in columns.values())] for label, show in PAYMENT_ROWS]
+    return _table(["metric", *columns], rows) + "\n\n" + PAYMENT_NOTE + "\n"
+
+
+# (label, CpuUse attribute): the rows of the CPU table.
+CPU_ROWS = [
+    ("request side: gunicorn master and workers", "request_ms"),
+    ("settlement side: settlers", "settlement_ms"),
+    ("PostgreSQL server (both sides)", "postgres_ms"),
+    ("all of these", "total_ms"),
+]
+CPU_NOTE = (
+    "CPU is user + system time from /proc/<pid>/stat of each process tree (reaped children "
+    "included), from the start of the scenario's k6 run (servers started and idle) to k6's end "
+    "for gunicorn, and to the drained backlog for the settlers and PostgreSQL, divided by the "
+    "orders answered 201/202. PostgreSQL's includes the runner's own sampling queries. "
+    '"-": not measured (no such process in the run, or the server is not on this machine).'
+)
+
+
+def _cpu_per_order(use: CpuUse | None, name: str) -> float | None:
+    return use.per_order(getattr(use, name)) if use is not None else None
+
+
+def _cpu_ratios(first: CpuUse | None, second: CpuUse | None) -> dict[str, float | None]:
+    """Second over first, per CPU row both runs measured."""
+    found = {}
+    for label, name in CPU_ROWS:
+        denominator, numerator = _cpu_per_order(first, name), _cpu_per_order(second, name)
+        if denominator is not None and numerator is not None:
+            found[label] = ratio(numerator, denominator)
+    return found
+
+
+def _cpu_table(columns: dict[str, CpuUse | None], *, ratio_label: str = "") -> str:
+    """CPU ms per order by side, one column per run; with `ratio_label`, the second over the first."""
+    uses = list(columns.values())
+    ratios = _cpu_ratios(*uses[:2]) if ratio_label else {}
+    rows = [["orders", *(f"{u.orders:,}" if u else "-" for u in uses)] + ([""] if ratio_label else [])]
+    for label, name in CPU_ROWS:
+        cells = [label, *("-" if v is None else f"{v:.2f}" for v in (_cpu_per_order(u, name) for u in uses))]
+        if ratio_label:
+            cells.append(_ratio_text(ratios[label]) if label in ratios else "")
+        rows.append(cells)
+    header = ["CPU ms per order", *columns] + ([ratio_label] if ratio_label else [])
+    return _table(header, rows) + "\n\n" + CPU_NOTE + "\n"
+
+
+def _backlog(payments: PaymentFigures | None) -> list[tuple[int, int]] | None:
+    return [(s.second, s.backlog) for s in payments.backlog] if payments else None
 
 
 # --- reports ----------------------------------------------------------------------------
-
-
-def _payments_table(p: PaymentFigures) -> str:
-    drained = f"{p.drained_after_s:.0f} s" if p.drained_after_s >= 0 else "**not drained**"
-    rows = [
-        ("orders accepted (202)", f"{p.orders:,}"),
-        ("ended PAID / CANCELLED", f"{p.paid:,} / {p.cancelled:,}"),
-        ("time from 202 to PAID p50", _ms(p.p50_ms)),
-        ("time from 202 to PAID p95", _ms(p.p95_ms)),
-        ("time from 202 to PAID p99", _ms(p.p99_ms)),
-        ("time from 202 to PAID max", _ms(p.max_ms)),
-        ("payment queue depth, max", f"{p.max_queue_depth:,}"),
-        ("queue drained after k6 stopped", drained),
-    ]
-    lines = ["| metric | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows]]
-    return "\n".join(lines) + "\n\nTime to PAID is read from the order events (order.created to order.paid).\n"
 
 
 def render_run(result: RunResult) -> str:
@@ -248,69 +330,126 @@ def render_run(result: RunResult) -> str:
         _counts_table("error code", f.errors_by_code),
     ]
     if result.payments is not None:
-        parts += ["## Asynchronous payment\n", _payments_table(result.payments)]
+        parts += ["## Asynchronous payment\n", _payments_table({"value": result.payments})]
     if result.scenario == "sellout":
         parts.append("In a sellout, 409 OUT_OF_STOCK is an expected answer: not counted as a failure.\n")
+    parts += ["## Processes and CPU per order\n", _bullets(result.processes), ""]
+    if result.cpu is not None:
+        parts.append(_cpu_table({"value": result.cpu}))
     parts += [
         "## Server counters\n",
         _counts_table("counter (config.metrics)", result.server_counters),
         "## Invariants\n",
         _invariants_table(result.invariants),
         "## Machine\n",
-        _machine_lines(result.machine),
+        _bullets(result.machine),
         "\n## Over time\n",
         "![throughput and latency over time](chart.png)\n",
         "Files: `k6-summary.json` (k6 --summary-export), `k6-timeseries.csv.gz` (k6 --out csv), "
-        "`gunicorn.log`, `summary.json` (the figures above).\n",
+        f"`gunicorn.log`,{' `settler-<n>.log`,' if result.payments else ''} `summary.json` (the figures above).\n",
     ]
     return "\n".join(parts)
 
 
-def render_comparison(old: RunResult, new: RunResult) -> str:
-    columns = {"old": old.figures, "new": new.figures}
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs side by side, the ratio column the second over the first."""
+
+    heading: str
+    how: str  # how the two runs were made comparable
+    runs: dict[str, RunResult]  # each run's report folder -> its result; the ratio's denominator first
+    labels: dict[str, str]  # report folder -> column label
+
+    @property
+    def columns(self) -> dict[str, RunResult]:
+        return {self.labels[key]: run for key, run in self.runs.items()}
+
+    @property
+    def ratio_label(self) -> str:
+        first, second = self.runs
+        return f"{second} / {first}"
+
+    @property
+    def ratios_key(self) -> str:
+        first, second = self.runs
+        return f"ratios_{second}_over_{first}"
+
+
+def strategy_comparison(old: RunResult, new: RunResult) -> Comparison:
+    return Comparison(
+        heading=f"{new.scenario}, old vs new strategy",
+        how=f"Both runs on identical fresh data (reseeded before each), same server configuration; "
+        f"duration scale {new.duration_scale}. Old first, then new.",
+        runs={"old": old, "new": new},
+        labels={"old": "old", "new": "new"},
+    )
+
+
+def async_comparison(sync: RunResult, asynchronous: RunResult) -> Comparison:
+    return Comparison(
+        heading=f"sync (201) vs async (202) orders, {asynchronous.strategy} strategy",
+        how=f"The `{sync.scenario}` scenario (paid inside the request, 201), then the `async` scenario "
+        "(`Prefer: respond-async`: 202, paid by the settlers), the same VU profile on identical fresh data "
+        f"(reseeded before each), {asynchronous.strategy} strategy both; duration scale "
+        f"{asynchronous.duration_scale}. Sync first, then async.",
+        runs={"sync": sync, "async": asynchronous},
+        labels={"sync": "sync (201)", "async": "async (202)"},
+    )
+
+
+def render_comparison(comparison: Comparison) -> str:
+    runs = comparison.columns
+    columns = {label: run.figures for label, run in runs.items()}
+    links = ", ".join(f"[{key}]({key}/report.md)" for key in comparison.runs)
     parts = [
-        f"# Load test: {new.scenario}, old vs new strategy\n",
-        f"Both runs on identical fresh data (reseeded before each), same server configuration; "
-        f"duration scale {new.duration_scale}. Old first, then new. Full reports: [old](old/report.md), "
-        f"[new](new/report.md).\n",
+        f"# Load test: {comparison.heading}\n",
+        f"{comparison.how} Full reports: {links}.\n",
         "## Result\n",
-        figures_table(columns, ratio_label="new / old", ratio_of=(1, 0)),
+        figures_table(columns, ratio_label=comparison.ratio_label, ratio_of=(1, 0)),
     ]
-    ceiling = old.ceiling or new.ceiling
+    ceiling = next((run.ceiling for run in runs.values() if run.ceiling is not None), None)
     if ceiling is not None:
         parts += [
             "\n## Framework ceiling (GET /healthz, same VU profile)\n",
             figures_table({"ceiling": ceiling}),
             "",
-            "| share of the ceiling | old | new |\n|---|---|---|",
+            f"| share of the ceiling | {' | '.join(runs)} |\n|---|{'---|' * len(runs)}",
         ]
         for key, label in (("rps", "throughput, whole run"), ("rps_at_peak", "throughput at peak VUs")):
-            old_r, new_r = (_throughput_ratios(r.figures, ceiling)[key] for r in (old, new))
-            parts.append(f"| {label} | {_share_text(old_r)} | {_share_text(new_r)} |")
+            shares = (_share_text(_throughput_ratios(run.figures, ceiling)[key]) for run in runs.values())
+            parts.append(f"| {label} | {' | '.join(shares)} |")
+    if any(run.payments is not None for run in runs.values()):
+        parts += [
+            "\n## Asynchronous payment\n",
+            _payments_table({label: run.payments for label, run in runs.items()}),
+        ]
+    if any(run.cpu is not None for run in runs.values()):
+        parts += [
+            "\n## CPU per order\n",
+            _cpu_table({label: run.cpu for label, run in runs.items()}, ratio_label=comparison.ratio_label),
+        ]
     parts += [
         "\n## Thresholds\n",
         _thresholds_table(columns),
         "",
         *(_closed_loop_text(f"{name}: ", f) for name, f in columns.items()),
-        "\n## Errors by code\n",
-        "**old**\n",
-        _counts_table("error code", old.figures.errors_by_code),
-        "**new**\n",
-        _counts_table("error code", new.figures.errors_by_code),
-        "## Server counters\n",
-        "**old**\n",
-        _counts_table("counter", old.server_counters),
-        "**new**\n",
-        _counts_table("counter", new.server_counters),
-        "## Invariants\n",
-        "**old**\n",
-        _invariants_table(old.invariants),
-        "**new**\n",
-        _invariants_table(new.invariants),
+    ]
+    per_run = [
+        ("Errors by code", lambda run: _counts_table("error code", run.figures.errors_by_code)),
+        ("Processes", lambda run: _bullets(run.processes) + "\n"),
+        ("Server counters", lambda run: _counts_table("counter", run.server_counters)),
+        ("Invariants", lambda run: _invariants_table(run.invariants)),
+    ]
+    for title, section in per_run:
+        parts.append(f"\n## {title}\n" if title == per_run[0][0] else f"## {title}\n")
+        for label, run in runs.items():
+            parts += [f"**{label}**\n", section(run)]
+    last = list(runs.values())[-1]
+    parts += [
         "## Machine\n",
-        _machine_lines(new.machine),
+        _bullets(last.machine),
         "\n## Over time\n",
-        "![old and new over time](chart.png)\n",
+        f"![{' and '.join(runs)} over time](chart.png)\n",
     ]
     return "\n".join(parts)
 
@@ -321,17 +460,19 @@ def write_run_report(out_dir: Path, result: RunResult) -> None:
     series = {result.scenario: result.series}
     if result.ceiling_series is not None:
         series["ceiling"] = result.ceiling_series
-    queue = [(s.second, s.depth) for s in result.payments.queue] if result.payments else None
-    plot(out_dir / "chart.png", f"{result.scenario}, {result.strategy} strategy", series, queue=queue)
+    title = f"{result.scenario}, {result.strategy} strategy"
+    plot(out_dir / "chart.png", title, series, backlog=_backlog(result.payments))
     (out_dir / "report.md").write_text(render_run(result))
 
 
-def write_comparison_report(out_dir: Path, old: RunResult, new: RunResult) -> None:
+def write_comparison_report(out_dir: Path, comparison: Comparison) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    ratios = {
-        label: ratio(value(new.figures), value(old.figures)) for label, value, _fmt, show_ratio in ROWS if show_ratio
-    }
-    summary = {"old": old.to_dict(), "new": new.to_dict(), "ratios_new_over_old": ratios}
+    first, second = comparison.runs.values()
+    ratios = {label: ratio(value(second.figures), value(first.figures)) for label, value, _fmt, show in ROWS if show}
+    ratios |= {f"CPU ms per order, {label}": value for label, value in _cpu_ratios(first.cpu, second.cpu).items()}
+    summary = {key: run.to_dict() for key, run in comparison.runs.items()} | {comparison.ratios_key: ratios}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(out_dir / "chart.png", f"{new.scenario}: old vs new strategy", {"old": old.series, "new": new.series})
-    (out_dir / "report.md").write_text(render_comparison(old, new))
+    backlog = next((_backlog(run.payments) for run in comparison.runs.values() if run.payments), None)
+    series = {label: run.series for label, run in comparison.columns.items()}
+    plot(out_dir / "chart.png", comparison.heading, series, backlog=backlog)
+    (out_dir / "report.md").write_text(render_comparison(comparison))

@@ -2,10 +2,12 @@
 
 One run: seed the scenario's shape (the baseline of the invariants), start gunicorn with the
 order strategy to measure (unless a URL is given), optionally measure the framework ceiling
-first (GET /healthz with the same VU profile), run the scenario under k6 with its live
-progress in the terminal, stop the server, check the invariants and write the report.
-`compare` does this for the old then the new strategy on identical fresh data and adds one
-side-by-side report. The server is stopped whatever happens (errors, Ctrl-C).
+first (GET /healthz with the same VU profile), for the async scenario start the settlers,
+run the scenario under k6 with its live progress in the terminal (measuring the CPU each
+process tree uses), wait for the backlog to drain, stop the processes, check the invariants
+and write the report. `compare` does this twice on identical fresh data and adds one
+side-by-side report: the old then the new strategy, or for the async scenario the synchronous
+load scenario (201) then async (202). Processes are stopped whatever happens (errors, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -24,10 +26,16 @@ from django.conf import settings
 from django.core.management import call_command
 
 from config import devservers, metrics
-from loadtest import async_run, seeding, server
+from loadtest import async_run, cpu, seeding, server
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
-from loadtest.report import RunResult, write_comparison_report, write_run_report
+from loadtest.report import (
+    RunResult,
+    async_comparison,
+    strategy_comparison,
+    write_comparison_report,
+    write_run_report,
+)
 from loadtest.results import Figures, TimeSeries, figures, read_summary, read_timeseries
 
 LOADTEST_DIR = Path(settings.BASE_DIR) / "loadtest"
@@ -44,7 +52,7 @@ class Scenario:
     name: str
     shape: seeding.SeedShape
     sold_out_expected: bool = False
-    asynchronous: bool = False  # Prefer: respond-async: 202 now, payment on a Celery worker
+    asynchronous: bool = False  # Prefer: respond-async: 202 now, paid later by the settlers
 
 
 SCENARIOS = {
@@ -72,6 +80,11 @@ class RunOptions:
     vus: int | None = None
     port: int = 8089
     reports_dir: Path = REPORTS_DIR
+    settlers: int | None = None  # async: settle_payments processes beside gunicorn (None: 1)
+
+    @property
+    def settler_count(self) -> int:
+        return 1 if self.settlers is None else self.settlers
 
     def problems(self) -> list[str]:
         found = []
@@ -91,6 +104,14 @@ class RunOptions:
             found.append("--duration-scale must be positive")
         if self.vus is not None and self.vus < 1:
             found.append("--vus must be at least 1")
+        if self.settlers is not None:
+            if self.scenario != "async":
+                found.append("--settlers only applies to --scenario async (the others pay inside the request)")
+            elif self.url:
+                found.append("--settlers starts settlers beside the server this command starts; with --url, "
+                             "that deployment's own settlers pay")  # fmt: skip
+            if self.settlers < 1:
+                found.append("--settlers must be at least 1 (nothing would pay the orders)")
         return found
 
 
@@ -176,34 +197,70 @@ def run_k6(
 
 
 @contextlib.contextmanager
-def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[str]:
+def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[server.Served]:
     if options.url:
         server.wait_until_healthy(options.url.rstrip("/"), timeout=10)
-        yield options.url.rstrip("/")
+        yield server.Served(options.url.rstrip("/"))
         return
     echo(f"starting gunicorn ({strategy} strategy) on port {options.port}; log: {out_dir / 'gunicorn.log'}")
-    with server.gunicorn(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as base_url:
-        yield base_url
+    with server.gunicorn(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as served:
+        yield served
     echo("gunicorn stopped")
 
 
 @contextlib.contextmanager
-def _payment_worker(
-    scenario: Scenario, options: RunOptions, strategy: str, out_dir: Path, echo: Echo
-) -> Iterator[async_run.QueueSampler | None]:
-    """For the async scenario: a Celery worker beside the server, and the queue sampled each second."""
+def _settling(scenario: Scenario, options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[list]:
+    """For the async scenario the settlers beside the server (none for the others, nor with --url:
+    that deployment runs its own)."""
     if not scenario.asynchronous:
-        yield None
+        yield []
         return
     if options.url:
-        echo("async against --url: payments need that deployment's own Celery worker")
-        with async_run.QueueSampler() as sampler:
-            yield sampler
+        echo("async against --url: that deployment's own settlers pay the orders")
+        yield []
         return
-    env = server.server_environment(strategy=strategy, port=options.port)
-    echo(f"starting a Celery worker for the payments; log: {out_dir / 'celery.log'}")
-    with async_run.celery_worker(env=env, log_path=out_dir / "celery.log"), async_run.QueueSampler() as sampler:
-        yield sampler
+    count = options.settler_count
+    echo(f"starting {count} settler(s) (manage.py settle_payments); logs: {out_dir / 'settler-<n>.log'}")
+    env = server.server_environment(strategy=strategy)
+    with async_run.settlers(count=count, env=env, log_dir=out_dir) as processes:
+        yield processes
+    echo("settlers stopped")
+
+
+def _cpu_meter(served: server.Served, settlers: list[subprocess.Popen], echo: Echo) -> cpu.CpuMeter:
+    """Started once gunicorn's workers and the settlers have finished starting, so imports and
+    connecting are not counted as work."""
+    ours = ([served.pid] if served.pid else []) + [p.pid for p in settlers]
+    if ours:
+        echo("waiting for gunicorn workers and settlers to go idle before measuring CPU")
+        cpu.wait_until_idle(ours)
+    postgres = cpu.postgres_server_pid()
+    meter = cpu.CpuMeter({
+        "request": [served.pid] if served.pid else [],
+        "settlement": [p.pid for p in settlers],
+        "postgres": [postgres] if postgres else [],
+    })  # fmt: skip
+    meter.start()
+    return meter
+
+
+def _processes(options: RunOptions, served: server.Served, settlers: list[subprocess.Popen]) -> dict[str, str]:
+    """What ran, for the report: read while the processes are still alive."""
+    if served.pid is None:
+        found = {"web server": f"external server at {options.url}"}
+    else:
+        workers = len(cpu.children(served.pid))
+        found = {"web server": f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc"}
+    if settlers:
+        found["settlers"] = (
+            f"{len(settlers)} x `manage.py settle_payments` (batch size {settings.SETTLE_BATCH_SIZE}, "
+            f"SETTLE_BATCH_SIZE), pids {', '.join(str(p.pid) for p in settlers)}"
+        )
+    elif options.url and SCENARIOS[options.scenario].asynchronous:
+        found["settlers"] = "the deployment's own, not seen by this command"
+    else:
+        found["settlers"] = "none: every order is paid inside its request"
+    return found
 
 
 def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
@@ -216,7 +273,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     baseline = Baseline.from_shape(scenario.shape)
     ceiling = None
     cpu_before = cpu_times()
-    with _serving(options, strategy, out_dir, echo) as base_url:
+    with _serving(options, strategy, out_dir, echo) as served:
+        base_url = served.base_url
         if with_ceiling:
             ceiling = run_k6(
                 scenario="ceiling",
@@ -227,18 +285,32 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                 like=scenario.name,
                 echo=echo,
             )
-        with _payment_worker(scenario, options, strategy, out_dir, echo) as sampler:
-            run = run_k6(
-                scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options, shape=scenario.shape,
-                echo=echo,
-            )  # fmt: skip
-            if sampler is not None:
-                echo("k6 done; waiting for the payment queue to drain")
-                drained_after = async_run.wait_until_settled(echo=echo)
+        with _settling(scenario, options, strategy, out_dir, echo) as settlers:
+            meter = _cpu_meter(served, settlers, echo)
+            sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
+            with sampling as sampler:
+                run = run_k6(
+                    scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options,
+                    shape=scenario.shape, echo=echo,
+                )  # fmt: skip
+                meter.stop("request")
+                if sampler is not None:
+                    echo("k6 done; waiting for the settlers to drain the backlog")
+                    drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
+                    echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
+                meter.stop("settlement", "postgres")
+            processes = _processes(options, served, settlers)
     cpu_after = cpu_times()
     payments = None
     if sampler is not None:
-        payments = async_run.payment_figures(queue=sampler.samples, drained_after_s=drained_after)
+        batches = async_run.batch_stats(async_run.settler_logs(out_dir))
+        payments = async_run.payment_figures(samples=sampler.samples, drained_after_s=drained_after, batches=batches)
+    cpu_use = cpu.CpuUse(
+        orders=run.figures.orders_created,
+        request_ms=meter.used_ms.get("request"),
+        settlement_ms=meter.used_ms.get("settlement"),
+        postgres_ms=meter.used_ms.get("postgres"),
+    )
     echo("checking invariants against PostgreSQL and Redis")
     checks = check_invariants(
         baseline=baseline, orders_answered=run.figures.orders_created, sold_out_expected=scenario.sold_out_expected
@@ -262,6 +334,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         ceiling=ceiling.figures if ceiling else None,
         ceiling_series=ceiling.series if ceiling else None,
         payments=payments,
+        processes=processes,
+        cpu=cpu_use,
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
@@ -288,9 +362,22 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
         result = run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo)
         return out_dir, [result]
     out_dir = options.reports_dir / f"{stamp}-{options.scenario}-compare"
-    # The ceiling does not depend on the strategy: measured once, before the old run.
-    old = run_strategy(options, strategy="old", out_dir=out_dir / "old", with_ceiling=options.with_ceiling, echo=echo)
-    new = run_strategy(options, strategy="new", out_dir=out_dir / "new", with_ceiling=False, echo=echo)
-    write_comparison_report(out_dir, old, new)
+    results = []
+    for index, (folder, run_options, strategy) in enumerate(comparison_runs(options)):
+        # The ceiling depends on neither strategy nor payment path: measured once, before the first run.
+        results.append(run_strategy(run_options, strategy=strategy, out_dir=out_dir / folder,
+                                    with_ceiling=options.with_ceiling and index == 0, echo=echo))  # fmt: skip
+    comparing = async_comparison if SCENARIOS[options.scenario].asynchronous else strategy_comparison
+    write_comparison_report(out_dir, comparing(*results))
     echo(f"comparison: {out_dir / 'report.md'}")
-    return out_dir, [old, new]
+    return out_dir, results
+
+
+def comparison_runs(options: RunOptions) -> list[tuple[str, RunOptions, str]]:
+    """(report folder, options, strategy) of the two runs --compare makes, the ratio's denominator
+    first: old then new strategy; for the async scenario, the synchronous load scenario then
+    async, both with --strategy (default new)."""
+    if SCENARIOS[options.scenario].asynchronous:
+        strategy = options.strategy or "new"
+        return [("sync", replace(options, scenario="load"), strategy), ("async", options, strategy)]
+    return [("old", options, "old"), ("new", options, "new")]

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -32,15 +33,18 @@ class ServerFailed(RuntimeError):
     pass
 
 
-def server_environment(*, strategy: str, port: int) -> dict[str, str]:
+def server_environment(*, strategy: str, port: int | None = None) -> dict[str, str]:
+    """The environment of every process a run starts (gunicorn, settlers): this process's
+    database and Redis, DEBUG off, the strategy; `port`, for gunicorn, its bind address."""
     env = {key: value for key, value in os.environ.items() if key != "SHOP_TESTING"}
     env.update(
         DEBUG="false",
         ORDER_STRATEGY=strategy,
-        BIND=f"127.0.0.1:{port}",
         DATABASE_URL=current_database_url(),
         REDIS_URL=settings.REDIS_URL,
     )
+    if port is not None:
+        env["BIND"] = f"127.0.0.1:{port}"
     return env
 
 
@@ -66,22 +70,28 @@ def wait_until_healthy(
     raise ServerFailed(f"{base_url}/healthz did not answer 200 within {timeout:.0f} s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the master (graceful), then SIGKILL to its process group if it hangs."""
+def stop(process: subprocess.Popen, *, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM (graceful), then SIGKILL to its process group (started in its own session) if it hangs."""
     if process.poll() is not None:
         return
     process.terminate()
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # our own session: gunicorn and its workers
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: gunicorn and its workers, say
         process.wait()
 
 
+@dataclass(frozen=True)
+class Served:
+    base_url: str
+    pid: int | None = None  # gunicorn's master, when this run started it
+
+
 @contextlib.contextmanager
-def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[str]:
-    """Start gunicorn, wait for /healthz, yield its base URL; stop it on the way out, whatever happens."""
+def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
+    """Start gunicorn, wait for /healthz, yield its URL and pid; stop it on the way out, whatever happens."""
     base_url = f"http://127.0.0.1:{port}"
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:  # else /healthz might answer from someone else
@@ -97,6 +107,6 @@ def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[str]:
         )
         try:
             wait_until_healthy(base_url, process)
-            yield base_url
+            yield Served(base_url, process.pid)
         finally:
             stop(process)

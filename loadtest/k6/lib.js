@@ -40,7 +40,7 @@ const EXPECT_201 = http.expectedStatuses(201);
 // Sellout: a 409 is an answer, not a broken request; whether it is OUT_OF_STOCK is checked below.
 const EXPECT_201_OR_409 = http.expectedStatuses(201, 409);
 const EXPECT_200 = http.expectedStatuses(200);
-// Async: the order is accepted (202) and paid later by the task queue.
+// Async: the order is accepted (202) and paid later by a settler, in a batch.
 const EXPECT_202 = http.expectedStatuses(202);
 
 function randomInt(min, max) {

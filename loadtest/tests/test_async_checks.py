@@ -1,9 +1,15 @@
-"""The async scenario's checks: they catch an order left unpaid and events that miss a change."""
+"""The async scenario's parts against the real database: the checks catch an order left unpaid
+and events that miss a change; settlers started as a run starts them drain the backlog."""
+
+import subprocess
+import sys
+import time
 
 import pytest
 
-from loadtest.async_run import async_checks
+from loadtest.async_run import async_checks, batch_stats, settler_logs, settlers, wait_until_settled
 from loadtest.seeding import SeedShape, seed
+from loadtest.server import server_environment
 from orders.models import OrderEvent
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
@@ -28,3 +34,40 @@ def test_async_checks_pass_once_every_order_is_paid_and_catch_what_is_not():
 
     OrderEvent.objects.filter(order=second, type="order.payment_started").delete()
     assert _held(async_checks())["events equal status changes"] is False
+
+
+def test_waiting_for_the_drain_gives_up_at_once_when_no_settler_is_left():
+    seed(SeedShape(users=1, products=1, stock=10, balance=10))
+    order_place(user_id=1, lines=[OrderLine(1, 1, 1)], asynchronous=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    said = []
+
+    started = time.monotonic()
+    assert wait_until_settled(timeout=30, settlers=[dead], echo=said.append) is None
+    assert time.monotonic() - started < 5
+    assert said == ["  every settler has exited (codes 0) with 1 orders PENDING_PAYMENT; see their logs"]
+
+
+def _wait_until_listening(log_dir, count: int, timeout: float = 30.0) -> None:
+    """Until each settler has said it waits (its SIGTERM handler is in place by then)."""
+    deadline = time.monotonic() + timeout
+    while sum("waiting for orders" in text for text in settler_logs(log_dir)) < count:
+        assert time.monotonic() < deadline, settler_logs(log_dir)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_settler_beside_the_run_drains_the_backlog_and_stops_cleanly_on_sigterm(tmp_path):
+    seed(SeedShape(users=3, products=2, stock=100, balance=1_000))
+
+    with settlers(count=2, env=server_environment(strategy="new"), log_dir=tmp_path) as processes:
+        _wait_until_listening(tmp_path, count=2)
+        for user_id in (1, 2, 3):
+            order_place(user_id=user_id, lines=[OrderLine(1, 2, 1)], asynchronous=True)
+        drained_after = wait_until_settled(timeout=60, settlers=processes)
+
+    assert drained_after is not None and drained_after == round(drained_after, 1)
+    assert [process.returncode for process in processes] == [0, 0]  # SIGTERM: the batch finished, exit 0
+    assert batch_stats(settler_logs(tmp_path)).paid == 3
+    assert _held(async_checks()) == {"every 202 ended PAID or CANCELLED": True, "events equal status changes": True}

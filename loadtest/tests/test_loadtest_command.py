@@ -11,6 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from config.testing import free_port
+from loadtest.runner import RunOptions, comparison_runs
 
 
 @pytest.mark.slow
@@ -38,8 +39,44 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
         (["--strategy", "old", "--url", "http://127.0.0.1:1"], "with --url, that server's ORDER_STRATEGY decides"),
         (["--scenario", "ceiling", "--with-ceiling"], "measures the same thing twice"),
         (["--duration-scale", "0"], "--duration-scale must be positive"),
+        (["--scenario", "load", "--settlers", "2"], "--settlers only applies to --scenario async"),
+        (["--scenario", "async", "--settlers", "0"], "--settlers must be at least 1"),
+        (["--scenario", "async", "--settlers", "2", "--url", "http://127.0.0.1:1"], "that deployment's own settlers"),
+        (["--scenario", "async", "--compare", "--url", "http://127.0.0.1:1"], "--compare starts its own servers"),
     ],
 )
 def test_options_that_cannot_work_together_are_refused_before_anything_runs(args, problem):
     with pytest.raises(CommandError, match=problem):
         call_command("loadtest", *args)
+
+
+@pytest.mark.parametrize(
+    "options, runs",
+    [
+        (RunOptions(scenario="load", compare=True), [("old", "load", "old"), ("new", "load", "new")]),
+        (RunOptions(scenario="async", compare=True), [("sync", "load", "new"), ("async", "async", "new")]),
+        (
+            RunOptions(scenario="async", compare=True, strategy="old"),
+            [("sync", "load", "old"), ("async", "async", "old")],
+        ),
+    ],
+)
+def test_compare_means_old_then_new_strategy_but_for_async_sync_then_async(options, runs):
+    made = [(folder, run_options.scenario, strategy) for folder, run_options, strategy in comparison_runs(options)]
+
+    assert made == runs
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--orders", "0"], "--orders must be at least 1"),
+        (["--batch-sizes", "1,ten"], "comma-separated whole numbers"),
+        (["--batch-sizes", "10,0"], "batch sizes of at least 1"),
+        (["--batch-sizes", ","], "batch sizes of at least 1"),
+        (["--timeout", "0"], "--timeout must be positive"),
+    ],
+)
+def test_settle_benchmark_refuses_bad_options_before_anything_runs(args, problem):
+    with pytest.raises(CommandError, match=problem):
+        call_command("settle_benchmark", *args)

@@ -5,9 +5,17 @@ import json
 
 import pytest
 
+from loadtest.async_run import BacklogSample, BatchStats, PaymentFigures
+from loadtest.cpu import CpuUse
 from loadtest.invariants import Check
 from loadtest.machine import steal_share
-from loadtest.report import RunResult, write_comparison_report, write_run_report
+from loadtest.report import (
+    RunResult,
+    async_comparison,
+    strategy_comparison,
+    write_comparison_report,
+    write_run_report,
+)
 from loadtest.results import figures, percentile, read_timeseries
 
 HEADER = (
@@ -111,18 +119,18 @@ def test_figures_take_k6_summary_and_read_thresholds_as_crossed_flags(tmp_path):
     assert not result.thresholds_passed
 
 
-def _result(tmp_path, strategy: str, rps: float, p99: float) -> RunResult:
-    path = tmp_path / f"{strategy}.csv.gz"
+def _result(tmp_path, strategy: str, rps: float, p99: float, scenario: str = "load", **extra) -> RunResult:
+    path = tmp_path / f"{strategy}-{scenario}.csv.gz"
     synthetic_csv(path)
     series = read_timeseries(path)
     summary = synthetic_summary(p99_crossed=True)
     summary["metrics"]["http_reqs"]["rate"] = rps
     summary["metrics"]["http_req_duration"]["p(99)"] = p99
     return RunResult(
-        scenario="load", strategy=strategy, started_at="2025-01-01T00:00:00+00:00", duration_scale=0.1,
+        scenario=scenario, strategy=strategy, started_at="2025-01-01T00:00:00+00:00", duration_scale=0.1,
         base_url="http://127.0.0.1:8089", shape={"users": 500}, figures=figures(scenario="load", summary=summary,
         series=series), series=series, k6_exit_code=99, invariants=[Check("stock conserved", True, "ok")],
-        server_counters={"balance_version_conflicts": 3}, machine={"cores": "2"}, ceiling=None,
+        server_counters={"balance_version_conflicts": 3}, machine={"cores": "2"}, ceiling=None, **extra,
     )  # fmt: skip
 
 
@@ -147,7 +155,7 @@ def test_comparison_report_gives_new_over_old_ratios(tmp_path):
     old = _result(tmp_path, "old", rps=30.0, p99=6000.0)
     new = _result(tmp_path, "new", rps=300.0, p99=60.0)
 
-    write_comparison_report(tmp_path / "compare", old, new)
+    write_comparison_report(tmp_path / "compare", strategy_comparison(old, new))
 
     ratios = json.loads((tmp_path / "compare" / "summary.json").read_text())["ratios_new_over_old"]
     assert ratios["p99 latency"] == pytest.approx(0.01)
@@ -167,3 +175,61 @@ def test_comparison_report_gives_new_over_old_ratios(tmp_path):
 )
 def test_steal_share_is_the_hosts_part_of_the_cpu_time_between_two_readings(before, after, expected):
     assert steal_share(before, after) == expected
+
+
+PAYMENTS = PaymentFigures(
+    orders=9, paid=8, cancelled=1, p50_ms=120.0, p95_ms=850.0, p99_ms=1500.0, max_ms=2100.0, paid_within_1s=0.75,
+    max_backlog=412, drained_after_s=3.4, batches=BatchStats(batches=4, paid=8, cancelled=1, largest=5, busy_ms=30.0),
+    backlog=[BacklogSample(0, 0), BacklogSample(1, 412), BacklogSample(2, 90), BacklogSample(3, 0)],
+)  # fmt: skip
+
+
+def test_async_run_report_shows_payments_backlog_processes_and_cpu_per_order(tmp_path):
+    result = _result(
+        tmp_path, "new", rps=100.0, p99=50.0, scenario="async", payments=PAYMENTS,
+        processes={"web server": "gunicorn, 4 sync workers", "settlers": "2 x `manage.py settle_payments`"},
+        cpu=CpuUse(orders=9, request_ms=45.0, settlement_ms=9.0, postgres_ms=18.0),
+    )  # fmt: skip
+
+    write_run_report(tmp_path / "run", result)
+
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| accepted orders PAID within 1 s | 75.00% |" in report
+    assert "| backlog (orders PENDING_PAYMENT), max | 412 |" in report
+    assert "| backlog drained after k6 stopped | 3.4 s |" in report
+    assert "| settlement batches (settlers' logs) | 4 (mean 2.2 orders, largest 5; 0 retried) |" in report
+    assert "- settlers: 2 x `manage.py settle_payments`" in report
+    assert "| request side: gunicorn master and workers | 5.00 |" in report
+    assert "| settlement side: settlers | 1.00 |" in report
+    assert "| all of these | 8.00 |" in report
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cpu"]["request_ms_per_order"] == 5.0
+    assert summary["payments"]["backlog"][1] == {"second": 1, "backlog": 412}
+    assert summary["processes"]["settlers"].startswith("2 x")
+
+
+def test_async_comparison_puts_sync_and_async_side_by_side_with_async_over_sync_ratios(tmp_path):
+    sync = _result(tmp_path, "new", rps=300.0, p99=400.0, cpu=CpuUse(orders=9, request_ms=90.0, postgres_ms=27.0))
+    asynchronous = _result(
+        tmp_path, "new", rps=600.0, p99=100.0, scenario="async", payments=PAYMENTS,
+        cpu=CpuUse(orders=9, request_ms=36.0, settlement_ms=18.0, postgres_ms=18.0),
+    )  # fmt: skip
+
+    write_comparison_report(tmp_path / "compare", async_comparison(sync, asynchronous))
+
+    report = (tmp_path / "compare" / "report.md").read_text()
+    assert "| metric | sync (201) | async (202) | async / sync |" in report
+    assert "| p99 latency | 400.0 ms | 100.0 ms | 0.25x |" in report
+    assert "| throughput, whole run (k6 http_reqs rate) | 300.00 req/s | 600.00 req/s | 2.00x |" in report
+    assert "| time from 202 to PAID p99 | - | 1.50 s |" in report
+    assert "| accepted orders PAID within 1 s | - | 75.00% |" in report
+    assert "| backlog drained after k6 stopped | - | 3.4 s |" in report
+    assert "| request side: gunicorn master and workers | 10.00 | 4.00 | 0.40x |" in report
+    assert "| settlement side: settlers | - | 2.00 |  |" in report
+    assert "| all of these | 13.00 | 8.00 | 0.62x |" in report
+    assert "[sync](sync/report.md), [async](async/report.md)" in report
+    summary = json.loads((tmp_path / "compare" / "summary.json").read_text())
+    assert set(summary) == {"sync", "async", "ratios_async_over_sync"}
+    assert summary["ratios_async_over_sync"]["throughput, whole run (k6 http_reqs rate)"] == pytest.approx(2.0)
+    assert summary["ratios_async_over_sync"]["CPU ms per order, all of these"] == pytest.approx(8 / 13)
+    assert (tmp_path / "compare" / "chart.png").read_bytes().startswith(b"\x89PNG")

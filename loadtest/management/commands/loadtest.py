@@ -3,6 +3,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from loadtest import runner, server
+from loadtest.async_run import PaymentFigures
+from loadtest.cpu import CpuUse
 
 
 class Command(BaseCommand):
@@ -24,7 +26,16 @@ class Command(BaseCommand):
             help="ORDER_STRATEGY of the server this command starts (default new; not with --url)",
         )
         parser.add_argument(
-            "--compare", action="store_true", help="run old then new on identical fresh data; one side-by-side report"
+            "--compare",
+            action="store_true",
+            help="run two runs on identical fresh data and write one side-by-side report: the old then the new "
+            "strategy; with --scenario async, the synchronous load scenario (201) then async (202), both with "
+            "--strategy (default new)",
+        )
+        parser.add_argument(
+            "--settlers",
+            type=int,
+            help="--scenario async: settler processes (manage.py settle_payments) beside gunicorn (default 1)",
         )
         parser.add_argument(
             "--with-ceiling",
@@ -62,6 +73,7 @@ class Command(BaseCommand):
             vus=options["vus"],
             port=options["port"],
             reports_dir=options["reports_dir"],
+            settlers=options["settlers"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
@@ -71,14 +83,23 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
 
         for result in results:
-            f = result.figures
+            f, name = result.figures, f"{result.scenario} ({result.strategy} strategy)"
             self._echo(
-                f"{result.strategy}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
+                f"{name}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
                 f"p99 {f.latency_ms['p(99)']:.1f} ms, failures {f.failure_rate:.2%}, "
                 f"thresholds {'passed' if f.thresholds_passed else 'FAILED'}"
             )
+            if result.payments is not None:
+                self._echo(f"{name}: {_payment_line(result.payments)}")
+            if result.cpu is not None:
+                self._echo(f"{name}: {_cpu_line(result.cpu)}")
         self._echo(f"report folder: {out_dir}")
-        broken = [f"{r.strategy}: {c.name}: {c.detail}" for r in results for c in r.invariants if not c.ok]
+        broken = [
+            f"{r.scenario} ({r.strategy} strategy): {c.name}: {c.detail}"
+            for r in results
+            for c in r.invariants
+            if not c.ok
+        ]
         if broken:
             raise CommandError("INVARIANTS BROKEN (report written):\n  " + "\n  ".join(broken))
         if options["fail_on_thresholds"] and not all(r.figures.thresholds_passed for r in results):
@@ -88,3 +109,17 @@ class Command(BaseCommand):
     def _echo(self, message: str) -> None:
         self.stdout.write(message)
         self.stdout.flush()
+
+
+def _payment_line(p: PaymentFigures) -> str:
+    drained = "not drained" if p.drained_after_s is None else f"drained {p.drained_after_s:.1f} s after k6"
+    return (
+        f"{p.paid} PAID, {p.cancelled} CANCELLED; time to PAID p50 {p.p50_ms:.0f} ms, p99 {p.p99_ms:.0f} ms, "
+        f"{p.paid_within_1s:.1%} within 1 s; backlog max {p.max_backlog}, {drained}"
+    )
+
+
+def _cpu_line(use: CpuUse) -> str:
+    sides = {"request": use.request_ms, "settlement": use.settlement_ms, "PostgreSQL": use.postgres_ms}
+    shown = [f"{name} {use.per_order(ms):.2f}" for name, ms in sides.items() if use.per_order(ms) is not None]
+    return "CPU ms per order: " + (", ".join(shown) or "not measured")

@@ -1,0 +1,155 @@
+"""CPU time of process trees, read from /proc: what one order costs on each side of a run.
+
+A tree's CPU is, over its live processes, user + system time plus the time of the children
+each has reaped (cutime + cstime in /proc/<pid>/stat). A child that exits between two readings
+is not lost: its time moves into its parent's reaped-children fields, and it is no longer
+counted by itself, so nothing is counted twice. Missing pids (a process that exited, /proc
+absent, a server on another host) give None, never an error: the report then says "unknown".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import connection
+
+PROC = Path("/proc")
+TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    comm: str
+    ppid: int
+    ticks: int  # utime + stime + cutime + cstime
+
+
+def parse_stat(line: str) -> ProcStat:
+    """One /proc/<pid>/stat line. The command name sits in parentheses and may itself hold
+    spaces and parentheses, so the fields are counted from the last ')'."""
+    head, _, tail = line.rpartition(")")
+    pid, _, comm = head.partition(" (")
+    fields = tail.split()  # fields[0] is the state (field 3); utime is field 14
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return ProcStat(pid=int(pid), comm=comm, ppid=int(fields[1]), ticks=utime + stime + cutime + cstime)
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    try:
+        return parse_stat((PROC / str(pid) / "stat").read_text())
+    except (OSError, ValueError, IndexError):  # gone, unreadable, or no /proc at all
+        return None
+
+
+def _all_processes() -> list[ProcStat]:
+    with contextlib.suppress(OSError):
+        found = (read_stat(int(entry.name)) for entry in PROC.iterdir() if entry.name.isdigit())
+        return [stat for stat in found if stat is not None]
+    return []
+
+
+def process_tree(roots: Iterable[int]) -> list[ProcStat]:
+    """The live roots and all their live descendants."""
+    processes = _all_processes()
+    children: dict[int, list[ProcStat]] = {}
+    for stat in processes:
+        children.setdefault(stat.ppid, []).append(stat)
+    by_pid = {stat.pid: stat for stat in processes}
+    tree, waiting = [], [by_pid[pid] for pid in roots if pid in by_pid]
+    while waiting:
+        stat = waiting.pop()
+        tree.append(stat)
+        waiting += children.get(stat.pid, [])
+    return tree
+
+
+def tree_cpu_ms(roots: Iterable[int]) -> float | None:
+    """CPU milliseconds used so far by the trees under `roots`; None when no root is alive."""
+    tree = process_tree(roots)
+    return sum(stat.ticks for stat in tree) * 1000 / TICKS_PER_S if tree else None
+
+
+def children(pid: int) -> list[int]:
+    return [stat.pid for stat in _all_processes() if stat.ppid == pid]
+
+
+def postgres_server_pid() -> int | None:
+    """The PostgreSQL postmaster this process talks to, if it runs on this machine: the parent
+    of our own backend. None for a server elsewhere (its pids mean nothing here)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = read_stat(cursor.fetchone()[0])
+    except Exception:  # no database: the report goes on without PostgreSQL's share
+        return None
+    if backend is None or not backend.comm.startswith("postgres"):
+        return None
+    postmaster = read_stat(backend.ppid)
+    return postmaster.pid if postmaster is not None and postmaster.comm.startswith("postgres") else None
+
+
+def wait_until_idle(roots: list[int], *, timeout: float = 30.0, window: float = 0.5, idle_ms: float = 20.0) -> None:
+    """Wait until the trees use at most `idle_ms` of CPU in a `window` (start-up over: workers
+    booted, settlers listening), so a measurement that starts now counts work, not imports."""
+    deadline = time.monotonic() + timeout
+    last = tree_cpu_ms(roots)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = tree_cpu_ms(roots)
+        if now is None or last is None or now - last <= idle_ms:
+            return
+        last = now
+
+
+class CpuMeter:
+    """CPU used by named sides ({"request": [gunicorn master pid], ...}) between `start()` and
+    each side's `stop(side)`; a side whose processes are gone by then is None (unknown)."""
+
+    def __init__(self, sides: dict[str, list[int]]) -> None:
+        self.sides = {name: pids for name, pids in sides.items() if pids}
+        self._before: dict[str, float | None] = {}
+        self.used_ms: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self._before = {name: tree_cpu_ms(pids) for name, pids in self.sides.items()}
+
+    def stop(self, *names: str) -> None:
+        for name in names:
+            if name not in self.sides:
+                continue
+            before, after = self._before.get(name), tree_cpu_ms(self.sides[name])
+            self.used_ms[name] = after - before if before is not None and after is not None else None
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU milliseconds each side of a run used while it served `orders` orders (None: not
+    measured: no such process in this run, or not on this machine)."""
+
+    orders: int
+    request_ms: float | None = None  # gunicorn master and workers
+    settlement_ms: float | None = None  # the settlers
+    postgres_ms: float | None = None  # the PostgreSQL server, for both sides
+
+    def per_order(self, ms: float | None) -> float | None:
+        return ms / self.orders if ms is not None and self.orders else None
+
+    @property
+    def total_ms(self) -> float | None:
+        """All sides measured together; None unless the request side and PostgreSQL were."""
+        if self.request_ms is None or self.postgres_ms is None:
+            return None
+        return self.request_ms + (self.settlement_ms or 0.0) + self.postgres_ms
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        data: dict[str, float | int | None] = {"orders": self.orders}
+        for name in ("request_ms", "settlement_ms", "postgres_ms", "total_ms"):
+            data[name] = getattr(self, name)
+            data[f"{name}_per_order"] = self.per_order(getattr(self, name))
+        return data
