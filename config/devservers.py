@@ -144,12 +144,14 @@ def _ensure_database() -> None:
             _log(f"created database {PG_DATABASE}")
 
 
-def stop_postgres() -> None:
+def stop_postgres(*, mode: str = "fast") -> None:
+    """Stop our PostgreSQL: `fast` (the default) rolls back open transactions and shuts down
+    cleanly; `immediate` is a crash as far as the data goes (the next start replays the WAL)."""
     pgdata = DATA_DIR / "postgres"
     if not (pgdata / "postmaster.pid").exists():
         return
-    _log("stopping PostgreSQL")
-    _run_as_pg([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], stdout=subprocess.DEVNULL)
+    _log(f"stopping PostgreSQL ({mode})")
+    _run_as_pg([_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", mode, "-w", "stop"], stdout=subprocess.DEVNULL)
 
 
 def _redis_server_binary() -> str:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
@@ -145,6 +146,27 @@ class Settler:
                 self.kill()
                 return
         self._log.close()
+
+
+def start_redis_server(port: int, data_dir: Path) -> subprocess.Popen:
+    """A redis-server of our own on `port`, its append-only file (fsync always) in `data_dir`:
+    for tests that kill Redis and start it again from that file."""
+    from config import devservers
+
+    process = subprocess.Popen(
+        [devservers._redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if redis.Redis(port=port).ping():
+                return process
+        except redis.exceptions.RedisError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"redis-server did not answer on port {port}")
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str = "condition") -> object:

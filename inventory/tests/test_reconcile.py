@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
 import pytest
-import redis
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.test import override_settings
 
-from config import devservers
 from config.testing import (
     client_for,
     free_port,
@@ -21,6 +18,7 @@ from config.testing import (
     order_body,
     race,
     run_in_django_process,
+    start_redis_server,
 )
 from inventory import stock
 from inventory.errors import ReservationLost, StockNotLoaded
@@ -253,29 +251,12 @@ def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_bac
     assert stock.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
 
 
-def _start_redis(port: int, data_dir) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [devservers._redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if redis.Redis(port=port).ping():
-                return process
-        except redis.exceptions.RedisError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"redis-server did not answer on port {port}")
-
-
 def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, settings):
     """A restarted Redis replays its append-only file, which (fsync every second) may lack the
     last writes; the ready flag it replays names the old run, so orders wait for a rebuild."""
     port = free_port()
     own_redis = dict(settings.CACHES["default"], LOCATION=f"redis://127.0.0.1:{port}/15")
-    process = _start_redis(port, tmp_path)
+    process = start_redis_server(port, tmp_path)
     try:
         with override_settings(CACHES={"default": own_redis}):
             product = make_product(price=10, stock_quantity=10)
@@ -284,7 +265,7 @@ def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, 
 
             process.kill()
             process.wait()
-            process = _start_redis(port, tmp_path)
+            process = start_redis_server(port, tmp_path)
             stock.redis_client().connection_pool.disconnect()
 
             assert stock.redis_client().get(stock.READY_KEY) is not None  # replayed from the file
