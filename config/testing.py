@@ -148,6 +148,18 @@ class Settler:
         self._log.close()
 
 
+def settlement_batch_in_flight() -> bool:
+    """A settler's batch transaction holds its claimed rows right now (from pg_stat_activity:
+    it waits inside the batch, after reading the items of the orders it claimed)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction' AND query LIKE %s",
+            ["%orders_orderitem%"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
 def start_redis_server(port: int, data_dir: Path) -> subprocess.Popen:
     """A redis-server of our own on `port`, its append-only file (fsync always) in `data_dir`:
     for tests that kill Redis and start it again from that file."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -162,11 +161,35 @@ class _Wakeup:
             self._db = db
 
     def wait(self, timeout: float) -> None:
-        raw = self._db.connection
-        for _ in raw.notifies(timeout=timeout, stop_after=1):
-            break
-        for _ in raw.notifies(timeout=0.001):  # many commits, one wake-up
+        """Until the first notification or `timeout`; then read what else is queued."""
+        if self._db is None:  # lost a moment ago: look for work again at once
+            return
+        with self._reconnecting_on_error():
+            for _ in self._db.connection.notifies(timeout=timeout, stop_after=1):
+                break
+            self._read_queued()
+
+    def drain(self) -> None:
+        """Read the notifications queued meanwhile (many commits, one wake-up), so that none
+        pile up in PostgreSQL's notification queue while the settler is busy."""
+        if self._db is None:
+            return
+        with self._reconnecting_on_error():
+            self._read_queued()
+
+    def _read_queued(self) -> None:
+        for _ in self._db.connection.notifies(timeout=0.001):
             pass
+
+    @contextlib.contextmanager
+    def _reconnecting_on_error(self):
+        """A lost connection (PostgreSQL restarting) costs one wake-up: the next listen()
+        connects again, and the settler looks for work either way."""
+        try:
+            yield
+        except (DatabaseError, InterfaceError, psycopg.Error, OSError) as exc:
+            logger.warning("settlement wake-up lost (%s); reconnecting", exc)
+            self.close()
 
     def close(self) -> None:
         if self._db is not None:
@@ -175,10 +198,33 @@ class _Wakeup:
             self._db = None
 
 
+class StopFlag:
+    """Set from a signal handler to stop the settler after the batch in hand.
+
+    A plain attribute, no lock: a threading.Event set from a handler deadlocks when the signal
+    interrupts the main thread inside that Event's own wait() (its lock is not reentrant),
+    which is where a settler spends its idle moments."""
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._set and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.05))
+        return self._set
+
+
 def settler_run(
     *,
     batch_size: int | None = None,
-    stop: threading.Event | None = None,
+    stop: StopFlag | None = None,
     until_empty: bool = False,
 ) -> SettlerTotals:
     """Settle batches until `stop` is set (or, `until_empty`, until nothing is pending).
@@ -186,7 +232,7 @@ def settler_run(
     A database error (PostgreSQL restarting, a deadlock between two batches) rolls the batch
     back; the settler reconnects after a bounded pause and carries on, so every accepted order
     is settled once the database is back."""
-    stop = stop or threading.Event()
+    stop = stop or StopFlag()
     limit = batch_size or settings.SETTLE_BATCH_SIZE
     totals = SettlerTotals()
     wakeup = _Wakeup()
@@ -218,14 +264,11 @@ def settler_run(
                 continue  # more is waiting
             if batch.claimed and settings.SETTLE_BATCH_WINDOW_MS:
                 stop.wait(settings.SETTLE_BATCH_WINDOW_MS / 1000)  # orders are coming: let a batch gather
+                wakeup.drain()
                 continue
             if until_empty and not Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists():
                 break
-            try:
-                wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS)
-            except (DatabaseError, InterfaceError, psycopg.Error, OSError) as exc:
-                logger.warning("settlement wake-up lost (%s); reconnecting", exc)
-                wakeup.close()
+            wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS)
     finally:
         wakeup.close()
     return totals

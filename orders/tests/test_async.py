@@ -14,6 +14,7 @@ from config.testing import (
     order_body,
     race,
     run_in_django_process,
+    settlement_batch_in_flight,
     wait_for,
 )
 from coupons.models import Coupon
@@ -96,7 +97,7 @@ def test_a_settler_killed_mid_batch_leaves_the_batch_to_the_next_which_charges_e
     ]
     slow = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "60000"}, name="slow")
     try:
-        wait_for(lambda: _batch_in_flight(), what="the settler to hold its batch")
+        wait_for(settlement_batch_in_flight, what="the settler to hold its batch")
     finally:
         slow.kill()  # inside the batch's transaction: claimed, not committed
     assert {_status(order.id) for order in placed} == {"PENDING_PAYMENT"}
@@ -110,19 +111,6 @@ def test_a_settler_killed_mid_batch_leaves_the_batch_to_the_next_which_charges_e
     assert Payment.objects.filter(order_id__in=[o.id for o in placed]).count() == 3
     for user in users:
         assert Account.objects.get(user=user).balance == 800 == ledger_balance(user_id=user.id)
-
-
-def _batch_in_flight() -> bool:
-    """A settler's batch transaction holds its claimed rows (seen from pg_stat_activity)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle in transaction' AND query LIKE %s",
-            ["%orders_orderitem%"],
-        )
-        return cursor.fetchone()[0] > 0
 
 
 def test_settling_from_twenty_threads_at_once_charges_each_order_once():

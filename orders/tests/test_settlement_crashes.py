@@ -18,6 +18,7 @@ from config.testing import (
     make_product,
     make_user,
     run_in_django_process,
+    settlement_batch_in_flight,
     start_redis_server,
     wait_for,
 )
@@ -45,16 +46,6 @@ def _all_settled(orders: list[Order]) -> bool:
     return statuses <= SETTLED
 
 
-def _batch_in_flight() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle in transaction' AND query LIKE %s",
-            ["%orders_orderitem%"],
-        )
-        return cursor.fetchone()[0] > 0
-
-
 @pytest.mark.skipif(
     configured_database_url() != devservers.DEFAULT_DATABASE_URL,
     reason="restarts PostgreSQL: only the project's own server (DATABASE_URL unset)",
@@ -65,7 +56,7 @@ def test_postgresql_crashing_mid_batch_loses_no_accepted_order_and_charges_each_
     placed = _place_for(users, product) + _place_for(users, product, quantity=2)
     settler = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "400"}, batch_size=5)
     try:
-        wait_for(_batch_in_flight, what="a batch in flight")
+        wait_for(settlement_batch_in_flight, what="a batch in flight")
         connection.close()
         devservers.stop_postgres(mode="immediate")  # a crash: the open batch is simply gone
         devservers.start_postgres()

@@ -83,6 +83,25 @@ def test_placing_an_order_shows_progress_then_the_completion_screen(page, live_s
     assert stock.available(product_ids=[tea.id]) == {tea.id: 48}
 
 
+def test_on_an_idle_server_the_shop_shows_the_order_paid_within_a_second_of_its_202(page, live_server):
+    user = make_user(balance=1_000)
+    tea = make_product(name="Green tea", price=120, stock_quantity=50)
+    settler = Settler(name="idle")
+    try:
+        _sign_in(page, live_server, user, "quick")
+        page.locator(f".product[data-product-id='{tea.id}']").get_by_label("more").click()
+        with page.expect_response(lambda r: r.url.endswith("/api/v1/orders") and r.request.method == "POST") as placed:
+            page.click("#place")
+        assert placed.value.status == 202
+        # The settler is woken by the order's commit, and the page asks again every 300 ms.
+        page.wait_for_selector("#done:not([hidden])", timeout=1_000)
+    finally:
+        settler.stop()
+    page.screenshot(path=SHOTS / "quick-2-paid.png", full_page=True)
+    assert "is paid" in page.inner_text("#done-title")
+    assert Order.objects.get().status == "PAID"
+
+
 def test_a_payment_that_fails_shows_a_clear_failure_screen_and_gives_the_stock_back(
     page, live_server, slow_payment_worker
 ):

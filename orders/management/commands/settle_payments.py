@@ -1,9 +1,8 @@
 import signal
-import threading
 
 from django.core.management.base import BaseCommand, CommandError
 
-from orders.settlement import settler_run
+from orders.settlement import StopFlag, settler_run
 
 
 class Command(BaseCommand):
@@ -19,7 +18,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["batch_size"] is not None and options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
-        stop = threading.Event()
+        stop = StopFlag()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         self.stderr.write("settler: waiting for orders to pay (SIGTERM or Ctrl-C to stop)")
