@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import orjson
 from django.conf import settings
@@ -19,25 +21,47 @@ from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
 
-# One round trip per attempt: read the balance and version, update only if the version is
-# still the one read (READ COMMITTED re-checks it after waiting for a concurrent writer's
-# lock, so a committed concurrent change makes it match nothing), and write the ledger entry
-# from the updated row. The entry's id comes back NULL when the update did not happen.
-_CHANGE_SQL = """
-WITH current AS (
-    SELECT balance, version FROM accounts_account WHERE user_id = %(user_id)s
+
+# The version-checked balance change, as CTEs other statements compose (the synchronous order
+# writes its balance change in its own statement). `current` reads the balance and version;
+# `changed` updates the account only if the version is still the one read (READ COMMITTED
+# re-checks it after waiting for a concurrent writer's lock, so a committed concurrent change
+# makes it match nothing), the balance stays >= 0, and the CTE `guard` (if given) has a row.
+def balance_change_ctes(*, guard: str = "") -> str:
+    guard_from = f", {guard}" if guard else ""
+    return f"""
+current AS (
+    SELECT balance, version FROM accounts_account WHERE user_id = %(balance_user_id)s
 ), changed AS (
     UPDATE accounts_account AS account
-    SET balance = current.balance + %(amount)s, version = account.version + 1, updated_at = now()
-    FROM current
-    WHERE account.user_id = %(user_id)s AND account.version = current.version
-      AND current.balance + %(amount)s >= 0
+    SET balance = current.balance + %(balance_amount)s, version = account.version + 1, updated_at = now()
+    FROM current{guard_from}
+    WHERE account.user_id = %(balance_user_id)s AND account.version = current.version
+      AND current.balance + %(balance_amount)s >= 0
     RETURNING account.balance
-), entry AS (
+)"""
+
+
+def balance_entry_cte(*, reference: str, source: str = "") -> str:
+    """CTE `entry`: the ledger entry of `changed` (from balance_change_ctes), its reference the
+    SQL expression `reference` (which may use the CTE `source`)."""
+    source_from = f", {source}" if source else ""
+    return f"""
+entry AS (
     INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
-    SELECT %(user_id)s, %(amount)s, %(kind)s, %(reference)s, changed.balance, now() FROM changed
+    SELECT %(balance_user_id)s, %(balance_amount)s, %(balance_kind)s, {reference}, changed.balance, now()
+    FROM changed{source_from}
     RETURNING id, balance_after
-)
+)"""
+
+
+def balance_params(*, user_id: int, amount: int, kind: str) -> dict[str, object]:
+    return {"balance_user_id": user_id, "balance_amount": amount, "balance_kind": kind}
+
+
+# One round trip per attempt; the entry's id comes back NULL when the update did not happen.
+_CHANGE_SQL = f"""
+WITH {balance_change_ctes()}, {balance_entry_cte(reference="%(reference)s")}
 SELECT current.balance, entry.id, entry.balance_after FROM current LEFT JOIN entry ON true
 """
 
@@ -83,7 +107,7 @@ def account_change_balance(
     every attempt lost the race (`max_attempts=1` is the old design: no retry).
     """
 
-    params = {"user_id": user_id, "amount": amount, "kind": kind, "reference": reference}
+    params = {**balance_params(user_id=user_id, amount=amount, kind=kind), "reference": reference}
 
     def attempt_once() -> BalanceChange | None:
         row = sql_one(_CHANGE_SQL, params)
@@ -98,16 +122,26 @@ def account_change_balance(
         return None  # the version moved on: lost the race
 
     with transaction.atomic(savepoint=False):
-        try:
-            return retry_on_conflict(
-                attempt_once,
-                backoff=_balance_backoff(max_attempts),
-                on_conflict=lambda attempt: _count_conflict(user_id, attempt),
-            )
-        except RetryExhausted as exc:
-            metrics.count("balance_conflict_failures")
-            logger.warning("balance update for user %s gave up after %s attempts", user_id, exc.attempts)
-            raise BalanceConflict(details={"attempts": exc.attempts}) from exc
+        return balance_retry(attempt_once, user_id=user_id, max_attempts=max_attempts)
+
+
+T = TypeVar("T")
+
+
+def balance_retry(attempt_once: Callable[[], T | None], *, user_id: int, max_attempts: int | None = None) -> T:
+    """Run a version-checked balance change until it wins: `attempt_once` returns its result,
+    or None when the version moved on. Bounded (BALANCE_UPDATE_MAX_ATTEMPTS), jittered and
+    counted; raises BalanceConflict when every attempt lost the race."""
+    try:
+        return retry_on_conflict(
+            attempt_once,
+            backoff=_balance_backoff(max_attempts),
+            on_conflict=lambda attempt: _count_conflict(user_id, attempt),
+        )
+    except RetryExhausted as exc:
+        metrics.count("balance_conflict_failures")
+        logger.warning("balance update for user %s gave up after %s attempts", user_id, exc.attempts)
+        raise BalanceConflict(details={"attempts": exc.attempts}) from exc
 
 
 def account_withdraw(*, user_id: int, amount: int, reference: str, max_attempts: int | None = None) -> BalanceChange:

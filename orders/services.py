@@ -14,6 +14,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.errors import InsufficientBalance
+from accounts.models import Account, BalanceEntry
+from accounts.services import balance_change_ctes, balance_entry_cte, balance_params, balance_retry
 from config.database import sql_execute, sql_one
 from coupons.services import coupon_redeem, coupon_release
 from inventory.errors import ReservationLost
@@ -33,7 +36,7 @@ from orders import events, idempotency
 from orders.backlog import payment_backlog_check
 from orders.errors import InvalidStatusTransition, OrderNotFound, PriceChanged
 from orders.models import ALLOWED_TRANSITIONS, Order, OrderStatus
-from payments.services import payment_refund, payment_take
+from payments.services import payment_insert_cte, payment_params, payment_refund, payment_take
 
 SETTLE_CHANNEL = "orders_pending"  # settlers LISTEN here (orders/settlement.py)
 
@@ -147,9 +150,13 @@ def _place(
 
     reservation = stock_reserve(quantities=quantities)
     try:
-        if not pay_now and not coupon_code and not idempotency_key:
-            return PlacedOrder(order=_accept_order(user_id=user_id, quantities=quantities, prices=prices,
-                                                   reservation=reservation), status_code=202)  # fmt: skip
+        if not coupon_code and not idempotency_key:  # the usual order: one statement
+            if not pay_now:
+                return PlacedOrder(order=_accept_order(user_id=user_id, quantities=quantities, prices=prices,
+                                                       reservation=reservation), status_code=202)  # fmt: skip
+            if any(prices.values()):  # (a free order takes no payment: the transaction below)
+                return PlacedOrder(order=_pay_order(user_id=user_id, quantities=quantities, prices=prices,
+                                                    reservation=reservation))  # fmt: skip
         return record(
             token=reservation.token,
             take_stock=lambda reference: stock_record_sale(
@@ -211,7 +218,7 @@ def _record_order(
 # The order, its items and its events (items and events each passed as one JSON array: cheaper
 # to send from Python than typed arrays), written only where `{condition}` holds.
 _ORDER_CTES = f"""
-WITH new_order AS (
+new_order AS (
     INSERT INTO orders_order (user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
                               reservation_token, created_at, updated_at)
     SELECT %(user_id)s, %(status)s, %(total)s, 0, %(paid_amount)s, %(coupon_code)s, %(stock_token)s, now(), now()
@@ -226,16 +233,36 @@ _ORDER_REFERENCE = "'order:' || new_order.id"
 _SELECT_ORDER = "\nSELECT id, created_at FROM new_order"
 # NOTIFY wakes the settlers; it is delivered when (and only if) the order commits.
 _SELECT_ORDER_AND_WAKE_SETTLERS = f"\nSELECT id, created_at, pg_notify('{SETTLE_CHANNEL}', '') FROM new_order"
-# Inside the order's transaction, which records the sale (and the payment) next.
-_INSERT_ORDER_SQL = _ORDER_CTES.format(condition="") + _SELECT_ORDER
-_INSERT_PENDING_ORDER_SQL = _ORDER_CTES.format(condition="") + _SELECT_ORDER_AND_WAKE_SETTLERS
-# An asynchronous order without coupon or Idempotency-Key: the order and its sale in one
-# statement, in autocommit (one round trip, its own commit), fenced by the stock epoch.
+# Inside the order's transaction (an order with a coupon or an Idempotency-Key), which records
+# the sale, the coupon's use and the payment next.
+_INSERT_ORDER_SQL = "WITH " + _ORDER_CTES.format(condition="") + _SELECT_ORDER
+_INSERT_PENDING_ORDER_SQL = "WITH " + _ORDER_CTES.format(condition="") + _SELECT_ORDER_AND_WAKE_SETTLERS
+# The usual order, without coupon or Idempotency-Key: one statement in autocommit (one round
+# trip, its own commit), each app's part in that app's own SQL. Fenced by the stock epoch.
+# Asynchronously: the order and its sale; a settler pays it later.
 _ACCEPT_ORDER_SQL = (
-    _ORDER_CTES.format(condition=f"WHERE EXISTS ({EPOCH_FENCE_SQL})")
+    f"WITH fence AS ({EPOCH_FENCE_SQL}), "
+    + _ORDER_CTES.format(condition="FROM fence")
     + ", "
     + stock_sale_sql(source="new_order", reference=_ORDER_REFERENCE)
     + _SELECT_ORDER_AND_WAKE_SETTLERS
+)
+# Synchronously: also the payment, the balance under its version check and its ledger entry.
+# Everything hangs on `changed`: if the version moved, the balance is short or the fence fails,
+# nothing is written, and the first columns say which.
+_PAY_ORDER_SQL = (
+    f"WITH fence AS ({EPOCH_FENCE_SQL}), "
+    + balance_change_ctes(guard="fence")
+    + ", "
+    + _ORDER_CTES.format(condition="FROM changed")
+    + ", "
+    + stock_sale_sql(source="new_order", reference=_ORDER_REFERENCE)
+    + ", "
+    + payment_insert_cte(source="new_order", order_id="new_order.id")
+    + ", "
+    + balance_entry_cte(source="new_order", reference=_ORDER_REFERENCE)
+    + "\nSELECT current.balance, EXISTS (SELECT 1 FROM fence), new_order.id, new_order.created_at"
+    + "\nFROM current LEFT JOIN new_order ON true"
 )
 
 
@@ -248,7 +275,7 @@ class PlacedItem:
     unit_price: int
 
 
-def _insert_order(
+def _new_order(
     *,
     user_id: int,
     total: int,
@@ -257,12 +284,9 @@ def _insert_order(
     quantities: dict[int, int],
     prices: dict[int, int],
     paid: bool,
-    wake_settler: bool,
-    sale: Reservation | None = None,
-) -> Order:
-    """The order PENDING_PAYMENT with its order.created event, or (`paid`) PAID in full with
-    order.created and order.paid. `wake_settler`: the order waits for a settler. With `sale`,
-    the reservation's sale is recorded by the same statement (ReservationLost if it cannot be)."""
+) -> tuple[Order, dict[str, object]]:
+    """The order about to be written, and its part of the statement's parameters: PENDING_PAYMENT
+    with its order.created event, or (`paid`) PAID in full with order.created and order.paid."""
     order = Order(user_id=user_id, status=OrderStatus.PENDING_PAYMENT, total_amount=total, coupon_code=coupon_code,
                   reservation_token=token)  # fmt: skip
     order.items_cache = [PlacedItem(pid, quantity, prices[pid]) for pid, quantity in quantities.items()]
@@ -273,31 +297,87 @@ def _insert_order(
     items_json = orjson.dumps(
         [{"product_id": i.product_id, "quantity": i.quantity, "unit_price": i.unit_price} for i in order.items_cache]
     ).decode()
-    sql = _INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL
     params = {"user_id": user_id, "status": order.status, "total": total, "paid_amount": order.paid_amount,
               "coupon_code": coupon_code, "stock_token": token, "items": items_json,
               "events": events.as_json(to_write)}  # fmt: skip
-    if sale is not None:
-        sql, params = _ACCEPT_ORDER_SQL, {**params, **stock_sale_params(reservation=sale, quantities=quantities)}
-    try:
-        row = sql_one(sql, params)
-    except IntegrityError as exc:  # reconciliation released the reservation first
-        raise ReservationLost() from exc
-    if row is None:  # the stock epoch moved on: Redis lost the reservation and stock was rebuilt
-        raise ReservationLost()
-    order.id, order.created_at, *_ = row
+    return order, params
+
+
+def _written(order: Order, row: tuple) -> Order:
+    order.id, order.created_at = row[0], row[1]
     order.updated_at = order.created_at
     return order
+
+
+def _insert_order(
+    *,
+    user_id: int,
+    total: int,
+    coupon_code: str,
+    token: uuid.UUID,
+    quantities: dict[int, int],
+    prices: dict[int, int],
+    paid: bool,
+    wake_settler: bool,
+) -> Order:
+    """Inside the order's transaction: the order (see _new_order). `wake_settler`: it waits
+    for a settler."""
+    order, params = _new_order(user_id=user_id, total=total, coupon_code=coupon_code, token=token,
+                               quantities=quantities, prices=prices, paid=paid)  # fmt: skip
+    return _written(order, sql_one(_INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL, params))
 
 
 def _accept_order(
     *, user_id: int, quantities: dict[int, int], prices: dict[int, int], reservation: Reservation
 ) -> Order:
     """An asynchronous order without coupon or Idempotency-Key, and its sale, in one statement
-    committed on its own: a settler pays it later. All of it is written, or none."""
+    committed on its own: a settler pays it later. All of it is written, or none (ReservationLost
+    if the sale cannot be recorded)."""
     total = sum(prices[pid] * qty for pid, qty in quantities.items())
-    return _insert_order(user_id=user_id, total=total, coupon_code="", token=reservation.token, quantities=quantities,
-                         prices=prices, paid=False, wake_settler=True, sale=reservation)  # fmt: skip
+    order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
+                               quantities=quantities, prices=prices, paid=False)  # fmt: skip
+    row = _run_fenced(
+        _ACCEPT_ORDER_SQL, {**params, **stock_sale_params(reservation=reservation, quantities=quantities)}
+    )
+    if row is None:  # the stock epoch moved on: Redis lost the reservation and stock was rebuilt
+        raise ReservationLost()
+    return _written(order, row)
+
+
+def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, int], reservation: Reservation) -> Order:
+    """A synchronous order without coupon or Idempotency-Key: the order PAID, its sale, its
+    payment and the balance change in one statement committed on its own. A balance version
+    that moved meanwhile writes nothing and is retried (bounded, jittered, counted).
+
+    Raises InsufficientBalance, ReservationLost, BalanceConflict."""
+    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
+                               quantities=quantities, prices=prices, paid=True)  # fmt: skip
+    params.update(stock_sale_params(reservation=reservation, quantities=quantities))
+    params.update(payment_params(user_id=user_id, amount=total))
+    params.update(balance_params(user_id=user_id, amount=-total, kind=BalanceEntry.Kind.PAYMENT))
+
+    def attempt_once() -> Order | None:
+        row = _run_fenced(_PAY_ORDER_SQL, params)
+        if row is None:
+            raise Account.DoesNotExist(f"user {user_id} has no account")
+        balance, fence_holds, order_id, created_at = row
+        if order_id is not None:
+            return _written(order, (order_id, created_at))
+        if not fence_holds:
+            raise ReservationLost()
+        if balance < total:
+            raise InsufficientBalance(details={"balance": balance, "required": total})
+        return None  # the balance's version moved on: lost the race
+
+    return balance_retry(attempt_once, user_id=user_id)
+
+
+def _run_fenced(sql: str, params: dict[str, object]) -> tuple | None:
+    try:
+        return sql_one(sql, params)
+    except IntegrityError as exc:  # reconciliation released the reservation first
+        raise ReservationLost() from exc
 
 
 def _release_after_failure(token) -> None:

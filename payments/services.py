@@ -17,6 +17,22 @@ _INSERT_PAYMENT_SQL = (
 )
 
 
+def payment_insert_cte(*, source: str, order_id: str) -> str:
+    """CTE `payment`: the captured payment of %(payment_amount)s by %(payment_user_id)s for the
+    order whose id is the SQL expression `order_id`, once per row of the CTE `source`. For a
+    statement that writes the order and its payment together; the unique order id still makes
+    a second charge fail."""
+    return f"""
+payment AS (
+    INSERT INTO payments_payment (order_id, user_id, amount, status, created_at)
+    SELECT {order_id}, %(payment_user_id)s, %(payment_amount)s, %(payment_status)s, now() FROM {source}
+)"""
+
+
+def payment_params(*, user_id: int, amount: int) -> dict[str, object]:
+    return {"payment_user_id": user_id, "payment_amount": amount, "payment_status": Payment.Status.CAPTURED}
+
+
 def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> int:
     """Charge `amount` for `order_id` from the user's balance, in the caller's transaction.
     Returns the payment's id.

@@ -44,6 +44,19 @@ CRASH_INSIDE_THE_ORDER_TRANSACTION = """
         os._exit(9)  # the process dies with the reservation taken and the transaction open
 
     services.payment_take = die_before_commit
+    # An Idempotency-Key takes the order down the transaction path.
+    order_place(user_id={user_id}, lines=[OrderLine({product_id}, 3, {price})], idempotency_key="crash")
+"""
+
+CRASH_BEFORE_THE_ORDER_STATEMENT = """
+    import os
+    from orders import services
+    from orders.services import OrderLine, order_place
+
+    def die_before_writing(sql, params):
+        os._exit(9)  # the process dies with the reservation taken, before its one statement
+
+    services._run_fenced = die_before_writing
     order_place(user_id={user_id}, lines=[OrderLine({product_id}, 3, {price})])
 """
 
@@ -56,7 +69,9 @@ CRASH_AFTER_THE_RESERVATION = """
 """
 
 
-@pytest.mark.parametrize("crash_code", [CRASH_INSIDE_THE_ORDER_TRANSACTION, CRASH_AFTER_THE_RESERVATION])
+@pytest.mark.parametrize(
+    "crash_code", [CRASH_INSIDE_THE_ORDER_TRANSACTION, CRASH_BEFORE_THE_ORDER_STATEMENT, CRASH_AFTER_THE_RESERVATION]
+)
 def test_a_process_killed_between_reservation_and_commit_gets_its_stock_back_by_reconciliation(crash_code):
     user = make_user(balance=1_000)
     product = make_product(price=10, stock_quantity=20)

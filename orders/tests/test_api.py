@@ -399,20 +399,20 @@ def test_postgres_down_answers_503_and_reconciliation_gives_the_reservation_back
     # Authenticate first: the failure must hit the order path itself, after the reservation.
     from orders import services
 
-    original = services.payment_take
+    original = services._run_fenced  # the order's one statement, after the reservation
 
-    def database_goes_away(**kwargs):
+    def database_goes_away(sql, params):
         connection.close()
         connection.settings_dict["PORT"] = "1"
-        return original(**kwargs)
+        return original(sql, params)
 
-    services.payment_take = database_goes_away
+    services._run_fenced = database_goes_away
     try:
         response = APIClient(HTTP_AUTHORIZATION=token).post(
             "/api/v1/orders", order_body(user, (product, 1)), format="json"
         )
     finally:
-        services.payment_take = original
+        services._run_fenced = original
         connection.settings_dict["PORT"] = real_port
         connection.close()
 
