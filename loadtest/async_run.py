@@ -102,23 +102,27 @@ def settler_command(*, batch_size: int | None = None, until_empty: bool = False)
     return command + (["--until-empty"] if until_empty else [])
 
 
-def start_settler(*, env: dict[str, str], log, batch_size: int | None = None, until_empty: bool = False):
-    """One `manage.py settle_payments` in its own session (a Ctrl-C in the terminal reaches k6, not it)."""
+def _start(command: list[str], *, env: dict[str, str], log) -> subprocess.Popen:
+    """In its own session: a Ctrl-C in the terminal reaches k6, not it."""
     return subprocess.Popen(
-        settler_command(batch_size=batch_size, until_empty=until_empty),
-        cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        command, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def start_settler(*, env: dict[str, str], log, batch_size: int | None = None, until_empty: bool = False):
+    """One `manage.py settle_payments`."""
+    return _start(settler_command(batch_size=batch_size, until_empty=until_empty), env=env, log=log)
 
 
 @contextlib.contextmanager
-def settlers(*, count: int, env: dict[str, str], log_dir: Path) -> Iterator[list[subprocess.Popen]]:
-    """`count` settlers on the same database as the server under test, logging to
-    settler-<n>.log; on the way out SIGTERM to all (each finishes its batch), SIGKILL after 30 s."""
+def _running(commands: dict[str, list[str]], *, env: dict[str, str], log_dir: Path) -> Iterator[list[subprocess.Popen]]:
+    """Each command running, logging to <its name>.log in `log_dir`; on the way out SIGTERM to
+    all (a settler finishes its batch first), SIGKILL after 30 s."""
     with contextlib.ExitStack() as stack:
-        processes = []
-        for number in range(1, count + 1):
-            log = stack.enter_context((log_dir / f"settler-{number}.log").open("ab"))
-            processes.append(start_settler(env=env, log=log))
+        processes = [
+            _start(command, env=env, log=stack.enter_context((log_dir / f"{name}.log").open("ab")))
+            for name, command in commands.items()
+        ]
         try:
             yield processes
         finally:
@@ -127,6 +131,29 @@ def settlers(*, count: int, env: dict[str, str], log_dir: Path) -> Iterator[list
                     process.terminate()
             for process in processes:
                 server.stop(process, timeout=SETTLER_STOP_TIMEOUT_S)
+
+
+def settlers(*, count: int, env: dict[str, str], log_dir: Path):
+    """`count` settlers on the same database as the server under test, logging to settler-<n>.log."""
+    return _running({f"settler-{n}": settler_command() for n in range(1, count + 1)}, env=env, log_dir=log_dir)
+
+
+def periodic_jobs(*, env: dict[str, str], log_dir: Path):
+    """What `make run` runs beside gunicorn for the periodic jobs: a Celery worker and Celery
+    beat (event relay every second; expiry of unpaid orders and reconciliation every minute;
+    the idempotency-key purge every hour), logging to celery-worker.log and celery-beat.log,
+    beat keeping its schedule in `log_dir`."""
+    celery = [sys.executable, "-m", "celery", "-A", "config"]
+    return _running(
+        {
+            "celery-worker": [*celery, "worker", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
+                              "--concurrency", env.get("CELERY_CONCURRENCY") or "2"],
+            "celery-beat": [*celery, "beat", "--loglevel", "WARNING", "--schedule",
+                            str(log_dir / "celerybeat-schedule")],
+        },
+        env=env,
+        log_dir=log_dir,
+    )  # fmt: skip
 
 
 def backlog() -> int:

@@ -136,6 +136,7 @@ class CpuUse:
     request_ms: float | None = None  # gunicorn master and workers
     settlement_ms: float | None = None  # the settlers
     postgres_ms: float | None = None  # the PostgreSQL server, for both sides
+    periodic_ms: float | None = None  # Celery worker and beat: event relay, expiry, reconciliation
 
     def per_order(self, ms: float | None) -> float | None:
         return ms / self.orders if ms is not None and self.orders else None
@@ -145,11 +146,11 @@ class CpuUse:
         """All sides measured together; None unless the request side and PostgreSQL were."""
         if self.request_ms is None or self.postgres_ms is None:
             return None
-        return self.request_ms + (self.settlement_ms or 0.0) + self.postgres_ms
+        return self.request_ms + (self.settlement_ms or 0.0) + (self.periodic_ms or 0.0) + self.postgres_ms
 
     def as_dict(self) -> dict[str, float | int | None]:
         data: dict[str, float | int | None] = {"orders": self.orders}
-        for name in ("request_ms", "settlement_ms", "postgres_ms", "total_ms"):
+        for name in ("request_ms", "settlement_ms", "periodic_ms", "postgres_ms", "total_ms"):
             data[name] = getattr(self, name)
             data[f"{name}_per_order"] = self.per_order(getattr(self, name))
         return data

@@ -248,13 +248,14 @@ def _payments_table(columns: dict[str, PaymentFigures | None]) -> str:
 CPU_ROWS = [
     ("request side: gunicorn master and workers", "request_ms"),
     ("settlement side: settlers", "settlement_ms"),
+    ("periodic jobs: Celery worker and beat", "periodic_ms"),
     ("PostgreSQL server (both sides)", "postgres_ms"),
     ("all of these", "total_ms"),
 ]
 CPU_NOTE = (
     "CPU is user + system time from /proc/<pid>/stat of each process tree (reaped children "
     "included), from the start of the scenario's k6 run (servers started and idle) to k6's end "
-    "for gunicorn, and to the drained backlog for the settlers and PostgreSQL, divided by the "
+    "for gunicorn, and to the drained backlog for the settlers, the periodic jobs and PostgreSQL, divided by the "
     "orders answered 201/202. PostgreSQL's includes the runner's own sampling queries. "
     '"-": not measured (no such process in the run, or the server is not on this machine).'
 )

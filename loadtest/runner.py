@@ -105,9 +105,7 @@ class RunOptions:
         if self.vus is not None and self.vus < 1:
             found.append("--vus must be at least 1")
         if self.settlers is not None:
-            if self.scenario != "async":
-                found.append("--settlers only applies to --scenario async (the others pay inside the request)")
-            elif self.url:
+            if self.url:
                 found.append("--settlers starts settlers beside the server this command starts; with --url, "
                              "that deployment's own settlers pay")  # fmt: skip
             if self.settlers < 1:
@@ -209,58 +207,68 @@ def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> I
 
 
 @contextlib.contextmanager
-def _settling(scenario: Scenario, options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[list]:
-    """For the async scenario the settlers beside the server (none for the others, nor with --url:
-    that deployment runs its own)."""
-    if not scenario.asynchronous:
-        yield []
-        return
+def _beside_the_server(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[tuple[list, list]]:
+    """What a deployment runs beside gunicorn, as `make run` does: the settlers (they pay the
+    async scenario's orders, and wait idle in the others) and the periodic jobs (Celery worker
+    and beat). None with --url: that deployment runs its own. Yields (settlers, periodic)."""
     if options.url:
-        echo("async against --url: that deployment's own settlers pay the orders")
-        yield []
+        echo("against --url: that deployment's own settlers and periodic jobs run, not seen by this command")
+        yield [], []
         return
-    count = options.settler_count
-    echo(f"starting {count} settler(s) (manage.py settle_payments); logs: {out_dir / 'settler-<n>.log'}")
     env = server.server_environment(strategy=strategy)
-    with async_run.settlers(count=count, env=env, log_dir=out_dir) as processes:
-        yield processes
-    echo("settlers stopped")
+    count = options.settler_count
+    echo(f"starting {count} settler(s) (manage.py settle_payments) and the periodic jobs (Celery worker and beat); "
+         f"logs: {out_dir / 'settler-<n>.log'}, {out_dir / 'celery-<worker|beat>.log'}")  # fmt: skip
+    with (
+        async_run.settlers(count=count, env=env, log_dir=out_dir) as settlers,
+        async_run.periodic_jobs(env=env, log_dir=out_dir) as periodic,
+    ):
+        yield settlers, periodic
+    echo("settlers and periodic jobs stopped")
 
 
-def _cpu_meter(served: server.Served, settlers: list[subprocess.Popen], echo: Echo) -> cpu.CpuMeter:
-    """Started once gunicorn's workers and the settlers have finished starting, so imports and
-    connecting are not counted as work."""
-    ours = ([served.pid] if served.pid else []) + [p.pid for p in settlers]
+def _cpu_meter(
+    served: server.Served, settlers: list[subprocess.Popen], periodic: list[subprocess.Popen], echo: Echo
+) -> cpu.CpuMeter:
+    """Started once gunicorn's workers, the settlers and the periodic jobs have finished
+    starting, so imports and connecting are not counted as work."""
+    ours = ([served.pid] if served.pid else []) + [p.pid for p in settlers + periodic]
     if ours:
-        echo("waiting for gunicorn workers and settlers to go idle before measuring CPU")
+        echo("waiting for gunicorn workers, settlers and periodic jobs to go idle before measuring CPU")
         cpu.wait_until_idle(ours)
     postgres = cpu.postgres_server_pid()
     meter = cpu.CpuMeter({
         "request": [served.pid] if served.pid else [],
         "settlement": [p.pid for p in settlers],
+        "periodic": [p.pid for p in periodic],
         "postgres": [postgres] if postgres else [],
     })  # fmt: skip
     meter.start()
     return meter
 
 
-def _processes(options: RunOptions, served: server.Served, settlers: list[subprocess.Popen]) -> dict[str, str]:
+def _processes(
+    options: RunOptions, served: server.Served, settlers: list[subprocess.Popen], periodic: list[subprocess.Popen]
+) -> dict[str, str]:
     """What ran, for the report: read while the processes are still alive."""
     if served.pid is None:
-        found = {"web server": f"external server at {options.url}"}
-    else:
-        workers = len(cpu.children(served.pid))
-        found = {"web server": f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc"}
-    if settlers:
-        found["settlers"] = (
+        return {
+            "web server": f"external server at {options.url}",
+            "settlers and periodic jobs": "the deployment's own, not seen by this command",
+        }
+    workers = len(cpu.children(served.pid))
+    paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
+    return {
+        "web server": f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc",
+        "settlers": (
             f"{len(settlers)} x `manage.py settle_payments` (batch size {settings.SETTLE_BATCH_SIZE}, "
-            f"SETTLE_BATCH_SIZE), pids {', '.join(str(p.pid) for p in settlers)}"
-        )
-    elif options.url and SCENARIOS[options.scenario].asynchronous:
-        found["settlers"] = "the deployment's own, not seen by this command"
-    else:
-        found["settlers"] = "none: every order is paid inside its request"
-    return found
+            f"SETTLE_BATCH_SIZE), pids {', '.join(str(p.pid) for p in settlers)}{paid_here}"
+        ),
+        "periodic jobs": (
+            "Celery worker and beat (event relay every second; expiry of unpaid orders and reconciliation "
+            f"every minute), pids {', '.join(str(p.pid) for p in periodic)}"
+        ),
+    }
 
 
 def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
@@ -285,8 +293,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                 like=scenario.name,
                 echo=echo,
             )
-        with _settling(scenario, options, strategy, out_dir, echo) as settlers:
-            meter = _cpu_meter(served, settlers, echo)
+        with _beside_the_server(options, strategy, out_dir, echo) as (settlers, periodic):
+            meter = _cpu_meter(served, settlers, periodic, echo)
             sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
             with sampling as sampler:
                 run = run_k6(
@@ -298,8 +306,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                     echo("k6 done; waiting for the settlers to drain the backlog")
                     drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
                     echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
-                meter.stop("settlement", "postgres")
-            processes = _processes(options, served, settlers)
+                meter.stop("settlement", "periodic", "postgres")
+            processes = _processes(options, served, settlers, periodic)
     cpu_after = cpu_times()
     payments = None
     if sampler is not None:
@@ -310,6 +318,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         request_ms=meter.used_ms.get("request"),
         settlement_ms=meter.used_ms.get("settlement"),
         postgres_ms=meter.used_ms.get("postgres"),
+        periodic_ms=meter.used_ms.get("periodic"),
     )
     echo("checking invariants against PostgreSQL and Redis")
     checks = check_invariants(

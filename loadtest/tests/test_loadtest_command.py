@@ -39,7 +39,6 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
         (["--strategy", "old", "--url", "http://127.0.0.1:1"], "with --url, that server's ORDER_STRATEGY decides"),
         (["--scenario", "ceiling", "--with-ceiling"], "measures the same thing twice"),
         (["--duration-scale", "0"], "--duration-scale must be positive"),
-        (["--scenario", "load", "--settlers", "2"], "--settlers only applies to --scenario async"),
         (["--scenario", "async", "--settlers", "0"], "--settlers must be at least 1"),
         (["--scenario", "async", "--settlers", "2", "--url", "http://127.0.0.1:1"], "that deployment's own settlers"),
         (["--scenario", "async", "--compare", "--url", "http://127.0.0.1:1"], "--compare starts its own servers"),

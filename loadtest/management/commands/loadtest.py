@@ -120,6 +120,7 @@ def _payment_line(p: PaymentFigures) -> str:
 
 
 def _cpu_line(use: CpuUse) -> str:
-    sides = {"request": use.request_ms, "settlement": use.settlement_ms, "PostgreSQL": use.postgres_ms}
+    sides = {"request": use.request_ms, "settlement": use.settlement_ms, "periodic jobs": use.periodic_ms,
+             "PostgreSQL": use.postgres_ms}  # fmt: skip
     shown = [f"{name} {use.per_order(ms):.2f}" for name, ms in sides.items() if use.per_order(ms) is not None]
     return "CPU ms per order: " + (", ".join(shown) or "not measured")
