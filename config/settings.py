@@ -190,6 +190,8 @@ CELERY_BEAT_SCHEDULE = {
     "relay-order-events": {"task": "orders.tasks.relay_order_events", "schedule": 1.0},
     "expire-pending-orders": {"task": "orders.tasks.expire_pending_orders", "schedule": 60.0},
     "reconcile-inventory": {"task": "inventory.tasks.reconcile_inventory", "schedule": 60.0},
+    # Keeps Redis' set of tracked reservations to the last seconds' orders (inventory_forget_sold).
+    "forget-sold-reservations": {"task": "inventory.tasks.forget_sold_reservations", "schedule": 5.0},
     "purge-idempotency-keys": {"task": "orders.tasks.purge_idempotency_keys", "schedule": 3600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")

@@ -104,8 +104,15 @@ def mark_not_loaded() -> None:
     redis_client().delete(READY_KEY)
 
 
-def tokens_reserved_before(*, cutoff_ms: int) -> list[str]:
-    return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms)]
+def tokens_reserved_before(*, cutoff_ms: int, offset: int = 0, limit: int | None = None) -> list[str]:
+    """Tracked reservations made before `cutoff_ms`, oldest first (`limit` of them, after `offset`)."""
+    page = {"start": offset, "num": limit} if limit else {}
+    return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms, **page)]
+
+
+def forget(*, tokens: list[str]) -> int:
+    """Stop tracking reservations the database shows SOLD."""
+    return int(run_script("forget", keys=[RESERVATIONS_KEY], args=[RESERVATION_PREFIX, *tokens]))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.test import override_settings
 
 from config.testing import (
@@ -20,10 +20,12 @@ from config.testing import (
     run_in_django_process,
     start_redis_server,
 )
+from inventory import services as inventory_services
 from inventory import stock
 from inventory.errors import ReservationLost, StockNotLoaded
 from inventory.models import StockReservation
 from inventory.services import (
+    inventory_forget_sold,
     inventory_reconcile,
     on_hand_by_product,
     stock_record_sale,
@@ -226,6 +228,8 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
     stop = threading.Event()
     reports = []
 
+    forgotten = []
+
     def reconcile_repeatedly():
         try:
             while not stop.is_set():
@@ -233,8 +237,17 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
         finally:
             connection.close()
 
+    def forget_repeatedly():  # as beat runs it, every few seconds beside reconciliation
+        try:
+            while not stop.is_set():
+                forgotten.append(inventory_forget_sold(older_than_seconds=0, chunk=5))
+        finally:
+            connection.close()
+
     reconciler = threading.Thread(target=reconcile_repeatedly)
+    forgetter = threading.Thread(target=forget_repeatedly)
     reconciler.start()
+    forgetter.start()
     try:
 
         def place_many(i):
@@ -246,8 +259,9 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
     finally:
         stop.set()
         reconciler.join()
+        forgetter.join()
 
-    assert len(reports) >= 2
+    assert len(reports) >= 2 and sum(forgotten) > 0
     assert [p for r in reports for p in r.drifted] == []
     final = inventory_reconcile(grace_seconds=0)
     assert final.drifted == []
@@ -294,3 +308,40 @@ def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, 
     finally:
         process.kill()
         process.wait()
+
+
+def _tracked() -> list[str]:
+    return stock.tokens_reserved_before(cutoff_ms=int(time.time() * 1000) + 60_000)
+
+
+def test_forgetting_sold_reservations_keeps_the_ones_in_flight_and_reconciliation_exact():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=20)
+    client = client_for(user)
+    for _ in range(3):
+        assert client.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
+    held = stock_reserve(quantities={product.id: 2})  # its order has not committed
+    assert len(_tracked()) == 4
+
+    assert inventory_forget_sold(older_than_seconds=0, chunk=2) == 3  # in chunks, past the one held
+
+    assert _tracked() == [str(held.token)]
+    report = inventory_reconcile(grace_seconds=60)
+    assert report.drifted == [] and report.forgotten_tokens == 0
+    assert [(p.on_hand, p.in_flight, p.redis) for p in report.products] == [(17, 2, 15)]
+
+
+def test_forgetting_waits_its_turn_while_a_reconciliation_holds_the_lock():
+    user = make_user(balance=1_000)
+    product = make_product(price=10, stock_quantity=20)
+    client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+    holder = connections.create_connection("default")  # another session, as another process would
+    try:
+        with holder.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [inventory_services._RECONCILE_LOCK_ID])  # reconciling
+            assert inventory_forget_sold(older_than_seconds=0) == 0
+            assert len(_tracked()) == 1
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [inventory_services._RECONCILE_LOCK_ID])
+    finally:
+        holder.close()
+    assert inventory_forget_sold(older_than_seconds=0) == 1
