@@ -22,6 +22,7 @@ from config.testing import (
 )
 from inventory import services as inventory_services
 from inventory import stock
+from inventory import tasks as inventory_tasks
 from inventory.errors import ReservationLost, StockNotLoaded
 from inventory.models import StockReservation
 from inventory.services import (
@@ -345,3 +346,16 @@ def test_forgetting_waits_its_turn_while_a_reconciliation_holds_the_lock():
     finally:
         holder.close()
     assert inventory_forget_sold(older_than_seconds=0) == 1
+
+
+def test_the_periodic_reconciliation_leaves_the_old_designs_counts_alone(settings):
+    product = make_product(price=10, stock_quantity=20)
+    stock.add_available(product_id=product.id, quantity=-3)  # as an old-design sale, committed, moves it
+    settings.ORDER_STRATEGY = "old"
+
+    assert inventory_tasks.reconcile_inventory() == 0
+
+    assert stock.available(product_ids=[product.id]) == {product.id: 17}  # not "repaired" under its feet
+    settings.ORDER_STRATEGY = "new"
+    assert inventory_tasks.reconcile_inventory() == 1  # the new design's job does repair drift
+    assert stock.available(product_ids=[product.id]) == {product.id: 20}
