@@ -28,7 +28,7 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 
 PREFER_HEADER = OpenApiParameter(
     "Prefer", str, OpenApiParameter.HEADER, required=False,
-    description="`respond-async`: answer 202 once stock is reserved; the payment runs on the task queue.",
+    description="`respond-async`: answer 202 once stock is reserved; a settler pays it in its next batch.",
 )  # fmt: skip
 
 
@@ -49,7 +49,7 @@ class OrderListCreateApi(APIView):
         parameters=[IDEMPOTENCY_HEADER, PREFER_HEADER],
         summary="Place an order: reserve stock, apply the coupon, pay from the balance",
         description="201 with the paid order; with `Prefer: respond-async`, 202 with the order PENDING_PAYMENT "
-        "and its payment queued (follow `Location` to watch its progress).",
+        "for a settler to pay in its next batch (follow `Location` to watch its progress).",
     )
     def post(self, request):
         data = order_input_validate(request.data)
