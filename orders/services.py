@@ -65,6 +65,10 @@ def _quantities(lines: list[OrderLine]) -> dict[int, int]:
     return quantities
 
 
+def _total(quantities: dict[int, int], prices: dict[int, int]) -> int:
+    return sum(prices[pid] * qty for pid, qty in quantities.items())
+
+
 def _check_prices(lines: list[OrderLine], prices: dict[int, int]) -> None:
     changed = sorted({line.product_id for line in lines if line.seen_price != prices[line.product_id]})
     if changed:
@@ -187,7 +191,7 @@ def _record_order(
     Paid now without a coupon, the paid amount is known before anything is written: the order
     is written PAID at once, with both its events, saving a status update. Nobody sees it
     before the payment commits with it; if the payment fails, none of it is written."""
-    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    total = _total(quantities, prices)
     paid_at_once = pay_now and not coupon_code
     with transaction.atomic():
         order = _insert_order(user_id=user_id, total=total, coupon_code=coupon_code or "", token=token,
@@ -333,7 +337,7 @@ def _accept_order(
     """An asynchronous order without coupon or Idempotency-Key, and its sale, in one statement
     committed on its own: a settler pays it later. All of it is written, or none (ReservationLost
     if the sale cannot be recorded)."""
-    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    total = _total(quantities, prices)
     order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
                                quantities=quantities, prices=prices, paid=False)  # fmt: skip
     row = _run_fenced(
@@ -350,7 +354,7 @@ def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, in
     that moved meanwhile writes nothing and is retried (bounded, jittered, counted).
 
     Raises InsufficientBalance, ReservationLost, BalanceConflict."""
-    total = sum(prices[pid] * qty for pid, qty in quantities.items())
+    total = _total(quantities, prices)
     order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
                                quantities=quantities, prices=prices, paid=True)  # fmt: skip
     params.update(stock_sale_params(reservation=reservation, quantities=quantities))
