@@ -126,11 +126,7 @@ def _running(commands: dict[str, list[str]], *, env: dict[str, str], log_dir: Pa
         try:
             yield processes
         finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.terminate()
-            for process in processes:
-                server.stop(process, timeout=SETTLER_STOP_TIMEOUT_S)
+            server.stop_all(processes, timeout=SETTLER_STOP_TIMEOUT_S)
 
 
 def settlers(*, count: int, env: dict[str, str], log_dir: Path):

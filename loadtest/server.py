@@ -75,6 +75,21 @@ def stop(process: subprocess.Popen, *, timeout: float = STOP_TIMEOUT_S) -> None:
     if process.poll() is not None:
         return
     process.terminate()
+    wait_or_kill(process, timeout=timeout)
+
+
+def stop_all(processes: list[subprocess.Popen], *, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM to all at once, so they stop side by side, then each as stop() does. One SIGTERM
+    each: a second one can land while Python is finishing, when its handlers are gone, and kill
+    a process that had stopped cleanly."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        wait_or_kill(process, timeout=timeout)
+
+
+def wait_or_kill(process: subprocess.Popen, *, timeout: float) -> None:
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
