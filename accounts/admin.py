@@ -5,7 +5,7 @@ from django.utils.html import format_html
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import account_change_balance
-from config.admin_tools import ReadOnlyAdmin, adjust_url, adjust_view
+from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 
 
 @admin.register(User)
@@ -25,15 +25,16 @@ class BalanceEntryInline(admin.TabularInline):
 
 
 @admin.register(Account)
-class AccountAdmin(ReadOnlyAdmin):
+class AccountAdmin(AdjustLinkMixin, ReadOnlyAdmin):
+    """Read-only for those with the view permission; money moves only through "Top up / adjust",
+    for those with accounts.adjust_balance."""
+
+    adjust_permission = "accounts.adjust_balance"
     list_display = ["user", "balance", "version", "updated_at", "adjust_link"]
     search_fields = ["user__username", "user__id"]
     list_select_related = ["user"]
     readonly_fields = ["user", "balance", "version", "updated_at", "adjust_link"]
     inlines = [BalanceEntryInline]
-
-    def has_change_permission(self, request, obj=None):
-        return request.method == "GET"  # the page shows; money moves only through "Top up / adjust"
 
     @admin.display(description="Balance")
     def adjust_link(self, obj):
@@ -50,6 +51,7 @@ class AccountAdmin(ReadOnlyAdmin):
             self,
             title="Top up or adjust balance",
             help_text="Goes through the same optimistic lock and ledger as payments.",
+            permission=self.adjust_permission,
             apply=apply,
         )
         return [adjust_url(self, "adjust", view), *super().get_urls()]

@@ -16,6 +16,8 @@ class Account(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(balance__gte=0), name="account_balance_not_negative")]
+        # Moving money is its own right, apart from seeing accounts (view) or editing them (change).
+        permissions = [("adjust_balance", "Can top up or adjust a balance")]
 
     def __str__(self) -> str:
         return f"account of user {self.user_id}: {self.balance}"

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -28,11 +29,18 @@ def adjust_view(
     *,
     title: str,
     help_text: str,
+    permission: str,
     apply: Callable[[object, int, str], str],
 ) -> Callable:
-    """An admin view: a form with amount and reason, `apply(obj, amount, reason)` does the change."""
+    """An admin view: a form with amount and reason, `apply(obj, amount, reason)` does the change.
+
+    Only for users with `permission` ("app_label.codename"), on GET as on POST: being staff
+    lets one into the admin, not move stock or money.
+    """
 
     def view(request, object_id):
+        if not request.user.has_perm(permission):
+            raise PermissionDenied
         obj = get_object_or_404(model_admin.model, pk=object_id)
         opts = model_admin.model._meta
         back_url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
@@ -57,6 +65,24 @@ def adjust_view(
         return TemplateResponse(request, "admin/adjust_form.html", context)
 
     return model_admin.admin_site.admin_view(view)
+
+
+class AdjustLinkMixin:
+    """Shows the `adjust_link` column and field only to users with `adjust_permission`."""
+
+    adjust_permission: str
+    adjust_field = "adjust_link"
+
+    def has_adjust_permission(self, request) -> bool:
+        return request.user.has_perm(self.adjust_permission)
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        return shown if self.has_adjust_permission(request) else [f for f in shown if f != self.adjust_field]
+
+    def get_readonly_fields(self, request, obj=None):
+        shown = super().get_readonly_fields(request, obj)
+        return shown if self.has_adjust_permission(request) else [f for f in shown if f != self.adjust_field]
 
 
 def adjust_url(model_admin: admin.ModelAdmin, name: str, view: Callable):

@@ -3,14 +3,17 @@ from django.db.models import Sum
 from django.urls import reverse
 from django.utils.html import format_html
 
-from config.admin_tools import ReadOnlyAdmin, adjust_url, adjust_view
+from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 from inventory import stock
 from inventory.models import Product, StockMovement
 from inventory.services import stock_adjust
 
 
 @admin.register(Product)
-class ProductAdmin(admin.ModelAdmin):
+class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
+    """Editing a product (change) is not changing its stock: that needs inventory.adjust_stock."""
+
+    adjust_permission = "inventory.adjust_stock"
     list_display = ["id", "name", "price", "active", "database_stock", "live_stock", "adjust_link"]
     list_filter = ["active"]
     search_fields = ["name"]
@@ -42,6 +45,7 @@ class ProductAdmin(admin.ModelAdmin):
             title="Restock or adjust stock",
             help_text="Writes the stock ledger and the live Redis count in one step. Units held by "
             "orders in flight can not be taken away.",
+            permission=self.adjust_permission,
             apply=lambda product, amount, reason: (
                 stock_adjust(product=product, quantity=amount, reason=reason)
                 or f"Stock of {product} changed by {amount:+d}."

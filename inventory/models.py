@@ -11,6 +11,8 @@ class Product(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(price__gte=0), name="product_price_not_negative")]
+        # Changing stock is its own right, apart from editing a product's name or price (change).
+        permissions = [("adjust_stock", "Can restock or adjust stock")]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name}"

@@ -30,6 +30,3 @@ class OrderAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     date_hierarchy = "created_at"
     inlines = [OrderItemInline]
-
-    def has_change_permission(self, request, obj=None):
-        return request.method == "GET"

@@ -1,13 +1,15 @@
 """The admin: every page renders, and stock and money change only through services."""
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.test import Client
 
-from accounts.models import Account, User
+from accounts.models import Account, BalanceEntry, User
 from accounts.selectors import ledger_balance
 from config.testing import client_for, make_product, make_user, order_body
 from coupons.models import Coupon
 from inventory import stock
+from inventory.models import StockMovement
 from inventory.services import on_hand_by_product
 from orders.models import Order
 
@@ -74,3 +76,106 @@ def test_admin_top_up_goes_through_the_ledger(admin_client):
     admin_client.post(f"/admin/accounts/account/{user.id}/adjust/", {"amount": -500, "reason": "too much"})
 
     assert Account.objects.get(user=user).balance == 150 == ledger_balance(user_id=user.id)
+
+
+def _staff_client(*permissions: str, groups: tuple[str, ...] = ()) -> Client:
+    """A staff login holding exactly `permissions` ("app_label.codename") and `groups`."""
+    staff = User.objects.create_user(username=f"staff{User.objects.count()}", password="pw", is_staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        staff.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    staff.groups.add(*Group.objects.filter(name__in=groups))
+    client = Client()
+    client.login(username=staff.username, password="pw")
+    return client
+
+
+def _money_and_stock(user, product) -> tuple:
+    return (
+        Account.objects.get(user=user).balance,
+        BalanceEntry.objects.count(),
+        on_hand_by_product()[product.id],
+        StockMovement.objects.count(),
+        stock.available(product_ids=[product.id]),
+    )
+
+
+def test_staff_without_permissions_can_neither_open_nor_post_the_adjust_pages():
+    user = make_user(balance=100)
+    product = make_product(price=10, stock_quantity=5)
+    before = _money_and_stock(user, product)
+    # Every right except the two adjust ones: being allowed to edit is not being allowed to move.
+    client = _staff_client("accounts.view_account", "accounts.change_account", "inventory.change_product")
+
+    for url in (f"/admin/accounts/account/{user.id}/adjust/", f"/admin/inventory/product/{product.id}/adjust/"):
+        assert client.get(url).status_code == 403, url
+        assert client.post(url, {"amount": 1_000, "reason": "mine"}).status_code == 403, url
+    assert _money_and_stock(user, product) == before
+    assert b"Top up / adjust" not in client.get(f"/admin/accounts/account/{user.id}/change/").content
+    assert b"Restock / adjust" not in client.get("/admin/inventory/product/").content
+
+
+def test_staff_without_view_permission_sees_no_ledger_account_or_order():
+    user = make_user(balance=100)
+    product = make_product(price=10, stock_quantity=5)
+    client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+    order = Order.objects.get()
+    client = _staff_client()
+
+    for url in (
+        "/admin/accounts/account/",
+        f"/admin/accounts/account/{user.id}/change/",
+        "/admin/accounts/balanceentry/",
+        "/admin/inventory/stockmovement/",
+        "/admin/orders/order/",
+        f"/admin/orders/order/{order.id}/change/",
+    ):
+        assert client.get(url).status_code == 403, url
+    index = client.get("/admin/").content
+    assert b"Balance entries" not in index and b"Orders" not in index
+
+
+def test_the_adjust_permission_lets_money_and_stock_move_through_the_ledgers():
+    user = make_user(balance=100)
+    product = make_product(price=10, stock_quantity=5)
+    money = _staff_client("accounts.view_account", "accounts.adjust_balance", "inventory.view_product")
+    goods = _staff_client("inventory.view_product", "inventory.adjust_stock")
+    assert (
+        money.post(f"/admin/accounts/account/{user.id}/adjust/", {"amount": 50, "reason": "goodwill"}).status_code
+        == 302
+    )
+    assert (
+        goods.post(f"/admin/inventory/product/{product.id}/adjust/", {"amount": 7, "reason": "delivery"}).status_code
+        == 302
+    )
+
+    assert Account.objects.get(user=user).balance == 150 == ledger_balance(user_id=user.id)
+    assert BalanceEntry.objects.filter(account_id=user.id, reference="admin: goodwill", amount=50).exists()
+    assert on_hand_by_product()[product.id] == 12 and stock.available(product_ids=[product.id]) == {product.id: 12}
+    assert StockMovement.objects.filter(product=product, reason="delivery", quantity=7).exists()
+    assert b"Top up / adjust" in money.get("/admin/accounts/account/").content
+    assert b"Restock / adjust" in goods.get("/admin/inventory/product/").content
+    # one right is not the other
+    assert money.post(f"/admin/inventory/product/{product.id}/adjust/", {"amount": 1, "reason": "x"}).status_code == 403
+    assert goods.post(f"/admin/accounts/account/{user.id}/adjust/", {"amount": 1, "reason": "x"}).status_code == 403
+    assert on_hand_by_product()[product.id] == 12 and Account.objects.get(user=user).balance == 150
+
+
+# Not transactional: the groups come from a migration, and a transactional test's flush
+# removes them (pytest-django runs these tests before the transactional ones).
+@pytest.mark.django_db
+def test_the_operator_groups_from_the_migration_grant_one_adjust_page_each():
+    user = make_user(balance=100)
+    product = make_product(price=10, stock_quantity=5)
+    sale = _staff_client(groups=("Sale operators",))
+    balance = _staff_client(groups=("Balance operators",))
+    account_page, product_page = (
+        f"/admin/accounts/account/{user.id}/adjust/",
+        f"/admin/inventory/product/{product.id}/adjust/",
+    )
+
+    assert (sale.get(product_page).status_code, sale.get(account_page).status_code) == (200, 403)
+    assert (balance.get(account_page).status_code, balance.get(product_page).status_code) == (200, 403)
+    assert sale.get("/admin/inventory/stockmovement/").status_code == 200
+    assert sale.get("/admin/accounts/balanceentry/").status_code == 403
+    assert balance.get("/admin/accounts/balanceentry/").status_code == 200
