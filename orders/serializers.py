@@ -20,6 +20,24 @@ class OrderInputSerializer(serializers.Serializer):
     orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=MAX_ORDER_ITEMS)
     couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
 
+    def validate_orderItems(self, items: list[dict]) -> list[dict]:
+        over = _products_over_quantity_limit(items)
+        if over:
+            raise serializers.ValidationError(
+                f"At most {MAX_ITEM_QUANTITY} units of one product per order, over all its lines; "
+                f"more for product(s) {', '.join(map(str, over))}."
+            )
+        return items
+
+
+def _products_over_quantity_limit(items: list[dict]) -> list[int]:
+    """Products whose lines add up to more than MAX_ITEM_QUANTITY: the bound is per product, not
+    only per line, or a hundred lines of one product would order a hundred times as much."""
+    totals: dict[int, int] = {}
+    for item in items:
+        totals[item["productId"]] = totals.get(item["productId"], 0) + item["quantity"]
+    return sorted(pid for pid, quantity in totals.items() if quantity > MAX_ITEM_QUANTITY)
+
 
 def _is_int_within(value, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
@@ -45,7 +63,12 @@ def order_input_validate(data) -> dict:
     """
     if type(data) is dict and data.get("couponCode") is None and _is_int_within(data.get("userId"), 1, MAX_ID):
         items = data.get("orderItems")
-        if type(items) is list and 1 <= len(items) <= MAX_ORDER_ITEMS and all(map(_is_plain_item, items)):
+        if (
+            type(items) is list
+            and 1 <= len(items) <= MAX_ORDER_ITEMS
+            and all(map(_is_plain_item, items))
+            and not _products_over_quantity_limit(items)  # else the serializer says which
+        ):
             validated = {
                 "userId": data["userId"],
                 "orderItems": [

@@ -7,6 +7,7 @@ import json
 
 import orjson
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
@@ -233,6 +234,31 @@ def test_out_of_stock_names_the_item_that_failed(shop):
     user, client, product, other = shop
     error = _post(client, order_body(user, (product, 1), (other, 6))).json()["error"]
     assert error["details"] == {"productId": other.id, "requested": 6, "available": 5}
+
+
+def test_lines_of_one_product_are_bounded_by_their_sum_and_nothing_is_reserved():
+    """100 lines of 10,000, each within the per-line bound, used to order a million units."""
+    user = make_user(balance=10**9)
+    client = client_for(user)
+    product = make_product(price=1, stock_quantity=2_000_000)
+    other = make_product(price=1, stock_quantity=20_000, name="Gadget")
+    limit = settings.MAX_ITEM_QUANTITY
+    before = state_fingerprint()
+
+    line = {"productId": product.id, "quantity": limit, "price": 1}
+    for lines in ([line] * 100, [line, {**line, "quantity": 1}]):  # a million units; one over
+        response = client.post("/api/v1/orders", {"userId": user.id, "orderItems": lines}, format="json")
+        assert response.status_code == 400, response.content
+        error = response.json()["error"]
+        assert error["code"] == "VALIDATION_ERROR"
+        assert str(product.id) in error["details"]["fields"]["orderItems"][0]
+        assert state_fingerprint() == before
+
+    # Exactly the bound, over several lines, and the bound again for another product: both taken.
+    half = {**line, "quantity": limit // 2}
+    body = {"userId": user.id, "orderItems": [half, half, {**line, "productId": other.id}]}
+    assert client.post("/api/v1/orders", body, format="json").status_code == 201
+    assert stock.available(product_ids=[product.id, other.id]) == {product.id: 2_000_000 - limit, other.id: 10_000}
 
 
 def _huge_items(count):
