@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -219,6 +220,31 @@ def stop_redis() -> None:
         redis.Redis(host="127.0.0.1", port=REDIS_PORT).shutdown(nosave=False)
 
 
+def uses_own_database() -> bool:
+    """DATABASE_URL unset: the project's own PostgreSQL on loopback, so this is a developer's
+    machine (a deployment names its database)."""
+    return not env.str("DATABASE_URL", default="")
+
+
+def development_secret_key() -> str:
+    """A SECRET_KEY for this checkout alone, made once under the data directory (0600).
+
+    Random, unlike a key written in the code, which anyone could read and sign sessions with.
+    Several processes may start at once (gunicorn workers, Celery): the file appears whole or
+    not at all (a hard link of a finished file), and whoever loses the race reads the winner's.
+    """
+    path = DATA_DIR / "secret-key.txt"
+    if not path.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        draft.write_text(secrets.token_urlsafe(50))
+        draft.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    return path.read_text().strip()
+
+
 def start() -> None:
     start_postgres()
     start_redis()
@@ -235,7 +261,7 @@ def status() -> dict[str, bool]:
 
 def ensure_running_if_needed() -> None:
     """Start our own servers for whichever of DATABASE_URL / REDIS_URL is unset."""
-    if not env.str("DATABASE_URL", default=""):
+    if uses_own_database():
         start_postgres()
     if not env.str("REDIS_URL", default=""):
         start_redis()

@@ -50,7 +50,10 @@ def _prepare() -> None:
     _say("reconciling stock between Redis and the database")
     call_command("reconcile_inventory")
     if settings.SECRET_KEY_IS_DEVELOPMENT:
-        _say("SECRET_KEY is not set: using the development key. Set SECRET_KEY for anything but local use.")
+        _say(
+            f"SECRET_KEY is not set: using a development key made for this checkout "
+            f"({devservers.DATA_DIR / 'secret-key.txt'}). Set SECRET_KEY for anything but local use."
+        )
 
 
 def _ensure_admin() -> None:

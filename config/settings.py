@@ -4,6 +4,7 @@ Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/devserve
 """
 
 import logging
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -12,17 +13,50 @@ from config.env import BASE_DIR, configured_database_url, env, redis_url_with_db
 
 TESTING = env.bool("SHOP_TESTING", default=False)
 
-SECRET_KEY = env.str("SECRET_KEY", default="")
-# Without SECRET_KEY a development key is used, and `make run` says so at start.
-SECRET_KEY_IS_DEVELOPMENT = not SECRET_KEY
-if SECRET_KEY_IS_DEVELOPMENT:
-    SECRET_KEY = "dev-only-insecure-secret-key-set-SECRET_KEY-in-production"
-
 DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+# Without SECRET_KEY, only a developer's machine starts: tests (a fixed key), DEBUG on or the
+# project's own PostgreSQL (DATABASE_URL unset, as under `make run`), which get a random key
+# made once for this checkout (`make run` says so). check --deploy fails on either. Anything
+# else refuses to start rather than sign sessions and CSRF tokens with a key nobody chose.
+SECRET_KEY_IS_DEVELOPMENT = not SECRET_KEY
+if SECRET_KEY_IS_DEVELOPMENT and TESTING:
+    SECRET_KEY = "tests-only-secret-key-never-deployed"
+elif SECRET_KEY_IS_DEVELOPMENT:
+    if not (DEBUG or devservers.uses_own_database()):
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in the environment or in .env (for example the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`); it signs sessions and CSRF tokens. "
+            "Only DEBUG, tests or the project's own development PostgreSQL (DATABASE_URL unset) start without it."
+        )
+    SECRET_KEY = devservers.development_secret_key()
 ALLOWED_HOSTS = [
     host.strip() for host in env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 ]
 CSRF_TRUSTED_ORIGINS = [origin.strip() for origin in env.list("CSRF_TRUSTED_ORIGINS", default=[])]
+
+# --- HTTPS ------------------------------------------------------------------------------
+# Off by default, for `make run`'s plain HTTP on loopback; a deployment behind TLS turns them on
+# (docs/security.md), and `check --deploy` names each one left off.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# The header a TLS-terminating proxy sets, e.g. X-Forwarded-Proto, read as "https" means secure.
+# Unset by default: trusted without such a proxy, any client could claim HTTPS by sending it.
+_PROXY_SSL_HEADER = env.str("SECURE_PROXY_SSL_HEADER", default="").strip()
+if _PROXY_SSL_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", _PROXY_SSL_HEADER):
+    raise ImproperlyConfigured(
+        f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r}: give the header's name only, e.g. X-Forwarded-Proto"
+    )
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"), "https") if _PROXY_SSL_HEADER else None
+)
+# HSTS makes browsers refuse plain HTTP for this long: 0 (off) until HTTPS is known to work.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Where every request is redirected to HTTPS, cookies are HTTPS-only unless said otherwise.
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=SECURE_SSL_REDIRECT)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=SECURE_SSL_REDIRECT)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

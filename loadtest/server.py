@@ -42,6 +42,8 @@ def server_environment(*, strategy: str, port: int | None = None) -> dict[str, s
         ORDER_STRATEGY=strategy,
         DATABASE_URL=current_database_url(),
         REDIS_URL=settings.REDIS_URL,
+        # A DATABASE_URL without SECRET_KEY does not start (config/settings.py): this process's key.
+        SECRET_KEY=settings.SECRET_KEY,
     )
     if port is not None:
         env["BIND"] = f"127.0.0.1:{port}"

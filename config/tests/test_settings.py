@@ -121,8 +121,8 @@ def test_child_processes_get_the_configured_url_naming_the_test_database(configu
     assert database_url_naming(configured, "test_shop") == expected
 
 
-@pytest.mark.parametrize("development_key, warned", [(True, True), (False, False)])
-def test_deploy_check_warns_about_the_development_secret_key(settings, development_key, warned):
+@pytest.mark.parametrize("development_key, refused", [(True, True), (False, False)])
+def test_deploy_check_refuses_the_development_secret_key(settings, development_key, refused):
     settings.SECRET_KEY_IS_DEVELOPMENT = development_key
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
-    assert ("config.W001" in ids) is warned
+    assert ("config.E001" in ids) is refused
