@@ -1,7 +1,8 @@
 """`manage.py check --deploy` fails on what a deployment must not run with."""
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
+from django_redis import get_redis_connection
 
 
 @register(Tags.security, deploy=True)
@@ -13,5 +14,24 @@ def development_secret_key(app_configs, **kwargs) -> list[Error]:
             "SECRET_KEY is not set: a development key made for this checkout signs admin sessions and CSRF tokens.",
             hint="Set SECRET_KEY in the environment or in .env.",
             id="config.E001",
+        )
+    ]
+
+
+@register("redis", deploy=True)
+def redis_never_evicts(app_configs, **kwargs) -> list[Error | Warning]:
+    """Redis holds live stock, reservations, the Celery queue and the sales counters: a key
+    evicted under memory pressure is a reservation or a task lost, not a cache miss."""
+    try:
+        policy = get_redis_connection("default").info("memory").get("maxmemory_policy")
+    except Exception as exc:  # a check reports, it does not crash the command
+        return [Warning(f"Could not ask Redis for its maxmemory-policy: {exc}", id="config.W002")]
+    if policy == "noeviction":
+        return []
+    return [
+        Error(
+            f"Redis runs with maxmemory-policy {policy}: it may evict stock counts, reservations or queued tasks.",
+            hint="Set maxmemory-policy noeviction in the Redis configuration (CONFIG SET or redis.conf).",
+            id="config.E002",
         )
     ]

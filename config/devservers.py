@@ -202,6 +202,9 @@ def start_redis() -> None:
             "--appendfsync", "everysec",
             "--save", "",
             "--maxclients", "2000",
+            # Stock, reservations and the Celery queue live here: full memory must refuse
+            # writes (an order answered 503), never drop keys (check --deploy insists too).
+            "--maxmemory-policy", "noeviction",
         ],
         check=True,
     )  # fmt: skip

@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import redis
 from django.conf import settings
 
 from config.env import ENV_FILE
+from config.testing import free_port
 
 # A clean environment as a deployment would have it: no test switch, DEBUG and SECRET_KEY unset
 # (blank counts as unset), a database of its own. Values come only from here and .env.
@@ -135,3 +137,26 @@ def test_https_settings_reach_the_responses(client, settings):
 
     assert plain.status_code == 301 and plain["Location"] == "https://testserver/healthz"
     assert proxied.status_code == 200 and proxied["Strict-Transport-Security"] == "max-age=3600"
+
+
+def test_the_projects_redis_never_evicts_and_check_deploy_refuses_one_that_does(tmp_path):
+    port = free_port()
+    started = _child(
+        ["-m", "config.devservers", "start"],
+        # Redis only (a DATABASE_URL is set), on a port and in a directory of its own
+        {"SHOP_REDIS_PORT": str(port), "SHOP_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres://unused/x"},
+        {"REDIS_URL": ""},
+    )
+    assert started.returncode == 0, started.stderr
+    server = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        assert server.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        env = {**CLEAN, "SECRET_KEY": STRONG_KEY, **HTTPS, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        assert _check_deploy(env).returncode == 0
+
+        server.config_set("maxmemory-policy", "allkeys-lru")
+        evicting = _check_deploy(env)
+        assert evicting.returncode != 0
+        assert "config.E002" in evicting.stderr and "allkeys-lru" in evicting.stderr
+    finally:
+        server.shutdown(nosave=True)
