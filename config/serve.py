@@ -57,19 +57,25 @@ def _prepare() -> None:
 
 
 def _ensure_admin() -> None:
+    """Create the admin user once, with a generated password kept in ADMIN_PASSWORD_FILE. An
+    admin that exists is left alone: a password changed in the admin stays changed."""
     from accounts.models import User
 
+    url = "http://127.0.0.1:8080/admin/"
+    admin = User.objects.filter(username="admin").first()
+    if admin is not None:
+        first = ADMIN_PASSWORD_FILE.read_text().strip() if ADMIN_PASSWORD_FILE.exists() else None
+        if first is not None and admin.check_password(first):
+            _say(f"admin: {url}  user 'admin'  password '{first}' (in {ADMIN_PASSWORD_FILE})")
+        else:
+            _say(f"admin: {url}  user 'admin'  password as changed in the admin (not {ADMIN_PASSWORD_FILE})")
+        return
     if not ADMIN_PASSWORD_FILE.exists():
         ADMIN_PASSWORD_FILE.write_text(secrets.token_urlsafe(12))
         ADMIN_PASSWORD_FILE.chmod(0o600)
     password = ADMIN_PASSWORD_FILE.read_text().strip()
-    admin = User.objects.filter(username="admin").first()
-    if admin is None:
-        admin = User(id=ADMIN_USER_ID, username="admin", is_staff=True, is_superuser=True)
-    if not admin.check_password(password):
-        admin.set_password(password)
-    admin.save()
-    _say(f"admin: http://127.0.0.1:8080/admin/  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE})")
+    User.objects.create_superuser(id=ADMIN_USER_ID, username="admin", password=password)
+    _say(f"admin: {url}  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE}), created")
 
 
 def _spawn(name: str, args: list[str]) -> subprocess.Popen:
