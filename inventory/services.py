@@ -110,6 +110,15 @@ def _settle_as_released(token: str) -> bool:
 # epoch began before the bump, so the rebuild waits for it and counts its sale; one that reads
 # the new epoch records nothing. Read with last_value, which needs no lock and no snapshot.
 EPOCH_FENCE_SQL = "SELECT 1 FROM inventory_stock_epoch WHERE last_value = %(stock_epoch)s"
+# The same fence, and the prices the caller was quoted still the database's: every product
+# exists, is on sale and costs what the order will charge (prices_for_order's checks, read in
+# the order's own statement, so an order that skipped prices_for_order never charges a stale
+# price, and saves that round trip). Parameters from quoted_prices_params().
+EPOCH_AND_PRICES_FENCE_SQL = f"""{EPOCH_FENCE_SQL} AND (
+    SELECT count(*) FROM {Product._meta.db_table} AS product
+    JOIN jsonb_each_text(%(quoted_prices)s::jsonb) AS quoted ON product.id = quoted.key::bigint
+    WHERE product.active AND product.price = quoted.value::bigint
+) = %(quoted_count)s"""
 _EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
 _EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
 
@@ -145,6 +154,13 @@ def stock_sale_params(
         "stock_kind": kind,
         "stock_reason": reason,
         "stock_quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode(),
+    }
+
+
+def quoted_prices_params(*, prices: dict[int, int]) -> dict[str, object]:
+    return {
+        "quoted_prices": orjson.dumps(prices, option=orjson.OPT_NON_STR_KEYS).decode(),
+        "quoted_count": len(prices),
     }
 
 

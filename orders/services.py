@@ -19,12 +19,13 @@ from accounts.models import Account, BalanceEntry
 from accounts.services import balance_change_ctes, balance_entry_cte, balance_params, balance_retry
 from config.database import sql_execute, sql_one
 from coupons.services import coupon_redeem, coupon_release
-from inventory.errors import ReservationLost
+from inventory.errors import OutOfStock, ReservationLost
 from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
-    EPOCH_FENCE_SQL,
+    EPOCH_AND_PRICES_FENCE_SQL,
     Reservation,
     prices_for_order,
+    quoted_prices_params,
     stock_record_sale,
     stock_release,
     stock_reserve,
@@ -133,8 +134,14 @@ def _place(
     if not pay_now:
         payment_backlog_check()
     quantities = _quantities(lines)
-    prices = prices_for_order(product_ids=list(quantities))
-    _check_prices(lines, prices)
+    quoted = _quoted_prices(lines)
+    # The usual order (no coupon, no Idempotency-Key, something to pay when paid now) is one
+    # statement that also checks the quoted prices; every other order reads them first.
+    usual = settings.ORDER_STRATEGY != "old" and not coupon_code and not idempotency_key and quoted is not None
+    if usual and (not pay_now or any(quoted.values())):
+        return _place_in_one_statement(user_id=user_id, lines=lines, quantities=quantities, prices=quoted,
+                                       pay_now=pay_now)  # fmt: skip
+    prices = _prices_checked(lines, quantities)
     record = partial(
         _record_order,
         pay_now=pay_now,
@@ -154,19 +161,56 @@ def _place(
 
     reservation = stock_reserve(quantities=quantities)
     try:
-        if not coupon_code and not idempotency_key:  # the usual order: one statement
-            if not pay_now:
-                return PlacedOrder(order=_accept_order(user_id=user_id, quantities=quantities, prices=prices,
-                                                       reservation=reservation), status_code=202)  # fmt: skip
-            if any(prices.values()):  # (a free order takes no payment: the transaction below)
-                return PlacedOrder(order=_pay_order(user_id=user_id, quantities=quantities, prices=prices,
-                                                    reservation=reservation))  # fmt: skip
         return record(
             token=reservation.token,
             take_stock=lambda reference: stock_record_sale(
                 reservation=reservation, quantities=quantities, reference=reference
             ),
         )
+    except BaseException:
+        _release_after_failure(reservation.token)
+        raise
+
+
+def _quoted_prices(lines: list[OrderLine]) -> dict[int, int] | None:
+    """The price the caller saw for each product, or None if two lines disagree on one."""
+    quoted: dict[int, int] = {}
+    for line in lines:
+        if quoted.setdefault(line.product_id, line.seen_price) != line.seen_price:
+            return None
+    return quoted
+
+
+def _prices_checked(lines: list[OrderLine], quantities: dict[int, int]) -> dict[int, int]:
+    """The database's prices, every product on sale and priced as the caller saw it. Raises
+    NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED."""
+    prices = prices_for_order(product_ids=list(quantities))
+    _check_prices(lines, prices)
+    return prices
+
+
+def _place_in_one_statement(
+    *, user_id: int, lines: list[OrderLine], quantities: dict[int, int], prices: dict[int, int], pay_now: bool
+) -> PlacedOrder:
+    """Reserve, then write the order in one statement fenced by the stock epoch and by the
+    quoted `prices` (checked there, not read before): any failure gives the reservation back.
+    Errors keep the precedence of the other path: a product missing, off sale or repriced is
+    named before its stock or the balance (looked up only once something failed)."""
+    try:
+        reservation = stock_reserve(quantities=quantities)
+    except OutOfStock:
+        _prices_checked(lines, quantities)  # a product that is not for sale has no stock either
+        raise
+    try:
+        try:
+            if pay_now:
+                return PlacedOrder(order=_pay_order(user_id=user_id, quantities=quantities, prices=prices,
+                                                    reservation=reservation))  # fmt: skip
+            return PlacedOrder(order=_accept_order(user_id=user_id, quantities=quantities, prices=prices,
+                                                   reservation=reservation), status_code=202)  # fmt: skip
+        except ReservationLost:  # or the fence's other half: the quoted prices no longer hold
+            _prices_checked(lines, quantities)
+            raise
     except BaseException:
         _release_after_failure(reservation.token)
         raise
@@ -245,7 +289,7 @@ _INSERT_PENDING_ORDER_SQL = "WITH " + _ORDER_CTES.format(condition="") + _SELECT
 # trip, its own commit), each app's part in that app's own SQL. Fenced by the stock epoch.
 # Asynchronously: the order and its sale; a settler pays it later.
 _ACCEPT_ORDER_SQL = (
-    f"WITH fence AS ({EPOCH_FENCE_SQL}), "
+    f"WITH fence AS ({EPOCH_AND_PRICES_FENCE_SQL}), "
     + _ORDER_CTES.format(condition="FROM fence")
     + ", "
     + stock_sale_sql(source="new_order", reference=_ORDER_REFERENCE)
@@ -255,7 +299,7 @@ _ACCEPT_ORDER_SQL = (
 # Everything hangs on `changed`: if the version moved, the balance is short or the fence fails,
 # nothing is written, and the first columns say which.
 _PAY_ORDER_SQL = (
-    f"WITH fence AS ({EPOCH_FENCE_SQL}), "
+    f"WITH fence AS ({EPOCH_AND_PRICES_FENCE_SQL}), "
     + balance_change_ctes(guard="fence")
     + ", "
     + _ORDER_CTES.format(condition="FROM changed")
@@ -340,11 +384,11 @@ def _accept_order(
     total = _total(quantities, prices)
     order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
                                quantities=quantities, prices=prices, paid=False)  # fmt: skip
-    row = _run_fenced(
-        _ACCEPT_ORDER_SQL, {**params, **stock_sale_params(reservation=reservation, quantities=quantities)}
-    )
-    if row is None:  # the stock epoch moved on: Redis lost the reservation and stock was rebuilt
-        raise ReservationLost()
+    params.update(stock_sale_params(reservation=reservation, quantities=quantities))
+    params.update(quoted_prices_params(prices=prices))
+    row = _run_fenced(_ACCEPT_ORDER_SQL, params)
+    if row is None:  # the fence failed: the stock epoch moved on (Redis lost the reservation and
+        raise ReservationLost()  # stock was rebuilt), or the quoted prices no longer hold
     return _written(order, row)
 
 
@@ -358,6 +402,7 @@ def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, in
     order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
                                quantities=quantities, prices=prices, paid=True)  # fmt: skip
     params.update(stock_sale_params(reservation=reservation, quantities=quantities))
+    params.update(quoted_prices_params(prices=prices))
     params.update(payment_params(user_id=user_id, amount=total))
     params.update(balance_params(user_id=user_id, amount=-total, kind=BalanceEntry.Kind.PAYMENT))
 
@@ -368,7 +413,7 @@ def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, in
         balance, fence_holds, order_id, created_at = row
         if order_id is not None:
             return _written(order, (order_id, created_at))
-        if not fence_holds:
+        if not fence_holds:  # the stock epoch or the quoted prices
             raise ReservationLost()
         if balance < total:
             raise InsufficientBalance(details={"balance": balance, "required": total})

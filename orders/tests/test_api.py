@@ -230,6 +230,40 @@ def test_business_errors_have_stable_codes_and_change_nothing(shop, case, expect
     assert state_fingerprint() == before
 
 
+@pytest.mark.parametrize(
+    "case, expected_status, expected_code",
+    [
+        ("price_changed", 409, "PRICE_CHANGED"),
+        ("unknown_product", 404, "NOT_FOUND"),
+        ("inactive_product", 409, "PRODUCT_UNAVAILABLE"),
+        ("out_of_stock_and_price_changed", 409, "PRICE_CHANGED"),
+    ],
+)
+@pytest.mark.parametrize("prefer", [None, "respond-async"])
+def test_the_one_statement_order_checks_its_quoted_prices_first(shop, case, expected_status, expected_code, prefer):
+    """The usual order checks prices in its own statement, after the reservation: the errors
+    are still those of a price read first, and the reservation goes back."""
+    user, client, product, other = shop
+    body = order_body(user, (product, 1), (other, 1))
+    if case == "price_changed":
+        body["orderItems"][1]["price"] = 249
+    elif case == "unknown_product":
+        body["orderItems"][1]["productId"] = 999_999
+    elif case == "inactive_product":
+        other.active = False
+        other.save()
+    elif case == "out_of_stock_and_price_changed":
+        body = order_body(user, (product, 1), (other, 6))
+        body["orderItems"][1]["price"] = 249
+    before = state_fingerprint()
+
+    response = _post(client, body, **({"HTTP_PREFER": prefer} if prefer else {}))
+
+    assert response.status_code == expected_status, response.content
+    assert response.json()["error"]["code"] == expected_code
+    assert state_fingerprint() == before
+
+
 def test_out_of_stock_names_the_item_that_failed(shop):
     user, client, product, other = shop
     error = _post(client, order_body(user, (product, 1), (other, 6))).json()["error"]
