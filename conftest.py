@@ -6,6 +6,7 @@ from redis.connection import parse_url
 from accounts.authentication import forget_tokens
 from inventory import stock
 from inventory.services import stock_epoch
+from orders.backlog import payment_backlog_forget
 
 
 @pytest.fixture(autouse=True)
@@ -20,5 +21,6 @@ def clean_redis(request, settings):
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
         stock.mark_loaded(epoch=stock_epoch())
     forget_tokens()
+    payment_backlog_forget()
     yield
     client.flushdb()

@@ -32,6 +32,11 @@ def payment_backlog_seconds() -> float:
     return _backlog.seconds
 
 
+def payment_backlog_forget() -> None:
+    """Read the backlog afresh at the next check (tests: each starts from what the database says)."""
+    _backlog.expires = 0.0
+
+
 def payment_backlog_check() -> None:
     """Refuse a new asynchronous order while payment is more than PAYMENT_BACKLOG_MAX_SECONDS
     behind (503 with Retry-After, before anything is reserved)."""
