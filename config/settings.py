@@ -138,9 +138,10 @@ BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
 TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
 IDEMPOTENCY_KEY_TTL_HOURS = max(24, env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))  # kept 24 h at least
 # A duplicate waits this long for the first request's answer; a key left in progress by a
-# crashed process is taken over after IDEMPOTENCY_STALE_SECONDS.
+# crashed process is taken over after IDEMPOTENCY_STALE_SECONDS (by the database's clock); keep it
+# above the longest an order can take (DB_STATEMENT_TIMEOUT_MS bounds each statement).
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=10.0)
-IDEMPOTENCY_STALE_SECONDS = env.int("IDEMPOTENCY_STALE_SECONDS", default=60)
+IDEMPOTENCY_STALE_SECONDS = env.float("IDEMPOTENCY_STALE_SECONDS", default=60.0)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
