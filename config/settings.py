@@ -145,6 +145,11 @@ IDEMPOTENCY_STALE_SECONDS = env.float("IDEMPOTENCY_STALE_SECONDS", default=60.0)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
+# An oversized body is read and dropped up to this many bytes before its 413, so the client is
+# sure to read the answer (config/middleware.py); one header may be at most MAX_REQUEST_HEADER_BYTES
+# (gunicorn lets larger ones through to be answered here: GUNICORN_LIMIT_REQUEST_FIELD_SIZE).
+MAX_DRAINED_REQUEST_BYTES = env.int("MAX_DRAINED_REQUEST_BYTES", default=10 * 1024 * 1024)
+MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=8 * 1024)
 # "new": Redis reservation + balance retry. "old": the report's design, kept for comparison:
 # a Redis lock per product around a database decrement, and no balance retry.
 ORDER_STRATEGY = env.str("ORDER_STRATEGY", default="new")
