@@ -4,6 +4,7 @@ A browser download by a test tool is not possible here; the system package is. I
 needs root (as on the CI machines); otherwise it says what to install.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -27,3 +28,42 @@ def ensure_chromium() -> int:
 
 if __name__ == "__main__":
     sys.exit(ensure_chromium())
+
+
+# Flags for a closed network: no background connections, no first-run, no sandbox as root.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@contextlib.contextmanager
+def chromium_page(*, viewport: tuple[int, int] = (1200, 860)):
+    """A page in Debian's Chromium driven by Playwright, for the browser tests.
+
+    Its `console_errors` list collects every console error and uncaught exception (a
+    Content-Security-Policy violation is reported there as "Refused to ..."), each with its URL,
+    except the browser's own request for /favicon.ico, which no page here asked for."""
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
+    # still synchronous and safe, so Django's async guard is told so.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+            page = context.new_page()
+            page.console_errors = []
+            page.on("console", lambda message: _collect(page.console_errors, message))
+            page.on("pageerror", lambda exc: page.console_errors.append(f"uncaught: {exc}"))
+            yield page
+            browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+def _collect(errors: list[str], message) -> None:
+    url = message.location.get("url", "")
+    if message.type == "error" and not url.endswith("/favicon.ico"):
+        errors.append(f"{message.text} ({url})")

@@ -33,3 +33,17 @@ accesslog = env.str("GUNICORN_ACCESSLOG", default=None)
 errorlog = "-"
 loglevel = env.str("LOG_LEVEL", default="info").strip().lower()
 proc_name = "flash-sale-orders"
+
+# Request limits: gunicorn answers a request past them itself, before Django. A header field may
+# be 32 KB here, above the application's own bound (MAX_REQUEST_HEADER_BYTES, 8 KB), so that a
+# long header gets the application's JSON 431; the request line gets gunicorn's maximum.
+limit_request_line = env.int("GUNICORN_LIMIT_REQUEST_LINE", default=8190)
+limit_request_field_size = env.int("GUNICORN_LIMIT_REQUEST_FIELD_SIZE", default=32 * 1024)
+limit_request_fields = env.int("GUNICORN_LIMIT_REQUEST_FIELDS", default=100)
+
+
+def post_worker_init(worker):
+    """What gunicorn still answers itself goes out as the API's JSON error, not an HTML page."""
+    from config import gunicorn_errors
+
+    gunicorn_errors.install()

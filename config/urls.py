@@ -1,7 +1,10 @@
+from csp.constants import SELF as CSP_SELF
+from csp.constants import UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path, register_converter
 from django.views.generic import RedirectView, TemplateView
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts.api import MeApi
 from config import health
@@ -23,6 +26,11 @@ class IdConverter:
 
 register_converter(IdConverter, "id")
 
+# The API docs pages run their bundled scripts from static files (Swagger's settings too: the
+# split view serves them as a script), but both style themselves inline, draw data: images and
+# Redoc renders in a blob: worker: their policy allows that on these two pages only.
+docs_policy = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": [CSP_SELF, "blob:"]})
+
 api_v1 = [
     path("orders", OrderListCreateApi.as_view(), name="orders"),
     path("orders/<id:order_id>", OrderDetailApi.as_view(), name="order-detail"),
@@ -39,8 +47,8 @@ urlpatterns = [
     path("readyz", health.readyz),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("api/redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("api/docs", docs_policy(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="docs"),
+    path("api/redoc", docs_policy(SpectacularRedocView.as_view(url_name="schema")), name="redoc"),
     path("api/v1/", include(api_v1)),
 ]
 

@@ -5,17 +5,26 @@ and key); a request arriving with the same key meanwhile waits for that answer a
 so racing duplicates never compete for stock or money. The order's own transaction records
 its answer on the row; a business error is recorded too (a retry gets the same error, not a
 second attempt); after a transient failure (503) the row is dropped, so a retry is a real one.
-A row left in progress by a crashed process is taken over after IDEMPOTENCY_STALE_SECONDS.
+
+A row left in progress by a crashed process is taken over after IDEMPOTENCY_STALE_SECONDS, as
+measured by the database's clock (one clock for every web host). Taking the key writes a fresh
+owner id on the row, and the answer is recorded only by the request that still owns it: a first
+request that was merely slow, and whose retry took its key over meanwhile, fails with CONFLICT
+inside its order's transaction, so its order never commits and only the retry's does.
 """
 
 from __future__ import annotations
 
 import datetime
 import time
+import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import DateTimeField, ExpressionWrapper
+from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import status
 
@@ -44,11 +53,20 @@ REMEMBERED_ERRORS = (
 
 _TAKE_SQL = """
 INSERT INTO orders_idempotencyrecord
-    (user_id, key, request_fingerprint, status_code, response_body, order_id, created_at)
-VALUES (%s, %s, %s, 0, '{}', NULL, now())
+    (user_id, key, request_fingerprint, status_code, response_body, order_id, owner, created_at)
+VALUES (%s, %s, %s, 0, '{}', NULL, %s, now())
 ON CONFLICT (user_id, key) DO NOTHING
 RETURNING id
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A key this request holds: `owner` is written on the row when it is taken."""
+
+    user_id: int
+    key: str
+    owner: uuid.UUID
 
 
 class RememberedError(DomainError):
@@ -67,18 +85,31 @@ class RequestInProgress(DomainError):
     default_message = "A request with this Idempotency-Key is still being processed; retry shortly."
 
 
-def begin(*, user_id: int, key: str, fingerprint: str) -> PlacedOrder | None:
-    """Take the key (None: go ahead), or return the answer of the request that took it.
+class KeyTakenOver(DomainError):
+    """This request outlived IDEMPOTENCY_STALE_SECONDS and a retry took its key: the retry's
+    answer is the key's answer, and this request's order is rolled back."""
+
+    code = ErrorCode.CONFLICT
+    status_code = status.HTTP_409_CONFLICT
+    default_message = (
+        "This request took too long and a retry with the same Idempotency-Key took it over; "
+        "nothing was ordered by this request. Retry with the same key to get the retry's answer."
+    )
+
+
+def begin(*, user_id: int, key: str, fingerprint: str) -> Claim | PlacedOrder:
+    """Take the key (a Claim: go ahead), or return the answer of the request that took it.
 
     Raises IdempotencyKeyReused for another body, RememberedError for a recorded error, and
     RequestInProgress if the first request is still running after IDEMPOTENCY_WAIT_SECONDS.
     """
+    claim = Claim(user_id=user_id, key=key, owner=uuid.uuid4())
     deadline = time.monotonic() + settings.IDEMPOTENCY_WAIT_SECONDS
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(_TAKE_SQL, [user_id, key, fingerprint])
+            cursor.execute(_TAKE_SQL, [user_id, key, fingerprint, claim.owner])
             if cursor.fetchone() is not None:
-                return None
+                return claim
         record = IdempotencyRecord.objects.filter(user_id=user_id, key=key).first()
         if record is None:
             continue  # the holder gave the key up a moment ago: try to take it
@@ -86,20 +117,22 @@ def begin(*, user_id: int, key: str, fingerprint: str) -> PlacedOrder | None:
             raise IdempotencyKeyReused()
         if record.status_code != IN_PROGRESS:
             return _replay(record)
-        if _take_over_if_stale(record):
-            return None
+        if _take_over_if_stale(record, claim):
+            return claim
         if time.monotonic() >= deadline:
             raise RequestInProgress()
         time.sleep(0.02)
 
 
-def _take_over_if_stale(record: IdempotencyRecord) -> bool:
-    stale = timezone.now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_STALE_SECONDS)
-    if record.created_at >= stale:
-        return False
+def _take_over_if_stale(record: IdempotencyRecord, claim: Claim) -> bool:
+    """One UPDATE, staleness judged by the database's clock: hosts whose clocks disagree still
+    agree on it, and of two retries racing for the same stale row only one matches."""
+    stale_before = ExpressionWrapper(
+        Now() - datetime.timedelta(seconds=settings.IDEMPOTENCY_STALE_SECONDS), output_field=DateTimeField()
+    )
     return bool(
-        IdempotencyRecord.objects.filter(pk=record.pk, status_code=IN_PROGRESS, created_at=record.created_at).update(
-            created_at=timezone.now()
+        IdempotencyRecord.objects.filter(pk=record.pk, status_code=IN_PROGRESS, created_at__lt=stale_before).update(
+            owner=claim.owner, created_at=Now()
         )
     )
 
@@ -114,20 +147,32 @@ def _replay(record: IdempotencyRecord) -> PlacedOrder:
     return PlacedOrder(order=order, status_code=record.status_code, replayed=True)
 
 
-def record_order(*, user_id: int, key: str, order_id: int, status_code: int) -> None:
-    """Inside the order's transaction: the key's answer commits with the order, or not at all."""
-    IdempotencyRecord.objects.filter(user_id=user_id, key=key).update(order_id=order_id, status_code=status_code)
+def record_order(*, claim: Claim, order_id: int, status_code: int) -> None:
+    """Inside the order's transaction: the key's answer commits with the order, or not at all.
+
+    Raises KeyTakenOver if a retry took the key meanwhile: raised here, it rolls the order back.
+    (The UPDATE locks the row, so a retry's take-over either came first and is seen here, or
+    waits for this transaction and then finds the key answered.)"""
+    if not _owned(claim).update(order_id=order_id, status_code=status_code):
+        raise KeyTakenOver()
 
 
-def record_error(*, user_id: int, key: str, error: DomainError) -> None:
-    IdempotencyRecord.objects.filter(user_id=user_id, key=key, status_code=IN_PROGRESS).update(
+def record_error(*, claim: Claim, error: DomainError) -> None:
+    _owned(claim).update(
         status_code=error.status_code, response_body=error_body(error.code, error.message, error.details)
     )
 
 
-def give_up(*, user_id: int, key: str) -> None:
+def give_up(*, claim: Claim) -> None:
     """After a transient failure: drop the in-progress row so that a retry is a real retry."""
-    IdempotencyRecord.objects.filter(user_id=user_id, key=key, status_code=IN_PROGRESS).delete()
+    _owned(claim).delete()
+
+
+def _owned(claim: Claim):
+    """The key's row while it is in progress and still this request's (no retry took it over)."""
+    return IdempotencyRecord.objects.filter(
+        user_id=claim.user_id, key=claim.key, owner=claim.owner, status_code=IN_PROGRESS
+    )
 
 
 def purge_expired() -> int:

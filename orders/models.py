@@ -67,6 +67,8 @@ class IdempotencyRecord(models.Model):
     status_code = models.PositiveSmallIntegerField()
     response_body = models.JSONField()
     order_id = models.BigIntegerField(null=True, blank=True)
+    # The request that holds the key in progress (new on each take-over); only it records the answer.
+    owner = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

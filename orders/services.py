@@ -99,28 +99,29 @@ def order_place(
     Raises NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED, OUT_OF_STOCK, COUPON_INVALID,
     INSUFFICIENT_BALANCE, CONFLICT, SERVICE_UNAVAILABLE.
     """
+    claim = None
     if idempotency_key:
-        earlier = idempotency.begin(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
-        if earlier is not None:
-            return earlier
+        claim = idempotency.begin(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
+        if isinstance(claim, PlacedOrder):
+            return claim  # the key's earlier answer
     try:
-        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, idempotency_key=idempotency_key,
+        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, idempotency_key=claim,
                       pay_now=not asynchronous)  # fmt: skip
     except idempotency.REMEMBERED_ERRORS as error:
-        if idempotency_key:
-            idempotency.record_error(user_id=user_id, key=idempotency_key, error=error)
+        if claim:
+            idempotency.record_error(claim=claim, error=error)
         raise
     except BaseException:
-        if idempotency_key:
-            _give_up_key(user_id, idempotency_key)
+        if claim:
+            _give_up_key(claim)
         raise
 
 
-def _give_up_key(user_id: int, key: str) -> None:
+def _give_up_key(claim: idempotency.Claim) -> None:
     try:
-        idempotency.give_up(user_id=user_id, key=key)
+        idempotency.give_up(claim=claim)
     except Exception:  # the database is the likely cause: the key is taken over once stale
-        logger.warning("could not release Idempotency-Key %r of user %s", key, user_id, exc_info=True)
+        logger.warning("could not release Idempotency-Key %r of user %s", claim.key, claim.user_id, exc_info=True)
 
 
 def _place(
@@ -128,7 +129,7 @@ def _place(
     user_id: int,
     lines: list[OrderLine],
     coupon_code: str | None,
-    idempotency_key: str | None,
+    idempotency_key: idempotency.Claim | None,
     pay_now: bool,
 ) -> PlacedOrder:
     if not pay_now:
@@ -222,7 +223,7 @@ def _record_order(
     quantities: dict[int, int],
     prices: dict[int, int],
     coupon_code: str | None,
-    idempotency_key: str | None,
+    idempotency_key: idempotency.Claim | None,
     token: uuid.UUID,
     take_stock: Callable[[str], None],
     pay_now: bool,
@@ -259,7 +260,7 @@ def _record_order(
                 order.discount_amount = discount
             status_code = 202
         if idempotency_key:
-            idempotency.record_order(user_id=user_id, key=idempotency_key, order_id=order.id, status_code=status_code)
+            idempotency.record_order(claim=idempotency_key, order_id=order.id, status_code=status_code)
     return PlacedOrder(order=order, status_code=status_code)
 
 

@@ -5,14 +5,13 @@ Screenshots of every screen go to test-output/browser/.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from accounts.services import token_create
-from config.browser import CHROMIUM
+from config.browser import chromium_page
 from config.testing import Settler, make_product, make_user
 from inventory import stock
 from orders.models import Order
@@ -20,27 +19,13 @@ from orders.models import Order
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SHOTS = Path(settings.BASE_DIR) / "test-output" / "browser"
-# Flags for a closed network: no background connections, no first-run, no sandbox as root.
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 @pytest.fixture
 def page():
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
-    # still synchronous and safe, so Django's async guard is told so.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    from playwright.sync_api import sync_playwright
-
     SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1200, "height": 860})
-        yield context.new_page()
-        browser.close()
-    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+    with chromium_page() as page:
+        yield page
 
 
 @pytest.fixture
@@ -137,3 +122,34 @@ def test_sold_out_is_explained_on_a_phone_sized_screen(page, live_server):
     assert page.inner_text("#failed-title") == "Sold out"
     assert "has 1 left and you asked for 2" in page.inner_text("#failed-text")
     assert Order.objects.count() == 0
+
+
+# Names an attacker with admin access could give products: markup that runs script if it is
+# ever parsed as HTML on the shop's origin (where the customer's token sits in localStorage).
+HOSTILE_NAMES = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=2</script>"]
+
+
+def test_product_names_are_shown_as_text_and_nothing_in_them_runs(page, live_server):
+    user = make_user(balance=1_000)
+    products = [make_product(name=name, price=10, stock_quantity=5) for name in HOSTILE_NAMES]
+    settler = Settler(name="xss")
+    try:
+        shop = page.goto(f"{live_server.url}/shop/")
+        assert "script-src 'self'" in shop.headers["content-security-policy"]
+        _sign_in(page, live_server, user, "xss")
+        for product in products:
+            card = page.locator(f".product[data-product-id='{product.id}']")
+            assert card.locator(".name").inner_text() == product.name
+            card.get_by_label("more").click()
+        page.click("#place")
+        page.wait_for_selector("#done:not([hidden])", timeout=60_000)
+    finally:
+        settler.stop()
+    page.screenshot(path=SHOTS / "xss-2-done.png", full_page=True)
+
+    shown = page.inner_text("#done-items")
+    assert all(name in shown for name in HOSTILE_NAMES), shown
+    assert page.locator("main img, main script").count() == 0  # text, not elements
+    assert page.evaluate("window.__xss") is None
+    assert page.console_errors == []  # nothing was even tried (a blocked handler would show here)
+    assert Order.objects.get().status == "PAID"

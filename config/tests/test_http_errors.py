@@ -1,0 +1,103 @@
+"""Every answer a client can provoke at the HTTP level is a JSON error with a stable code.
+
+Against a real gunicorn (config/gunicorn.conf.py, one sync worker) on this test's database,
+with raw sockets: what gunicorn answers itself and what Django answers must look the same.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+
+import pytest
+from django.conf import settings
+
+from accounts.services import token_create
+from config import gunicorn_errors
+from config.errors import ErrorCode
+from config.testing import free_port, make_user
+from loadtest.server import gunicorn
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GUNICORN_WORKERS", "1")
+        patch.setenv("GUNICORN_THREADS", "1")
+        with django_db_blocker.unblock():
+            log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+            with gunicorn(strategy="new", port=free_port(), log_path=log) as served:
+                yield served.base_url.rsplit(":", 1)[1]
+
+
+def _exchange(port: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` whole (raw bytes, as any client may), then read the answer, as HTTP
+    clients do. The send buffer is kept small, as a real network's is against a 1 MB body: on
+    loopback the kernel would otherwise take the whole body at once and hide a server that
+    answers and closes without reading it (the client's send then fails with a reset)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", int(port)))
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+    return response.status, {name.lower(): value for name, value in response.getheaders()}, body
+
+
+def _request(method: str, path: str, *, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _error_code(status: int, headers: dict[str, str], body: bytes, expected_status: int) -> str:
+    assert status == expected_status, body[:300]
+    assert headers["content-type"] == "application/json", headers
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message", "details"}
+    return error["code"]
+
+
+def test_a_10_kb_idempotency_key_gets_the_applications_json_431(server):
+    request = _request("POST", "/api/v1/orders", headers={"Idempotency-Key": "k" * 10_000}, body=b"{}")
+    assert _error_code(*_exchange(server, request), 431) == "HEADER_TOO_LARGE"
+
+
+def test_a_header_past_gunicorns_own_limit_gets_a_json_431_from_gunicorn(server):
+    request = _request("GET", "/api/v1/products", headers={"X-Padding": "p" * 40_000})
+    assert _error_code(*_exchange(server, request), 431) == "HEADER_TOO_LARGE"
+
+
+def test_a_malformed_request_line_gets_a_json_400_from_gunicorn(server):
+    status, headers, body = _exchange(server, b"GET /api/v1/products?a=1 & HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _error_code(status, headers, body, 400) == "MALFORMED_REQUEST"
+
+
+def test_a_1_mb_body_is_answered_413_every_time_never_a_reset(server):
+    request = _request("POST", "/api/v1/orders", headers={"Content-Type": "application/json"}, body=b"x" * 1_000_000)
+    codes = [_error_code(*_exchange(server, request), 413) for _ in range(20)]
+    assert codes == ["PAYLOAD_TOO_LARGE"] * 20
+
+
+def test_a_body_past_the_drain_bound_is_refused_before_it_is_sent(server):
+    head = (
+        f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {settings.MAX_DRAINED_REQUEST_BYTES + 1}\r\n\r\n"
+    ).encode()
+    assert _error_code(*_exchange(server, head), 413) == "PAYLOAD_TOO_LARGE"
+
+
+def test_unknown_api_path_is_a_json_404_and_a_wrong_method_a_json_405(server):
+    token = token_create(user=make_user()).key
+    assert _error_code(*_exchange(server, _request("GET", "/api/v1/no-such-thing")), 404) == "NOT_FOUND"
+    wrong_method = _request("DELETE", "/api/v1/products", headers={"Authorization": f"Bearer {token}"})
+    assert _error_code(*_exchange(server, wrong_method), 405) == "METHOD_NOT_ALLOWED"
+
+
+def test_gunicorns_codes_are_among_the_apis_stable_codes():
+    assert set(gunicorn_errors.CODES.values()) <= set(ErrorCode)
