@@ -105,7 +105,7 @@ def order_place(
         if isinstance(claim, PlacedOrder):
             return claim  # the key's earlier answer
     try:
-        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, idempotency_key=claim,
+        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, claim=claim,
                       pay_now=not asynchronous)  # fmt: skip
     except idempotency.REMEMBERED_ERRORS as error:
         if claim:
@@ -129,7 +129,7 @@ def _place(
     user_id: int,
     lines: list[OrderLine],
     coupon_code: str | None,
-    idempotency_key: idempotency.Claim | None,
+    claim: idempotency.Claim | None,
     pay_now: bool,
 ) -> PlacedOrder:
     if not pay_now:
@@ -138,7 +138,7 @@ def _place(
     quoted = _quoted_prices(lines)
     # The usual order (no coupon, no Idempotency-Key, something to pay when paid now) is one
     # statement that also checks the quoted prices; every other order reads them first.
-    usual = settings.ORDER_STRATEGY != "old" and not coupon_code and not idempotency_key and quoted is not None
+    usual = settings.ORDER_STRATEGY != "old" and not coupon_code and not claim and quoted is not None
     if usual and (not pay_now or any(quoted.values())):
         return _place_in_one_statement(user_id=user_id, lines=lines, quantities=quantities, prices=quoted,
                                        pay_now=pay_now)  # fmt: skip
@@ -150,7 +150,7 @@ def _place(
         quantities=quantities,
         prices=prices,
         coupon_code=coupon_code,
-        idempotency_key=idempotency_key,
+        claim=claim,
     )
     if settings.ORDER_STRATEGY == "old":
         with product_locks(list(quantities)):
@@ -223,7 +223,7 @@ def _record_order(
     quantities: dict[int, int],
     prices: dict[int, int],
     coupon_code: str | None,
-    idempotency_key: idempotency.Claim | None,
+    claim: idempotency.Claim | None,
     token: uuid.UUID,
     take_stock: Callable[[str], None],
     pay_now: bool,
@@ -259,8 +259,8 @@ def _record_order(
                 Order.objects.filter(pk=order.pk).update(discount_amount=discount)
                 order.discount_amount = discount
             status_code = 202
-        if idempotency_key:
-            idempotency.record_order(claim=idempotency_key, order_id=order.id, status_code=status_code)
+        if claim:
+            idempotency.record_order(claim=claim, order_id=order.id, status_code=status_code)
     return PlacedOrder(order=order, status_code=status_code)
 
 
