@@ -17,7 +17,8 @@ class OrjsonRenderer(BaseRenderer):
     def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
         if data is None:
             return b""
-        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+        # UTC as "Z", as DRF's own DateTimeField writes it (and the README shows it).
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
 
 
 class OrjsonParser(BaseParser):

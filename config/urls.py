@@ -33,10 +33,12 @@ docs_policy = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": [CSP_SELF,
 
 api_v1 = [
     path("orders", OrderListCreateApi.as_view(), name="orders"),
-    path("orders/<id:order_id>", OrderDetailApi.as_view(), name="order-detail"),
-    path("orders/<id:order_id>/cancel", OrderCancelApi.as_view(), name="order-cancel"),
+    # Path parameters are named as the answers name the same ids (camelCase): one convention
+    # for the schema, the README and the bodies.
+    path("orders/<id:orderId>", OrderDetailApi.as_view(), name="order-detail"),
+    path("orders/<id:orderId>/cancel", OrderCancelApi.as_view(), name="order-cancel"),
     path("products", ProductListApi.as_view(), name="products"),
-    path("products/<id:product_id>", ProductDetailApi.as_view(), name="product-detail"),
+    path("products/<id:productId>", ProductDetailApi.as_view(), name="product-detail"),
     path("accounts/me", MeApi.as_view(), name="accounts-me"),
 ]
 

@@ -17,6 +17,6 @@ class ProductListApi(APIView):
 
 class ProductDetailApi(APIView):
     @extend_schema(responses={200: ProductOutputSerializer}, summary="One product, with live stock")
-    def get(self, request, product_id: int):
-        product = with_live_stock([product_get(product_id=product_id)])[0]
+    def get(self, request, productId: int):  # the URL names it as the API does
+        product = with_live_stock([product_get(product_id=productId)])[0]
         return Response(ProductOutputSerializer(product).data)

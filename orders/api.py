@@ -68,7 +68,7 @@ class OrderListCreateApi(APIView):
         )
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
         if placed.status_code == 202:
-            headers["Location"] = reverse("order-detail", kwargs={"order_id": placed.order.id})
+            headers["Location"] = reverse("order-detail", kwargs={"orderId": placed.order.id})
             headers["Preference-Applied"] = "respond-async"
         return Response(order_to_dict(placed.order), status=placed.status_code, headers=headers)
 
@@ -81,13 +81,13 @@ class OrderListCreateApi(APIView):
 
 class OrderDetailApi(APIView):
     @extend_schema(responses={200: OrderDetailOutputSerializer}, summary="One of the caller's orders, with progress")
-    def get(self, request, order_id: int):
-        return Response(order_detail_to_dict(order_get(order_id=order_id, user_id=request.user.id)))
+    def get(self, request, orderId: int):  # the URL names it as the API does
+        return Response(order_detail_to_dict(order_get(order_id=orderId, user_id=request.user.id)))
 
 
 class OrderCancelApi(APIView):
     @extend_schema(
         request=None, responses={200: OrderOutputSerializer}, summary="Cancel: refund, release stock and coupon"
     )
-    def post(self, request, order_id: int):
-        return Response(order_to_dict(order_cancel(order_id=order_id, user_id=request.user.id)))
+    def post(self, request, orderId: int):
+        return Response(order_to_dict(order_cancel(order_id=orderId, user_id=request.user.id)))

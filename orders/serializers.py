@@ -2,6 +2,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from config.fields import StrictCharField, StrictIntegerField
+from orders.models import OrderStatus
 
 MAX_ID = 2**63 - 1
 # Read once, for the serializer and the fast path alike: both always apply the same limits.
@@ -98,9 +99,15 @@ class OrderOutputSerializer(serializers.Serializer):
     totalAmount = serializers.IntegerField(source="total_amount")
     discountAmount = serializers.IntegerField(source="discount_amount")
     paidAmount = serializers.IntegerField(source="paid_amount")
-    couponCode = serializers.CharField(source="coupon_code", allow_blank=True)
+    refundedAmount = serializers.SerializerMethodField(
+        help_text="Given back to the balance: the paid amount once a paid order is cancelled, else 0."
+    )
+    couponCode = serializers.CharField(source="coupon_code", allow_null=True, help_text="null: no coupon.")
     items = OrderItemOutputSerializer(many=True, source="items_cache")
     createdAt = serializers.DateTimeField(source="created_at")
+
+    def get_refundedAmount(self, order) -> int:  # DRF names it after the field
+        return order_refunded_amount(order)
 
 
 PROGRESS_STEPS = {
@@ -124,6 +131,12 @@ class OrderDetailOutputSerializer(OrderOutputSerializer):
     progress = ProgressStepSerializer(many=True, source="events_cache", help_text="Steps done, oldest first.")
 
 
+def order_refunded_amount(order) -> int:
+    """A cancelled order was refunded what it had paid (a paid order is refunded in full when
+    cancelled; an unpaid one paid nothing)."""
+    return order.paid_amount if order.status == OrderStatus.CANCELLED else 0
+
+
 def order_to_dict(order) -> dict:
     return {
         "orderId": order.id,
@@ -131,7 +144,8 @@ def order_to_dict(order) -> dict:
         "totalAmount": order.total_amount,
         "discountAmount": order.discount_amount,
         "paidAmount": order.paid_amount,
-        "couponCode": order.coupon_code,
+        "refundedAmount": order_refunded_amount(order),
+        "couponCode": order.coupon_code or None,
         "items": [
             {"productId": item.product_id, "quantity": item.quantity, "unitPrice": item.unit_price}
             for item in order.items_cache
