@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection, transaction
 
-from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.models import Account, BalanceEntry, User
+from accounts.services import token_create_many
 from config import metrics
 from coupons.models import Coupon
 from inventory import stock
@@ -73,8 +73,8 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
                          reference="seed", balance_after=shape.balance)
             for u in users
         )  # fmt: skip
-        tokens = {str(u.id): secrets.token_urlsafe(32) for u in users}
-        ApiToken.objects.bulk_create(ApiToken(key=key, user_id=int(uid)) for uid, key in tokens.items())
+        # The database keeps the tokens' hashes; the tokens themselves go to the file only.
+        tokens = {str(uid): key for uid, key in token_create_many(user_ids=[u.id for u in users]).items()}
 
         progress(f"creating {shape.products} products at price {shape.price} with {shape.stock} units each")
         Product.objects.bulk_create(
