@@ -52,7 +52,7 @@ class ApiToken(models.Model):
     nor slow hashing (nothing to guess), so a lookup costs one index probe and no password hash.
     """
 
-    key_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 hex of the token.")
+    key_hash = models.CharField(max_length=64, help_text="SHA-256 hex of the token.")
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField()
@@ -60,6 +60,8 @@ class ApiToken(models.Model):
 
     class Meta:
         permissions = [("revoke_apitoken", "Can revoke API tokens")]
+        # A constraint rather than unique=True: no second (LIKE) index, never used for hashes.
+        constraints = [models.UniqueConstraint(fields=["key_hash"], name="accounts_apitoken_key_hash_unique")]
 
     def __str__(self) -> str:
         return f"token …{self.key_hash[-8:]} of user {self.user_id}"

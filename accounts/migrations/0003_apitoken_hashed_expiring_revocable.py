@@ -44,7 +44,17 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="apitoken",
             name="key_hash",
-            field=models.CharField(help_text="SHA-256 hex of the token.", max_length=64, unique=True),
+            field=models.CharField(help_text="SHA-256 hex of the token.", max_length=64),
+        ),
+        # The primary key's LIKE index, which Django leaves behind: nothing searches hashes by prefix.
+        migrations.RunSQL(
+            'DROP INDEX IF EXISTS "accounts_apitoken_key_721b812a_like"',
+            reverse_sql='CREATE INDEX IF NOT EXISTS "accounts_apitoken_key_721b812a_like" '
+            'ON "accounts_apitoken" ("key_hash" varchar_pattern_ops)',
+        ),
+        migrations.AddConstraint(
+            model_name="apitoken",
+            constraint=models.UniqueConstraint(fields=["key_hash"], name="accounts_apitoken_key_hash_unique"),
         ),
         migrations.AddField(
             model_name="apitoken",
