@@ -351,7 +351,8 @@ def token_revoke(*, key: str, user_id: int) -> bool:
     Every worker refuses it within TOKEN_REVOCATION_CHECK_SECONDS of the commit."""
     live = ApiToken.objects.filter(key_hash=token_hash(key), user_id=user_id, revoked_at__isnull=True)
     revoked = live.update(revoked_at=Now()) > 0
-    token_caches_clear()
+    if revoked:
+        token_caches_clear()
     return revoked
 
 
@@ -359,5 +360,6 @@ def token_revoke(*, key: str, user_id: int) -> bool:
 def token_revoke_many(*, token_ids: list[int]) -> int:
     """Revoke the given tokens (the admin's action); returns how many were live."""
     revoked = ApiToken.objects.filter(id__in=token_ids, revoked_at__isnull=True).update(revoked_at=Now())
-    token_caches_clear()
+    if revoked:
+        token_caches_clear()
     return revoked
