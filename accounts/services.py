@@ -22,7 +22,7 @@ from accounts.login_limits import login_attempt_count
 from accounts.models import Account, ApiToken, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
-from config.database import sql_all, sql_one
+from config.database import sql_all, sql_execute, sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
@@ -303,13 +303,20 @@ def token_create(*, user: User, lifetime: timedelta | None = None) -> IssuedToke
     return IssuedToken(key=key, token=ApiToken.objects.create(key_hash=key_hash, user=user, expires_at=expires_at))
 
 
+# Two arrays in one statement, rather than bulk_create's 100k model instances and parameters.
+_CREATE_MANY_SQL = f"""
+INSERT INTO {ApiToken._meta.db_table} (key_hash, user_id, created_at, expires_at)
+SELECT token.key_hash, token.user_id, now(), %s FROM unnest(%s::bigint[], %s::text[]) AS token(user_id, key_hash)
+"""
+
+
 def token_create_many(*, user_ids: list[int]) -> dict[int, str]:
-    """One new token for each user, in one INSERT (the load-test seed makes 100k): user id ->
+    """One new token for each user, in one statement (the load-test seed makes 100k): user id ->
     token. Hashing a token takes about a microsecond, so the hashes are made here."""
-    expires_at = timezone.now() + _token_lifetime()
     issued = {user_id: token_generate() for user_id in user_ids}
-    ApiToken.objects.bulk_create(
-        ApiToken(key_hash=key_hash, user_id=user_id, expires_at=expires_at) for user_id, (_, key_hash) in issued.items()
+    sql_execute(
+        _CREATE_MANY_SQL,
+        [timezone.now() + _token_lifetime(), list(issued), [key_hash for _, key_hash in issued.values()]],
     )
     return {user_id: key for user_id, (key, _) in issued.items()}
 
