@@ -1,16 +1,30 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.models import Account, BalanceEntry, User
-from accounts.services import account_change_balance
+from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.services import account_change_balance, token_caches_clear, token_revoke_many
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 
 
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ["id", "username", "is_staff", "is_active", "date_joined"]
+
+    # A deactivated or deleted user's tokens are refused within a second, not a cache's minute.
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and "is_active" in form.changed_data:
+            token_caches_clear()
+
+    def delete_model(self, request, obj):
+        super().delete_model(request, obj)
+        token_caches_clear()
+
+    def delete_queryset(self, request, queryset):
+        super().delete_queryset(request, queryset)
+        token_caches_clear()
 
 
 class BalanceEntryInline(admin.TabularInline):
@@ -62,3 +76,31 @@ class BalanceEntryAdmin(ReadOnlyAdmin):
     list_display = ["id", "account", "kind", "amount", "balance_after", "reference", "created_at"]
     list_filter = ["kind"]
     search_fields = ["reference"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnlyAdmin):
+    """Tokens are listed and revoked here, never made: a token is shown once, to the user who
+    signs in for it (POST /api/v1/auth/token), and the database keeps only its hash."""
+
+    list_display = ["id", "user", "hash_tail", "created_at", "expires_at", "revoked_at"]
+    list_filter = ["revoked_at", "expires_at"]
+    search_fields = ["user__username", "=user__id"]
+    list_select_related = ["user"]
+    fields = ["user", "hash_tail", "created_at", "expires_at", "revoked_at"]
+    readonly_fields = fields
+    ordering = ["-id"]
+    actions = ["revoke"]
+
+    @admin.display(description="Hash (last 8)")
+    def hash_tail(self, obj):
+        return f"…{obj.key_hash[-8:]}"
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("accounts.revoke_apitoken")
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked = token_revoke_many(token_ids=list(queryset.values_list("id", flat=True)))
+        self.message_user(request, f"Revoked {revoked} token(s); every server refuses them within a second.",
+                          messages.SUCCESS)  # fmt: skip

@@ -8,6 +8,8 @@ from config.errors import DomainError, ErrorCode
 class AccountErrorCode(StrEnum):
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
     CONFLICT = ErrorCode.CONFLICT
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    RATE_LIMITED = ErrorCode.RATE_LIMITED
 
 
 class InsufficientBalance(DomainError):
@@ -22,3 +24,17 @@ class BalanceConflict(DomainError):
     code = AccountErrorCode.CONFLICT
     status_code = status.HTTP_409_CONFLICT
     default_message = "The balance changed concurrently too often; nothing was charged. Try again."
+
+
+class InvalidCredentials(DomainError):
+    """A login that did not match an active user; which part was wrong is not said."""
+
+    code = AccountErrorCode.INVALID_CREDENTIALS
+    status_code = status.HTTP_401_UNAUTHORIZED
+    default_message = "The username and password do not match an active account."
+
+
+class LoginRateLimited(DomainError):
+    code = AccountErrorCode.RATE_LIMITED
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "Too many login attempts; try again after Retry-After seconds."

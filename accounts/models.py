@@ -49,11 +49,21 @@ class BalanceEntry(models.Model):
 
 
 class ApiToken(models.Model):
-    """An opaque bearer token: looked up by key, no password hashing per request."""
+    """An opaque bearer token, stored as the SHA-256 of the token: the token itself is shown once,
+    when it is made, and is nowhere in the database. A hash of 256 random bits needs no salt
+    nor slow hashing (nothing to guess), so a lookup costs one index probe and no password hash.
+    """
 
-    key = models.CharField(max_length=64, primary_key=True)
+    key_hash = models.CharField(max_length=64, help_text="SHA-256 hex of the token.")
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
     created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        permissions = [("revoke_apitoken", "Can revoke API tokens")]
+        # A constraint rather than unique=True: no second (LIKE) index, never used for hashes.
+        constraints = [models.UniqueConstraint(fields=["key_hash"], name="accounts_apitoken_key_hash_unique")]
 
     def __str__(self) -> str:
-        return f"token of user {self.user_id}"
+        return f"token …{self.key_hash[-8:]} of user {self.user_id}"

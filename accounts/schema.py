@@ -12,7 +12,7 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
             "type": "http",
             "scheme": "bearer",
             "description": (
-                "`Authorization: Bearer <token>`; `manage.py seed_loadtest` writes the seeded users' tokens "
-                "to loadtest/tokens.json."
+                "`Authorization: Bearer <token>`: get one with `POST /api/v1/auth/token` (username and "
+                "password); `manage.py seed_loadtest` writes the seeded users' tokens to loadtest/tokens.json."
             ),
         }

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
 import orjson
+import redis
 from django.conf import settings
+from django.contrib.auth import authenticate
 from django.db import transaction
+from django.db.models.functions import Now
+from django.utils import timezone
 
-from accounts.errors import BalanceConflict, InsufficientBalance
+from accounts.errors import BalanceConflict, InsufficientBalance, InvalidCredentials
+from accounts.login_limits import login_attempt_count
 from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
-from config.database import sql_all, sql_one
+from config.database import sql_all, sql_execute, sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
@@ -270,5 +276,97 @@ def user_create(*, username: str, balance: int = 0, user_id: int | None = None, 
     return user
 
 
-def token_create(*, user: User) -> ApiToken:
-    return ApiToken.objects.create(key=secrets.token_urlsafe(32), user=user)
+# --- API tokens (see accounts/authentication.py for how revocation reaches every worker) ------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token as it is handed out: `key` is the token itself, shown to its owner this once and
+    stored nowhere (the row keeps its hash)."""
+
+    key: str
+    token: ApiToken
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.token.expires_at
+
+
+def _token_lifetime() -> timedelta:
+    return timedelta(days=settings.TOKEN_LIFETIME_DAYS)
+
+
+def token_create(*, user: User, lifetime: timedelta | None = None) -> IssuedToken:
+    """A new token for `user`, valid for `lifetime` (TOKEN_LIFETIME_DAYS by default)."""
+    key, key_hash = token_generate()
+    expires_at = timezone.now() + (lifetime if lifetime is not None else _token_lifetime())
+    return IssuedToken(key=key, token=ApiToken.objects.create(key_hash=key_hash, user=user, expires_at=expires_at))
+
+
+# Two arrays in one statement, rather than bulk_create's 100k model instances and parameters.
+_CREATE_MANY_SQL = f"""
+INSERT INTO {ApiToken._meta.db_table} (key_hash, user_id, created_at, expires_at)
+SELECT token.key_hash, token.user_id, now(), %s FROM unnest(%s::bigint[], %s::text[]) AS token(user_id, key_hash)
+"""
+
+
+def token_create_many(*, user_ids: list[int]) -> dict[int, str]:
+    """One new token for each user, in one statement (the load-test seed makes 100k): user id ->
+    token. Hashing a token takes about a microsecond, so the hashes are made here."""
+    issued = {user_id: token_generate() for user_id in user_ids}
+    sql_execute(
+        _CREATE_MANY_SQL,
+        [timezone.now() + _token_lifetime(), list(issued), [key_hash for _, key_hash in issued.values()]],
+    )
+    return {user_id: key for user_id, (key, _) in issued.items()}
+
+
+def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
+    """A new token for whoever proves username and password: one password check per attempt.
+
+    Raises LoginRateLimited (before any password check) when the username or the client address
+    made too many attempts in this window, InvalidCredentials when the pair does not match an
+    active user (the same answer for an unknown user, a wrong password and an inactive user;
+    Django's backend hashes the password for an unknown user too, so the time does not tell).
+    """
+    login_attempt_count(username=username, client_ip=client_ip)
+    user = authenticate(username=username, password=password)
+    if user is None:
+        raise InvalidCredentials()
+    return token_create(user=user)
+
+
+def token_caches_clear() -> None:
+    """Make every worker forget the tokens it remembers, once the caller's transaction commits:
+    a worker that forgot before the commit could read the old row again and remember it."""
+    transaction.on_commit(_generation_bump)
+
+
+def _generation_bump() -> None:
+    try:
+        generation_bump()
+    except redis.RedisError:
+        # Committed already: the workers refuse the token at the latest TOKEN_CACHE_SECONDS from
+        # now (and those that cannot reach Redis either look every token up meanwhile).
+        logger.warning("could not announce a token revocation; workers refuse it within %ss",
+                       settings.TOKEN_CACHE_SECONDS, exc_info=True)  # fmt: skip
+
+
+@transaction.atomic
+def token_revoke(*, key: str, user_id: int) -> bool:
+    """Revoke the token `key` of `user_id` (its owner logging out); False if it was not live.
+    Every worker refuses it within TOKEN_REVOCATION_CHECK_SECONDS of the commit."""
+    live = ApiToken.objects.filter(key_hash=token_hash(key), user_id=user_id, revoked_at__isnull=True)
+    revoked = live.update(revoked_at=Now()) > 0
+    if revoked:
+        token_caches_clear()
+    return revoked
+
+
+@transaction.atomic
+def token_revoke_many(*, token_ids: list[int]) -> int:
+    """Revoke the given tokens (the admin's action); returns how many were live."""
+    revoked = ApiToken.objects.filter(id__in=token_ids, revoked_at__isnull=True).update(revoked_at=Now())
+    if revoked:
+        token_caches_clear()
+    return revoked

@@ -173,7 +173,17 @@ CACHES = {
 STOCK_RESERVATION_GRACE_SECONDS = env.int("STOCK_RESERVATION_GRACE_SECONDS", default=60)
 BALANCE_UPDATE_MAX_ATTEMPTS = env.int("BALANCE_UPDATE_MAX_ATTEMPTS", default=30)
 BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
+# API tokens (accounts/authentication.py, docs/security.md "Tokens"): a worker remembers a
+# token's user for TOKEN_CACHE_SECONDS, never past the token's expiry, and reads the revocation
+# generation in Redis every TOKEN_REVOCATION_CHECK_SECONDS: a revoked token is refused on
+# every worker that much after the revocation.
 TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
+TOKEN_REVOCATION_CHECK_SECONDS = env.float("TOKEN_REVOCATION_CHECK_SECONDS", default=1.0)
+TOKEN_LIFETIME_DAYS = env.int("TOKEN_LIFETIME_DAYS", default=30)
+# POST /api/v1/auth/token: attempts per fixed window, per username and per client address.
+LOGIN_RATE_LIMIT_WINDOW_SECONDS = env.int("LOGIN_RATE_LIMIT_WINDOW_SECONDS", default=60)
+LOGIN_RATE_LIMIT_PER_USERNAME = env.int("LOGIN_RATE_LIMIT_PER_USERNAME", default=10)
+LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)
 IDEMPOTENCY_KEY_TTL_HOURS = max(24, env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))  # kept 24 h at least
 # A duplicate waits this long for the first request's answer; a key left in progress by a
 # crashed process is taken over after IDEMPOTENCY_STALE_SECONDS (by the database's clock); keep it

@@ -6,7 +6,7 @@ from django.urls import include, path, register_converter
 from django.views.generic import RedirectView, TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from accounts.api import MeApi
+from accounts.api import MeApi, TokenApi
 from config import health
 from inventory.api import ProductDetailApi, ProductListApi
 from orders.api import OrderCancelApi, OrderDetailApi, OrderListCreateApi
@@ -40,6 +40,7 @@ api_v1 = [
     path("products", ProductListApi.as_view(), name="products"),
     path("products/<id:productId>", ProductDetailApi.as_view(), name="product-detail"),
     path("accounts/me", MeApi.as_view(), name="accounts-me"),
+    path("auth/token", TokenApi.as_view(), name="auth-token"),
 ]
 
 urlpatterns = [

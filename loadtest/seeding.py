@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib.admin.models import LogEntry
 from django.db import connection, transaction
 
-from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.models import Account, BalanceEntry, User
+from accounts.services import token_create_many
 from config import metrics
 from coupons.models import Coupon
 from inventory import stock
@@ -39,6 +40,7 @@ _RESET_TABLES = [
     "inventory_product",
     "accounts_balanceentry",
     "accounts_apitoken",
+    "accounts_account",
 ]
 
 
@@ -60,8 +62,12 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
         progress("clearing orders, payments, coupons, stock and customers")
         with connection.cursor() as cursor:
             cursor.execute(f"TRUNCATE {', '.join(_RESET_TABLES)} RESTART IDENTITY CASCADE")
-        Account.objects.all().delete()
-        User.objects.filter(is_staff=False).delete()
+            # Set-based: delete() of 100k users binds more parameters than PostgreSQL takes. The
+            # truncated tables held the other rows that point at customers.
+            customers = f"SELECT id FROM {User._meta.db_table} WHERE NOT is_staff"
+            for table in (User.groups.through, User.user_permissions.through, LogEntry):
+                cursor.execute(f"DELETE FROM {table._meta.db_table} WHERE user_id IN ({customers})")
+            cursor.execute(f"DELETE FROM {User._meta.db_table} WHERE NOT is_staff")
 
         progress(f"creating {shape.users} users with a balance of {shape.balance}")
         users = User.objects.bulk_create(
@@ -73,8 +79,8 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
                          reference="seed", balance_after=shape.balance)
             for u in users
         )  # fmt: skip
-        tokens = {str(u.id): secrets.token_urlsafe(32) for u in users}
-        ApiToken.objects.bulk_create(ApiToken(key=key, user_id=int(uid)) for uid, key in tokens.items())
+        # The database keeps the tokens' hashes; the tokens themselves go to the file only.
+        tokens = {str(uid): key for uid, key in token_create_many(user_ids=[u.id for u in users]).items()}
 
         progress(f"creating {shape.products} products at price {shape.price} with {shape.stock} units each")
         Product.objects.bulk_create(
