@@ -55,7 +55,9 @@ def wire_count() -> Iterator[WireCount]:
 
 
 @pytest.fixture
-def warm_caller():
+def warm_caller(settings):
+    # Revocations are checked on the first request (below), then not again during the test.
+    settings.TOKEN_REVOCATION_CHECK_SECONDS = 3600
     user = make_user(balance=1_000)
     product = make_product(price=7, stock_quantity=50)
     client = client_for(user)
