@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from accounts.api import MeApi
 from config import health
+from config.metrics_api import metrics_view
 from inventory.api import ProductDetailApi, ProductListApi
 from orders.api import OrderCancelApi, OrderDetailApi, OrderListCreateApi
 
@@ -37,6 +38,7 @@ urlpatterns = [
     path("shop/", TemplateView.as_view(template_name="shop/index.html"), name="shop"),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

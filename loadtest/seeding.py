@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from accounts.models import Account, ApiToken, BalanceEntry, User
-from config import metrics
 from coupons.models import Coupon
 from inventory import stock
 from inventory.models import Product, StockMovement
@@ -97,7 +96,6 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
     keys = list(redis.scan_iter("inv:*", count=1000))
     for i in range(0, len(keys), 1000):
         redis.delete(*keys[i : i + 1000])
-    metrics.reset()
     inventory_reconcile()
 
     TOKENS_PATH.write_text(json.dumps(tokens))
