@@ -20,7 +20,7 @@ from django.core.exceptions import MiddlewareNotUsed
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
 from config import metrics
@@ -55,9 +55,14 @@ def metrics_view(request):
         return json_error_response(
             ErrorCode.FORBIDDEN, "Metrics are served on loopback or with the bearer token METRICS_TOKEN.", 403
         )
+    return HttpResponse(metrics.exposition(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What a scrape reads: every process's counters and histograms, and the collectors' gauges."""
     registry = metrics.multiprocess_registry()
     registry.register(_Collectors(_collectors()))
-    return HttpResponse(metrics.exposition(registry), content_type=CONTENT_TYPE_LATEST)
+    return registry
 
 
 @cache

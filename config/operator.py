@@ -16,7 +16,7 @@ from django.http import JsonResponse
 from django.template.response import TemplateResponse
 
 from config import metrics
-from config.metrics_api import _Collectors, _collectors
+from config.metrics_api import scrape_registry
 
 PERMISSION = "orders.view_order"
 
@@ -34,9 +34,7 @@ def _page(request):
 
 def _data(request):
     _check(request)
-    registry = metrics.multiprocess_registry()
-    registry.register(_Collectors(_collectors()))
-    parsed = metrics.samples(metrics.exposition(registry).decode())
+    parsed = metrics.samples(metrics.exposition(scrape_registry()).decode())
 
     def by_label(name: str, label: str) -> dict[str, float]:
         found: dict[str, float] = {}
