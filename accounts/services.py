@@ -91,7 +91,7 @@ def _balance_backoff(max_attempts: int | None = None) -> Backoff:
 
 
 def _count_conflict(user_id: int, attempt: int) -> None:
-    metrics.count("balance_version_conflicts")
+    metrics.BALANCE_VERSION_CONFLICTS.inc()
     logger.info("balance version conflict for user %s (attempt %s), retrying", user_id, attempt)
 
 
@@ -145,7 +145,7 @@ def balance_retry(attempt_once: Callable[[], T | None], *, user_id: int, max_att
             on_conflict=lambda attempt: _count_conflict(user_id, attempt),
         )
     except RetryExhausted as exc:
-        metrics.count("balance_conflict_failures")
+        metrics.BALANCE_CONFLICT_FAILURES.inc()
         logger.warning("balance update for user %s gave up after %s attempts", user_id, exc.attempts)
         raise BalanceConflict(details={"attempts": exc.attempts}) from exc
 
@@ -261,7 +261,7 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
     try:
         retry_on_conflict(attempt_once, backoff=_balance_backoff(max_attempts), on_conflict=on_conflict)
     except RetryExhausted as exc:
-        metrics.count("balance_conflict_failures", len(waiting))
+        metrics.BALANCE_CONFLICT_FAILURES.inc(len(waiting))
         logger.warning("batch balance update gave up on %d accounts after %s attempts", len(waiting), exc.attempts)
     return [outcome or WithdrawalOutcome.CONFLICT for outcome in outcomes]
 

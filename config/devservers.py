@@ -49,6 +49,22 @@ PG_SETTINGS = {
 }
 
 
+def metrics_dir(*, wipe: bool = False) -> Path:
+    """Where every process of this deployment keeps its Prometheus values (config/metrics.py):
+    PROMETHEUS_MULTIPROC_DIR, else prometheus/ in the data dir (prometheus-test/ for tests).
+    Put into this process's environment, so the client (which reads it at import) and every
+    child process agree; created if missing. `wipe` empties it, for whatever starts the
+    processes that write there (a dead process's files would add to the new ones' counts)."""
+    testing = env.bool("SHOP_TESTING", default=False)
+    default = DATA_DIR / ("prometheus-test" if testing else "prometheus")
+    path = Path(env.str("PROMETHEUS_MULTIPROC_DIR", default=str(default))).resolve()
+    if wipe:
+        shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return path
+
+
 def _log(message: str) -> None:
     print(f"[devservers] {message}", flush=True)
 

@@ -99,6 +99,14 @@ def _drf_error(exc: drf_exceptions.APIException) -> Response:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    response = _error_response(exc, context)
+    if response is not None:
+        # Counted by the metrics middleware (config/metrics_api.py) under this stable code.
+        response.error_code = response.data["error"]["code"]
+    return response
+
+
+def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status_code, headers=headers)
@@ -126,7 +134,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 
 def json_error_response(code: str, message: str, status_code: int) -> JsonResponse:
-    return JsonResponse(error_body(code, message), status=status_code)
+    response = JsonResponse(error_body(code, message), status=status_code)
+    response.error_code = str(code)
+    return response
 
 
 def handler404(request, exception=None):

@@ -19,6 +19,7 @@ from pathlib import Path
 _PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_DIR not in sys.path:
     sys.path.insert(0, _PROJECT_DIR)
+from config.devservers import metrics_dir  # noqa: E402
 from config.env import env  # noqa: E402
 
 bind = env.str("BIND", default="127.0.0.1:8080")
@@ -47,3 +48,14 @@ def post_worker_init(worker):
     from config import gunicorn_errors
 
     gunicorn_errors.install()
+
+
+# Prometheus multiprocess mode (config/metrics.py): the workers inherit the directory from here.
+_METRICS_DIR = str(metrics_dir())
+
+
+def child_exit(server, worker):
+    """A worker gone: its live gauges must stop counting (its counters stay, as they should)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, _METRICS_DIR)

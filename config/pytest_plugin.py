@@ -12,3 +12,4 @@ os.environ["SHOP_TESTING"] = "1"
 from config import devservers
 
 devservers.ensure_running_if_needed()
+devservers.metrics_dir(wipe=True)  # this session's Prometheus values only (config/metrics.py)

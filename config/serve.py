@@ -88,6 +88,7 @@ def _spawn(name: str, args: list[str]) -> subprocess.Popen:
 
 
 def run() -> int:
+    devservers.metrics_dir(wipe=True)  # counters start from zero with the processes that write them
     devservers.ensure_running_if_needed()
     _prepare()
     python = sys.executable

@@ -82,6 +82,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.request_id.RequestIdMiddleware",
+    "config.metrics_api.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.ContentSecurityPolicyMiddleware",
@@ -293,6 +295,20 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
+# --- Metrics (config/metrics.py, GET /metrics) -------------------------------------------
+# Every process's values live in this directory (prometheus_client's multiprocess mode). Set
+# in the environment here, before anything imports the client, so the children inherit it.
+PROMETHEUS_MULTIPROC_DIR = str(devservers.metrics_dir())
+# The per-request counters and latency histogram; off to measure what they cost.
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
+# /metrics answers loopback callers, and others that send `Authorization: Bearer <token>`.
+# Behind a proxy on the same host every caller looks like loopback: set the token and turn
+# METRICS_ALLOW_LOOPBACK off.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOW_LOOPBACK = env.bool("METRICS_ALLOW_LOOPBACK", default=True)
+# Gauges read at scrape time (state, not events), each app's own.
+METRICS_COLLECTORS = ["inventory.metrics.StockCollector", "orders.metrics.OrdersCollector"]
+
 # --- Static files (admin CSS/JS under gunicorn) -----------------------------------------
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -314,11 +330,21 @@ USE_TZ = True
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
 if not isinstance(logging.getLevelName(LOG_LEVEL), int):
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+# LOG_FORMAT=json: one JSON object per line (config/request_id.py); plain text otherwise.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "config.request_id.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s [%(request_id)s]: %(message)s"},
+        "json": {"()": "config.request_id.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

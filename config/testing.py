@@ -189,3 +189,17 @@ def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str 
             return result
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class CountedSince:
+    """The report's server counters (config.metrics.REPORT_COUNTERS) added since this was made,
+    over every process of the test session: `counted["lock_timeouts"]`."""
+
+    def __init__(self) -> None:
+        from config import metrics
+
+        self._read = metrics.read_all
+        self._before = metrics.read_all()
+
+    def __getitem__(self, name: str) -> int:
+        return self._read()[name] - self._before[name]

@@ -7,7 +7,8 @@ from django.views.generic import RedirectView, TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts.api import MeApi, TokenApi
-from config import health
+from config import health, operator
+from config.metrics_api import metrics_view
 from inventory.api import ProductDetailApi, ProductListApi
 from orders.api import OrderCancelApi, OrderDetailApi, OrderListCreateApi
 
@@ -48,6 +49,9 @@ urlpatterns = [
     path("shop/", TemplateView.as_view(template_name="shop/index.html"), name="shop"),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
+    path("metrics", metrics_view, name="metrics"),
+    path("admin/operator/", operator.page, name="operator"),
+    path("admin/operator/data", operator.data, name="operator-data"),
     path("admin/", admin.site.urls),
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs", docs_policy(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="docs"),

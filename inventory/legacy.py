@@ -45,7 +45,7 @@ def _acquire(key: str, value: str) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
-        metrics.count("lock_retries")
+        metrics.LEGACY_LOCK_RETRIES.inc()
         time.sleep(settings.LEGACY_LOCK_RETRY_MS / 1000)
 
 
@@ -58,7 +58,7 @@ def product_locks(product_ids: list[int]) -> Iterator[None]:
         for product_id in sorted(product_ids):
             key = f"{LOCK_PREFIX}{product_id}"
             if not _acquire(key, value):
-                metrics.count("lock_timeouts")
+                metrics.LEGACY_LOCK_TIMEOUTS.inc()
                 raise LockTimeout(details={"productId": product_id})
             held.append(key)
         yield

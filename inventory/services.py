@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
+from config import metrics
 from config.database import sql_all, sql_one
 from inventory import stock
 from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable, ReservationLost, StockNotLoaded
@@ -403,7 +404,11 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
             drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
             epoch=epoch,
         )  # fmt: skip
-    for product in [] if report.rebuilt else report.drifted:
+    drifted = [] if report.rebuilt else report.drifted
+    metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
+    if report.repaired:
+        metrics.STOCK_DRIFT_REPAIRED.inc(len(drifted))
+    for product in drifted:
         logger.warning(
             "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s)%s",
             product.product_id,

@@ -110,6 +110,11 @@ def tokens_reserved_before(*, cutoff_ms: int, offset: int = 0, limit: int | None
     return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms, **page)]
 
 
+def tracked_reservations() -> int:
+    """Reservations Redis tracks: in flight, or sold and not yet forgotten (every few seconds)."""
+    return int(redis_client().zcard(RESERVATIONS_KEY))
+
+
 def forget(*, tokens: list[str]) -> int:
     """Stop tracking reservations the database shows SOLD."""
     return int(run_script("forget", keys=[RESERVATIONS_KEY], args=[RESERVATION_PREFIX, *tokens]))

@@ -339,7 +339,7 @@ def render_run(result: RunResult) -> str:
         parts.append(_cpu_table({"value": result.cpu}))
     parts += [
         "## Server counters\n",
-        _counts_table("counter (config.metrics)", result.server_counters),
+        _counts_table("counter (server /metrics, this run)", result.server_counters),
         "## Invariants\n",
         _invariants_table(result.invariants),
         "## Machine\n",

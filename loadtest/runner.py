@@ -283,6 +283,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     cpu_before = cpu_times()
     with _serving(options, strategy, out_dir, echo) as served:
         base_url = served.base_url
+        counters_before = _server_counters(base_url, echo)
         if with_ceiling:
             ceiling = run_k6(
                 scenario="ceiling",
@@ -308,6 +309,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                     echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
                 meter.stop("settlement", "periodic", "postgres")
             processes = _processes(options, served, settlers, periodic)
+        # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
+        counters_after = _server_counters(base_url, echo)
     cpu_after = cpu_times()
     payments = None
     if sampler is not None:
@@ -338,7 +341,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         series=run.series,
         k6_exit_code=run.exit_code,
         invariants=checks,
-        server_counters=metrics.read_all(),
+        server_counters={name: counters_after[name] - counters_before.get(name, 0) for name in counters_after},
         machine=machine_info(k6=k6_binary(), server=served_by, steal=steal_share(cpu_before, cpu_after)),
         ceiling=ceiling.figures if ceiling else None,
         ceiling_series=ceiling.series if ceiling else None,
@@ -349,6 +352,16 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
     return result
+
+
+def _server_counters(base_url: str, echo: Echo) -> dict[str, int]:
+    """The server's own counters (config.metrics.REPORT_COUNTERS) from its /metrics; the report
+    shows what the run added. Empty, with a word, if the server does not let us read them."""
+    try:
+        return metrics.report_counters(metrics.scrape(base_url, token=settings.METRICS_TOKEN or None))
+    except OSError as exc:  # urllib's errors, a refused /metrics (403) among them
+        echo(f"  could not read {base_url}/metrics ({exc}); the report shows no server counters")
+        return {}
 
 
 def prepare(echo: Echo) -> None:

@@ -13,7 +13,6 @@ from django.db import connection, transaction
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import token_create_many
-from config import metrics
 from coupons.models import Coupon
 from inventory import stock
 from inventory.models import Product, StockMovement
@@ -103,7 +102,6 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
     keys = list(redis.scan_iter("inv:*", count=1000))
     for i in range(0, len(keys), 1000):
         redis.delete(*keys[i : i + 1000])
-    metrics.reset()
     inventory_reconcile()
 
     TOKENS_PATH.write_text(json.dumps(tokens))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,9 +46,17 @@ def server_environment(*, strategy: str, port: int | None = None) -> dict[str, s
         # A DATABASE_URL without SECRET_KEY does not start (config/settings.py): this process's key.
         SECRET_KEY=settings.SECRET_KEY,
     )
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir())
     if port is not None:
         env["BIND"] = f"127.0.0.1:{port}"
     return env
+
+
+def metrics_dir() -> Path:
+    """The run's own Prometheus directory (config/metrics.py), beside the one `make run` uses,
+    so a load run never wipes nor adds to a running deployment's counts."""
+    default = Path(settings.PROMETHEUS_MULTIPROC_DIR)
+    return default.with_name(f"{default.name}-loadtest")
 
 
 def _gunicorn_command() -> list[str]:
@@ -113,6 +122,8 @@ def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:  # else /healthz might answer from someone else
             raise ServerFailed(f"port {port} is already in use; pick another with --port")
+    shutil.rmtree(metrics_dir(), ignore_errors=True)  # this run's counts only (settlers start after)
+    metrics_dir().mkdir(parents=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             _gunicorn_command(),

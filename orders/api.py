@@ -1,4 +1,5 @@
 import hashlib
+import logging
 
 import orjson
 from django.urls import reverse
@@ -8,6 +9,7 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config import metrics
 from orders.errors import NotYourOrder
 from orders.selectors import order_get, order_list
 from orders.serializers import (
@@ -30,6 +32,11 @@ PREFER_HEADER = OpenApiParameter(
     "Prefer", str, OpenApiParameter.HEADER, required=False,
     description="`respond-async`: answer 202 once stock is reserved; a settler pays it in its next batch.",
 )  # fmt: skip
+
+
+logger = logging.getLogger(__name__)
+_OUTCOMES = {201: metrics.ORDERS.labels("paid"), 202: metrics.ORDERS.labels("accepted")}
+_REPLAYED = metrics.ORDERS.labels("replayed")
 
 
 def _prefers_async(request) -> bool:
@@ -70,6 +77,11 @@ class OrderListCreateApi(APIView):
         if placed.status_code == 202:
             headers["Location"] = reverse("order-detail", kwargs={"orderId": placed.order.id})
             headers["Preference-Applied"] = "respond-async"
+            if not placed.replayed:  # with the request id: the settler's batch line names the order
+                logger.info("order %s accepted for payment", placed.order.id)
+        if metrics.enabled():
+            outcome = _REPLAYED if placed.replayed else _OUTCOMES.get(placed.status_code)
+            (outcome or metrics.ORDERS.labels(str(placed.status_code))).inc()
         return Response(order_to_dict(placed.order), status=placed.status_code, headers=headers)
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection, connections, transaction
 
 from accounts.services import WithdrawalOutcome
+from config import metrics
 from config.database import sql_all, sql_one
 from orders import events
 from orders.models import Order, OrderStatus
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 # The oldest first, skipping orders another transaction holds (a settler, a cancel, expiry).
 # The partial index orders_order_pending keeps this cheap however many orders were settled.
 _CLAIM_SQL = """
-SELECT id, user_id, total_amount, discount_amount, coupon_code
+SELECT id, user_id, total_amount, discount_amount, coupon_code,
+       EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8
 FROM orders_order WHERE status = %(status)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 """
 _ITEMS_SQL = (
@@ -74,6 +76,7 @@ def orders_settle_batch(*, limit: int | None = None) -> SettledBatch:
     (the next batch takes them again), never failed for that reason.
     """
     batch = SettledBatch()
+    started = time.monotonic()
     with transaction.atomic():
         orders = _claim(limit or settings.SETTLE_BATCH_SIZE)
         if not orders:
@@ -97,16 +100,32 @@ def orders_settle_batch(*, limit: int | None = None) -> SettledBatch:
             _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
             _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
             batch.cancelled.append(order.id)
+    _observe(batch, waited_at_claim=[o.waited_at_claim for o in paid], started=started)
     return batch
+
+
+def _observe(batch: SettledBatch, *, waited_at_claim: list[float], started: float) -> None:
+    """After the commit: the batch's size and time, and each paid order's time from acceptance
+    to PAID (its wait until the claim, by PostgreSQL's clock, plus the batch's own time)."""
+    took = time.monotonic() - started
+    metrics.SETTLE_BATCH_SIZE.observe(batch.claimed)
+    metrics.SETTLE_BATCH_DURATION.observe(took)
+    for result, ids in (("paid", batch.paid), ("cancelled", batch.cancelled), ("retried", batch.retried)):
+        if ids:
+            metrics.SETTLED_ORDERS.labels(result).inc(len(ids))
+    for waited in waited_at_claim:
+        metrics.TIME_TO_PAID.observe(waited + took)
 
 
 def _claim(limit: int) -> list[Order]:
     rows = sql_all(_CLAIM_SQL, {"status": OrderStatus.PENDING_PAYMENT, "limit": limit})
-    return [
-        Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total, discount_amount=discount,
-              coupon_code=coupon)
-        for oid, uid, total, discount, coupon in rows
-    ]  # fmt: skip
+    orders = []
+    for oid, uid, total, discount, coupon, waited in rows:
+        order = Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total,
+                      discount_amount=discount, coupon_code=coupon)  # fmt: skip
+        order.waited_at_claim = waited  # seconds since its acceptance, for the time-to-PAID histogram
+        orders.append(order)
+    return orders
 
 
 def _attach_items(orders: list[Order]) -> None:
@@ -133,6 +152,18 @@ def _mark_paid(orders: list[Order]) -> None:
 
 
 # --- The settler process ------------------------------------------------------------------
+
+
+def id_ranges(ids: list[int]) -> str:
+    """Order ids as short runs, "7-9,12" (a batch claims by id, so mostly one run); "-" if none.
+    The web process logs each accepted order's id with its request id: this leads there."""
+    runs: list[list[int]] = []
+    for order_id in sorted(ids):
+        if runs and order_id == runs[-1][1] + 1:
+            runs[-1][1] = order_id
+        else:
+            runs.append([order_id, order_id])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in runs) or "-"
 
 
 @dataclass
@@ -257,8 +288,9 @@ def settler_run(
                 totals.cancelled += len(batch.cancelled)
                 totals.retried += len(batch.retried)
                 logger.info(
-                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms",
+                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms; orders paid %s, cancelled %s",
                     len(batch.paid), len(batch.cancelled), len(batch.retried), (time.monotonic() - started) * 1000,
+                    id_ranges(batch.paid), id_ranges(batch.cancelled),
                 )  # fmt: skip
             if batch.claimed >= limit or batch.retried:
                 continue  # more is waiting

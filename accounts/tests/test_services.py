@@ -8,8 +8,7 @@ from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account
 from accounts.selectors import ledger_balance
 from accounts.services import account_refund, account_withdraw
-from config import metrics
-from config.testing import make_user, race
+from config.testing import CountedSince, make_user, race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,21 +34,21 @@ def test_withdrawing_more_than_the_balance_is_refused_and_changes_nothing():
 @pytest.mark.slow
 def test_60_concurrent_withdrawals_with_retry_lose_no_update():
     user = make_user(balance=10_000)
-    metrics.reset()
+    counted = CountedSince()
 
     race(60, lambda i: account_withdraw(user_id=user.id, amount=7, reference=f"t{i}"))
 
     account = Account.objects.get(user=user)
     assert account.balance == 10_000 - 60 * 7 == ledger_balance(user_id=user.id)
     assert account.version == 61
-    assert "balance_conflict_failures" not in metrics.read_all()
+    assert counted["balance_conflict_failures"] == 0
 
 
 @pytest.mark.slow
 def test_without_retry_concurrent_withdrawals_fail_instead_of_losing_updates():
     """The old design (one attempt): what fails is refused cleanly, and what succeeds is exact."""
     user = make_user(balance=10_000)
-    metrics.reset()
+    counted = CountedSince()
 
     def withdraw(i):
         try:
@@ -63,7 +62,7 @@ def test_without_retry_concurrent_withdrawals_fail_instead_of_losing_updates():
     account = Account.objects.get(user=user)
     assert account.balance == 10_000 - 7 * outcomes["ok"] == ledger_balance(user_id=user.id)
     assert outcomes["ok"] + outcomes["conflict"] == 60
-    assert metrics.read_all().get("balance_conflict_failures", 0) == outcomes["conflict"]
+    assert counted["balance_conflict_failures"] == outcomes["conflict"]
 
 
 def test_a_refund_puts_money_back_through_the_same_lock():

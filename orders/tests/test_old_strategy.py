@@ -5,8 +5,7 @@ from collections import Counter
 import pytest
 
 from accounts.models import Account
-from config import metrics
-from config.testing import client_for, make_product, make_user, order_body, race
+from config.testing import CountedSince, client_for, make_product, make_user, order_body, race
 from inventory import stock
 from inventory.legacy import LOCK_PREFIX
 from inventory.services import inventory_reconcile, on_hand_by_product
@@ -20,7 +19,7 @@ def old_design(settings):
     settings.ORDER_STRATEGY = "old"
     settings.LEGACY_LOCK_RETRY_MS = 10
     settings.LEGACY_LOCK_WAIT_MS = 3_000
-    metrics.reset()
+    return CountedSince()
 
 
 def test_old_design_never_oversells_and_leaves_redis_matching_the_database(old_design):
@@ -48,7 +47,7 @@ def test_old_design_without_balance_retry_refuses_a_users_concurrent_orders_with
     codes = Counter(r.json().get("error", {}).get("code", r.status_code) for r in responses)
     assert set(codes) <= {201, "CONFLICT", "LOCK_TIMEOUT"}
     assert Account.objects.get(user=user).balance == 10_000 - codes[201] == 10_000 - Order.objects.count()
-    assert metrics.read_all().get("balance_conflict_failures", 0) == codes["CONFLICT"]
+    assert old_design["balance_conflict_failures"] == codes["CONFLICT"]
 
 
 def test_old_design_gives_up_with_lock_timeout_when_a_product_stays_locked(old_design, settings):
@@ -60,5 +59,5 @@ def test_old_design_gives_up_with_lock_timeout_when_a_product_stays_locked(old_d
     response = client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
 
     assert response.status_code == 409 and response.json()["error"]["code"] == "LOCK_TIMEOUT"
-    assert metrics.read_all()["lock_timeouts"] == 1
+    assert old_design["lock_timeouts"] == 1
     assert Order.objects.count() == 0 and on_hand_by_product()[product.id] == 10

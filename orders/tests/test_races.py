@@ -8,8 +8,7 @@ import pytest
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from config import metrics
-from config.testing import client_for, make_product, make_user, order_body, race
+from config.testing import CountedSince, client_for, make_product, make_user, order_body, race
 from coupons.models import Coupon, CouponRedemption
 from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
@@ -22,7 +21,7 @@ def test_one_user_ordering_50_times_at_once_loses_no_update_and_never_conflicts(
     user = make_user(balance=10_000)
     product = make_product(price=7, stock_quantity=1_000)
     clients = [client_for(user) for _ in range(50)]
-    metrics.reset()
+    counted = CountedSince()
 
     responses = race(50, lambda i: clients[i].post("/api/v1/orders", order_body(user, (product, 3)), format="json"))
 
@@ -30,7 +29,7 @@ def test_one_user_ordering_50_times_at_once_loses_no_update_and_never_conflicts(
     account = Account.objects.get(user=user)
     assert account.balance == 10_000 - 50 * 21 == ledger_balance(user_id=user.id)
     assert account.version == 1 + 50  # the opening top-up, then one bump per order
-    assert metrics.read_all().get("balance_conflict_failures", 0) == 0
+    assert counted["balance_conflict_failures"] == 0
     assert stock.available(product_ids=[product.id]) == {product.id: 1_000 - 150}
 
 

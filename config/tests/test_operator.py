@@ -1,0 +1,86 @@
+"""The operator's page in the admin: who may open it, its numbers, and its chart in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from accounts.models import User
+from config.browser import CHROMIUM
+from config.testing import client_for, make_product, make_user, order_body
+from orders.tests.test_shop_page import CHROMIUM_ARGS, SHOTS
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _staff(*, may_view_orders: bool) -> Client:
+    user = User.objects.create_user(id=2_000_000, username="operator", password="pw", is_staff=True)
+    if may_view_orders:
+        user.user_permissions.add(Permission.objects.get(codename="view_order", content_type__app_label="orders"))
+    client = Client()
+    client.login(username="operator", password="pw")
+    return client
+
+
+def test_staff_without_the_view_permission_may_not_open_the_operator_page():
+    client = _staff(may_view_orders=False)
+
+    for path in ("/admin/operator/", "/admin/operator/data"):
+        response = client.get(path)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN"
+    assert Client().get("/admin/operator/data").status_code == 302  # anonymous: to the admin's login
+
+
+def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orders():
+    client = _staff(may_view_orders=True)
+    product, user = make_product(price=1, stock_quantity=7), make_user(balance=100)
+    before = client.get("/admin/operator/data").json()
+    assert client_for(user).post("/api/v1/orders", order_body(user, (product, 2)), format="json").status_code == 201
+
+    page = client.get("/admin/operator/")
+    data = client.get("/admin/operator/data").json()
+
+    html = page.content.decode()
+    assert page.status_code == 200 and '<canvas id="chart"' in html
+    assert re.findall(r"<script[^>]*>", html) and all("src=" in tag for tag in re.findall(r"<script[^>]*>", html))
+    assert data["orders"] - before["orders"] == 1
+    assert data["stockRedis"][str(product.id)] == 5 and data["stockDatabase"][str(product.id)] == 5
+    assert data["backlogOrders"] == 0
+
+
+@pytest.mark.slow
+def test_the_operator_page_draws_its_chart_in_the_browser(live_server):
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
+    product, user = make_product(name="Green tea", price=1, stock_quantity=50), make_user(balance=100)
+    api = client_for(user)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_context(viewport={"width": 1200, "height": 860}).new_page()
+            errors = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{live_server.url}/admin/login/?next=/admin/operator/")
+            page.fill("#id_username", "admin")
+            page.fill("#id_password", "pw")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#chart")
+            for _ in range(3):
+                assert api.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
+            page.wait_for_function("Number(document.getElementById('chart').dataset.points || 0) >= 2", timeout=30_000)
+            page.wait_for_selector(f"#stock tbody tr td:text-is('{product.id}')")
+            page.screenshot(path=SHOTS / "operator-page.png", full_page=True)
+            cells = page.locator("#stock tbody tr").first.locator("td").all_inner_texts()
+            browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+    assert errors == []
+    assert cells == [str(product.id), "47", "47"]
