@@ -4,16 +4,22 @@ cancel window (docs/security.md "Limits")."""
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 import uuid
 
+import orjson
 import pytest
+from django.db import connection, connections
 from django.db.models import Sum
 
-from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process
+from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process, wait_for
+from coupons.models import Coupon
 from inventory import stock
 from inventory.errors import PurchaseLimitReached
 from inventory.models import StockMovement
 from inventory.services import inventory_reconcile, product_purchase_limit_set
+from orders import sales_counter
 from orders.models import Order, OrderItem, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
@@ -228,3 +234,71 @@ def test_a_paid_order_cannot_be_cancelled_by_its_buyer_after_the_window(settings
     assert answer.json()["error"]["details"]["windowSeconds"] == 3600
     assert Order.objects.get(pk=old["orderId"]).status == OrderStatus.PAID
     assert client.post(f"/api/v1/orders/{recent['orderId']}/cancel").status_code == 200
+
+
+# --- Lock order: the coupon's row after the balance ---------------------------------------
+
+
+def test_a_buyer_stuck_in_its_payment_does_not_hold_the_coupon_other_buyers_need():
+    """Buyer A's payment cannot get its account row (another transaction holds it, as a
+    balance that keeps being retried would); buyer B, with the same coupon, is never made to
+    wait for a lock while A is stuck, and is served."""
+    coupon = Coupon.objects.create(code="SHARED", kind=Coupon.Kind.FIXED, value=1)
+    a, b = make_user(balance=1_000), make_user(balance=1_000)
+    product = make_product(price=10)
+    holder = connections.create_connection("default")  # holds A's account row
+    holder.connect()
+    holder.connection.execute("BEGIN")
+    holder.connection.execute("SELECT 1 FROM accounts_account WHERE user_id = %s FOR UPDATE", [a.id])
+    pids, answers = {}, {}
+
+    def place(name, user):
+        connection.ensure_connection()
+        pids[name] = connection.connection.info.backend_pid
+        try:
+            answers[name] = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 10)], coupon_code="SHARED")
+        finally:
+            connection.close()
+
+    def waiting_for_a_lock(name) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted", [pids[name]])
+            return cursor.fetchone()[0] > 0
+
+    stuck = threading.Thread(target=place, args=("a", a))
+    stuck.start()
+    try:
+        wait_for(lambda: "a" in pids and waiting_for_a_lock("a"), what="A waiting for its account row")
+        served = threading.Thread(target=place, args=("b", b))
+        served.start()
+        while served.is_alive():
+            assert not ("b" in pids and waiting_for_a_lock("b")), "B waits for a lock A holds"
+            served.join(0.01)
+        assert answers["b"].order.status == OrderStatus.PAID and answers["b"].order.discount_amount == 1
+        assert "a" not in answers  # A is still stuck in its payment
+    finally:
+        holder.connection.execute("ROLLBACK")  # A goes on
+        stuck.join()
+        holder.close()
+    assert answers["a"].order.status == OrderStatus.PAID
+    coupon.refresh_from_db()
+    assert coupon.times_used == 2
+
+
+# --- The sales consumer's memory of events ------------------------------------------------
+
+
+def test_seen_event_ids_are_kept_for_their_retention_then_trimmed_in_batches():
+    client = stock.redis_client()
+    now_ms = int(time.time() * 1000)
+    client.sadd(sales_counter.SEEN_KEY, "from-before")  # the old set is converted on first use
+    fields = {b"eventId": b"new", b"type": b"order.paid", b"payload": orjson.dumps({"items": []})}
+    assert sales_counter.apply(fields)
+    assert not sales_counter.apply(fields)  # a duplicate within the retention counts once
+    assert client.type(sales_counter.SEEN_KEY) == b"zset"
+    client.zadd(sales_counter.SEEN_KEY, {f"old-{i}": now_ms - 7_200_000 for i in range(25)})
+
+    assert sales_counter.seen_events_trim(older_than_seconds=3600, batch=10) == 25
+    assert set(client.zrange(sales_counter.SEEN_KEY, 0, -1)) == {b"from-before", b"new"}
+    assert sales_counter.seen_events_trim(older_than_seconds=0) == 2
+    assert client.zcard(sales_counter.SEEN_KEY) == 0
