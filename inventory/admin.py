@@ -6,7 +6,7 @@ from django.utils.html import format_html
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 from inventory import stock
 from inventory.models import Product, StockMovement
-from inventory.services import stock_adjust
+from inventory.services import product_purchase_limit_set, stock_adjust
 
 
 @admin.register(Product)
@@ -14,10 +14,15 @@ class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
     """Editing a product (change) is not changing its stock: that needs inventory.adjust_stock."""
 
     adjust_permission = "inventory.adjust_stock"
-    list_display = ["id", "name", "price", "active", "database_stock", "live_stock", "adjust_link"]
+    list_display = ["id", "name", "price", "active", "purchase_limit", "database_stock", "live_stock", "adjust_link"]
     list_filter = ["active"]
     search_fields = ["name"]
     readonly_fields = ["database_stock", "live_stock", "adjust_link"]
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if "purchase_limit" in form.changed_data:  # orders check it in Redis: the service puts it there
+            product_purchase_limit_set(product=obj, limit=obj.purchase_limit)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(on_hand=Sum("movements__quantity"))

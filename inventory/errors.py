@@ -8,6 +8,7 @@ from config.errors import DomainError, ErrorCode
 class InventoryErrorCode(StrEnum):
     OUT_OF_STOCK = "OUT_OF_STOCK"
     PRODUCT_UNAVAILABLE = "PRODUCT_UNAVAILABLE"
+    PURCHASE_LIMIT_REACHED = "PURCHASE_LIMIT_REACHED"
     NOT_FOUND = ErrorCode.NOT_FOUND
 
 
@@ -40,3 +41,19 @@ class ReservationLost(DomainError):
 
 class StockNotLoaded(ReservationLost):
     default_message = "Stock is being loaded into Redis; nothing was reserved. Try again shortly."
+
+
+class PurchaseLimitReached(DomainError):
+    """The customer already holds (paid or in flight) what the product's limit allows."""
+
+    code = InventoryErrorCode.PURCHASE_LIMIT_REACHED
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "This order would take you past the product's limit per customer; nothing was reserved."
+
+
+class RateLimited(DomainError):
+    """An admission counter of the reservation (a rate limit the caller set) is full."""
+
+    code = ErrorCode.RATE_LIMITED
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = "Too many orders; nothing was reserved. Try again after Retry-After seconds."

@@ -7,6 +7,11 @@ class Product(models.Model):
     name = models.CharField(max_length=200)
     price = models.BigIntegerField(help_text="In minor units.")
     active = models.BooleanField(default=True)
+    purchase_limit = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Units one customer may hold (paid or in flight), e.g. 2 per customer; empty: no limit.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -36,6 +41,9 @@ class StockMovement(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     reference = models.CharField(max_length=64, blank=True)
     reason = models.CharField(max_length=200, blank=True)
+    # The user whose order sold or returned the units (a user id, not a key: inventory does not
+    # depend on accounts); purchase limits are counted from it. None for restocks and adjustments.
+    holder = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

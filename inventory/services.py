@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,15 @@ from django.db.models import Sum
 from config import metrics
 from config.database import sql_all, sql_one
 from inventory import stock
-from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable, ReservationLost, StockNotLoaded
+from inventory.errors import (
+    OutOfStock,
+    ProductNotFound,
+    ProductUnavailable,
+    PurchaseLimitReached,
+    RateLimited,
+    ReservationLost,
+    StockNotLoaded,
+)
 from inventory.models import Product, StockMovement, StockReservation
 
 logger = logging.getLogger(__name__)
@@ -50,26 +59,48 @@ def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """Units held in Redis for one order: its token, and the stock epoch it was made under."""
+    """Units held in Redis for one order: its token, the stock epoch it was made under, and
+    the user it holds them for (purchase limits; None for an adjustment)."""
 
     token: uuid.UUID
     epoch: int
+    holder: int | None = None
 
 
-def stock_reserve(*, quantities: dict[int, int]) -> Reservation:
-    """Take units of every product in Redis at once, or none.
+def stock_reserve(
+    *, quantities: dict[int, int], holder: int | None = None, counters: tuple[stock.AdmissionCounter, ...] = ()
+) -> Reservation:
+    """Take units of every product in Redis at once, or none, for `holder` (a user id), within
+    each product's purchase limit, once each of `counters` admits it.
 
-    Safe because one Lua script checks and decrements all items atomically. A crash after it
-    leaves the reservation tracked with its time; reconciliation gives it back later unless the
-    order committed. Raises OutOfStock (naming the item) or StockNotLoaded.
+    Safe because one Lua script counts the admission, checks stock and the holder's limits and
+    decrements all items atomically: parallel orders of one holder cannot pass a limit together.
+    A crash after it leaves the reservation tracked with its time; reconciliation gives it back
+    later unless the order committed. Raises RateLimited (with Retry-After), OutOfStock or
+    PurchaseLimitReached (naming the item), or StockNotLoaded.
     """
     token = uuid.uuid4()
-    result = stock.reserve(token=token, quantities=quantities)
+    result = stock.reserve(token=token, quantities=quantities, holder=holder, counters=counters)
     if result.ok:
-        return Reservation(token=token, epoch=result.epoch)
+        return Reservation(token=token, epoch=result.epoch, holder=holder)
     if not result.loaded:
         _rebuild_if_lost()
         raise StockNotLoaded()
+    if result.refused_by is not None:
+        counter = result.refused_by
+        raise RateLimited(
+            details={"scope": counter.scope, "limit": counter.limit, "windowSeconds": counter.window_ms / 1000},
+            retry_after=max(1, math.ceil(result.retry_after_ms / 1000)),
+        )
+    if result.limit is not None:
+        raise PurchaseLimitReached(
+            details={
+                "productId": result.failed_product_id,
+                "limit": result.limit,
+                "alreadyHeld": result.held,
+                "requested": quantities[result.failed_product_id],
+            }
+        )
     raise OutOfStock(
         details={
             "productId": result.failed_product_id,
@@ -138,8 +169,9 @@ settled AS (
     SELECT %(stock_token)s, %(stock_sold)s, now() FROM {source}
     RETURNING token
 ), movements AS (
-    INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, created_at)
-    SELECT item.key::bigint, -item.value::bigint, %(stock_kind)s, {reference}, %(stock_reason)s, now()
+    INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, holder, created_at)
+    SELECT item.key::bigint, -item.value::bigint, %(stock_kind)s, {reference}, %(stock_reason)s,
+           %(stock_holder)s::bigint, now()
     FROM {source}, settled, jsonb_each_text(%(stock_quantities)s::jsonb) AS item
     RETURNING 1
 )"""
@@ -154,6 +186,7 @@ def stock_sale_params(
         "stock_sold": StockReservation.State.SOLD,
         "stock_kind": kind,
         "stock_reason": reason,
+        "stock_holder": reservation.holder,
         "stock_quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode(),
     }
 
@@ -197,18 +230,20 @@ def stock_epoch() -> int:
     return epoch
 
 
-def stock_return(*, quantities: dict[int, int], reference: str) -> None:
-    """Put sold units back (an order was cancelled): ledger now, Redis once the caller commits.
+def stock_return(*, quantities: dict[int, int], reference: str, holder: int | None = None) -> None:
+    """Put sold units back (an order was cancelled): ledger now, Redis once the caller commits,
+    the units then leaving `holder`'s purchase-limit holdings too.
 
-    A crash between the commit and the Redis increment leaves Redis short (never over):
-    reconciliation adds the missing units back.
+    A crash between the commit and the Redis increment leaves Redis short (never over) and the
+    holder's holdings high (a limit refusing too early, never too late): reconciliation repairs
+    both.
     """
     StockMovement.objects.bulk_create(
-        StockMovement(product_id=pid, quantity=qty, kind=StockMovement.Kind.RETURN, reference=reference)
+        StockMovement(product_id=pid, quantity=qty, kind=StockMovement.Kind.RETURN, reference=reference, holder=holder)
         for pid, qty in quantities.items()
     )
 
-    transaction.on_commit(lambda: stock.shift_available(quantities=quantities), robust=True)
+    transaction.on_commit(lambda: stock.give_back(quantities=quantities, holder=holder), robust=True)
 
 
 def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
@@ -233,6 +268,25 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
     with transaction.atomic():
         StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reason=reason)
         transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity), robust=True)
+
+
+def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:
+    """Set (or with None, lift) how many units one customer may hold of the product.
+
+    The database first; Redis, where orders check it, once that commits. Holdings of units sold
+    before the limit are counted by reconciliation, which runs at once (or, if one is running
+    already, at its next turn): until then earlier purchases are not counted against the limit.
+    """
+    with transaction.atomic():
+        Product.objects.filter(pk=product.pk).update(purchase_limit=limit)
+        product.purchase_limit = limit
+
+        def load() -> None:
+            stock.set_purchase_limit(product_id=product.pk, limit=limit)
+            if limit:
+                inventory_reconcile()
+
+        transaction.on_commit(load, robust=True)
 
 
 def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bool = True) -> Product:
@@ -268,11 +322,28 @@ class ReconcileReport:
     released_tokens: list[str] = field(default_factory=list)
     forgotten_tokens: int = 0
     products: list[ProductDrift] = field(default_factory=list)
+    holding_drifts: dict[tuple[int, int], int] = field(default_factory=dict)  # purchase limits
     repaired: bool = False
 
     @property
     def drifted(self) -> list[ProductDrift]:
         return [p for p in self.products if p.drift != 0 or p.redis is None]
+
+
+def purchase_limits() -> dict[int, int | None]:
+    return dict(Product.objects.values_list("id", "purchase_limit"))
+
+
+def holdings_by_holder(*, product_ids: list[int]) -> dict[tuple[int, int], int]:
+    """Units each holder holds for good (sold, less returned) of the given products, from the
+    ledger: (product id, holder) -> units."""
+    rows = (
+        StockMovement.objects.filter(product_id__in=product_ids, holder__isnull=False)
+        .values("product_id", "holder")
+        .annotate(units=Sum("quantity"))
+        .values_list("product_id", "holder", "units")
+    )
+    return {(pid, holder): -units for pid, holder, units in rows if units}
 
 
 def on_hand_by_product() -> dict[int, int]:
@@ -384,13 +455,20 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         on_hand = on_hand_by_product()
-        snap = stock.snapshot(product_ids=list(on_hand))
+        limits = purchase_limits()
+        limited = sorted(pid for pid, limit in limits.items() if limit)
+        held_for_good = holdings_by_holder(product_ids=limited)
+        snap = stock.snapshot(product_ids=list(on_hand), limited_ids=limited)
         sold = _sold_tokens(list(snap.reservations))
     in_flight: dict[int, int] = {}
-    for token, items in snap.reservations.items():
+    expected_held = dict(held_for_good)
+    for token, tracked in snap.reservations.items():
         if token not in sold:
-            for pid, qty in items.items():
+            for pid, qty in tracked.items.items():
                 in_flight[pid] = in_flight.get(pid, 0) + qty
+                if tracked.holder is not None and pid in snap.holdings:
+                    expected_held[pid, tracked.holder] = expected_held.get((pid, tracked.holder), 0) + qty
+    report.holding_drifts = _holding_drifts(expected_held, snap.holdings)
     for pid, units in on_hand.items():
         held = in_flight.get(pid, 0)
         report.products.append(
@@ -402,7 +480,7 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
     if repair:
         report.repaired = stock.repair(
             drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
-            epoch=epoch,
+            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts,
         )  # fmt: skip
     drifted = [] if report.rebuilt else report.drifted
     metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
@@ -418,7 +496,25 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
             product.in_flight,
             " - repaired" if repair else "",
         )
+    if report.holding_drifts and not report.rebuilt:
+        logger.warning("purchase-limit holdings drifted for %d holders%s", len(report.holding_drifts),
+                       " - repaired" if repair else "")  # fmt: skip
     return report
+
+
+def _holding_drifts(
+    expected: dict[tuple[int, int], int], redis: dict[int, dict[int, int]]
+) -> dict[tuple[int, int], int]:
+    """(product id, holder) -> units to add to Redis' holdings to make them the expected ones."""
+    drifts = {}
+    for pid, holders in redis.items():
+        for holder, units in holders.items():
+            if expected.get((pid, holder), 0) != units:
+                drifts[pid, holder] = expected.get((pid, holder), 0) - units
+    for (pid, holder), units in expected.items():
+        if holder not in redis.get(pid, {}) and units:
+            drifts[pid, holder] = units
+    return drifts
 
 
 def inventory_forget_sold(*, older_than_seconds: float = 1.0, chunk: int = 2_000) -> int:

@@ -7,6 +7,9 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:ready                the run id of the server that loaded stock from the database: absent
                              after data loss, another run's after a restart or failover
     inv:epoch                the database's stock epoch the counts were loaded under
+    inv:limit:{product_id}   the product's purchase limit per holder (absent: none)
+    inv:held:{product_id}    hash holder (user id) -> units held (paid or in flight), for a
+                             product with a limit
 """
 
 from __future__ import annotations
@@ -25,7 +28,21 @@ RESERVATION_PREFIX = "inv:resv:"
 RESERVATIONS_KEY = "inv:reservations"
 READY_KEY = "inv:ready"
 EPOCH_KEY = "inv:epoch"
+LIMIT_PREFIX = "inv:limit:"
+HELD_PREFIX = "inv:held:"
 _LUA_DIR = Path(__file__).parent / "lua"
+
+
+@dataclass(frozen=True)
+class AdmissionCounter:
+    """A fixed-window counter the reservation counts and checks before it touches stock (a rate
+    limit): at most `limit` reservations per `window_ms` under `key`. `scope` names it to the
+    caller. Inventory knows nothing of what it counts (orders/limits.py builds them)."""
+
+    key: str
+    limit: int
+    window_ms: int
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,10 @@ class ReserveResult:
     loaded: bool = True
     failed_product_id: int | None = None
     available: int | None = None
+    refused_by: AdmissionCounter | None = None  # a counter over its limit...
+    retry_after_ms: int | None = None  # ...until its window ends
+    limit: int | None = None  # the failed product's purchase limit...
+    held: int | None = None  # ...and what the holder holds already
 
 
 def redis_client():
@@ -49,20 +70,40 @@ def reservation_key(token: uuid.UUID | str) -> str:
     return f"{RESERVATION_PREFIX}{token}"
 
 
-def reserve(*, token: uuid.UUID, quantities: dict[int, int]) -> ReserveResult:
-    args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000)]
+def reserve(
+    *,
+    token: uuid.UUID,
+    quantities: dict[int, int],
+    holder: int | None = None,
+    counters: tuple[AdmissionCounter, ...] = (),
+) -> ReserveResult:
+    """One script: the admission counters, then stock and `holder`'s purchase limits (see
+    reserve.lua)."""
+    args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000), "" if holder is None else holder,
+                          LIMIT_PREFIX, HELD_PREFIX, len(counters)]  # fmt: skip
+    for counter in counters:
+        args += [counter.limit, counter.window_ms]
     for product_id, quantity in sorted(quantities.items()):
         args += [product_id, quantity]
-    result = run_script("reserve", keys=[READY_KEY, RESERVATIONS_KEY, reservation_key(token), EPOCH_KEY], args=args)
+    keys = [READY_KEY, RESERVATIONS_KEY, reservation_key(token), EPOCH_KEY, *(c.key for c in counters)]
+    result = run_script("reserve", keys=keys, args=args)
     if result[0] == 1:
         return ReserveResult(ok=True, epoch=int(result[1]))
     if result[0] == -1:
         return ReserveResult(ok=False, loaded=False)
+    if result[0] == -2:
+        return ReserveResult(ok=False, refused_by=counters[int(result[1]) - 1], retry_after_ms=int(result[2]))
+    if result[0] == -3:
+        return ReserveResult(ok=False, failed_product_id=int(result[1]), limit=int(result[2]), held=int(result[3]))
     return ReserveResult(ok=False, failed_product_id=int(result[1]), available=int(result[2]))
 
 
 def release(*, token: uuid.UUID | str) -> bool:
-    return bool(run_script("release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token)]))
+    return bool(
+        run_script(
+            "release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token), HELD_PREFIX]
+        )
+    )
 
 
 def add_available(*, product_id: int, quantity: int) -> None:
@@ -75,6 +116,28 @@ def shift_available(*, quantities: dict[int, int]) -> None:
     for product_id, quantity in quantities.items():
         pipe.incrby(f"{STOCK_PREFIX}{product_id}", quantity)
     pipe.execute()
+
+
+def give_back(*, quantities: dict[int, int], holder: int | None) -> None:
+    """A cancelled order's units: back into the counts, and off `holder`'s holdings of the
+    products with a purchase limit, in one round trip (return.lua)."""
+    args: list[object] = [STOCK_PREFIX, LIMIT_PREFIX, HELD_PREFIX, "" if holder is None else holder]
+    for product_id, quantity in quantities.items():
+        args += [product_id, quantity]
+    run_script("return", keys=[], args=args)
+
+
+def set_purchase_limit(*, product_id: int, limit: int | None) -> None:
+    """The product's limit as reserve.lua reads it (reconciliation loads every product's too)."""
+    if limit:
+        redis_client().set(f"{LIMIT_PREFIX}{product_id}", limit)
+    else:
+        redis_client().delete(f"{LIMIT_PREFIX}{product_id}", f"{HELD_PREFIX}{product_id}")
+
+
+def holdings(*, product_id: int) -> dict[int, int]:
+    """Units each holder holds of a product with a purchase limit."""
+    return {int(k): int(v) for k, v in redis_client().hgetall(f"{HELD_PREFIX}{product_id}").items()}
 
 
 def available(*, product_ids: list[int]) -> dict[int, int | None]:
@@ -121,28 +184,65 @@ def forget(*, tokens: list[str]) -> int:
 
 
 @dataclass(frozen=True)
+class TrackedReservation:
+    items: dict[int, int]  # product id -> units
+    holder: int | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     available: dict[int, int | None]
-    reservations: dict[str, dict[int, int]]
+    reservations: dict[str, TrackedReservation]
+    holdings: dict[int, dict[int, int]]  # product id -> holder -> units, for the products asked
 
 
-def snapshot(*, product_ids: list[int]) -> Snapshot:
-    stock, flat = run_script("snapshot", keys=[RESERVATIONS_KEY], args=[STOCK_PREFIX, RESERVATION_PREFIX, *product_ids])
-    reservations: dict[str, dict[int, int]] = {}
-    for i in range(0, len(flat), 2):
-        items = flat[i + 1]
-        reservations[flat[i].decode()] = {int(items[j]): int(items[j + 1]) for j in range(0, len(items), 2)}
+def _tracked(fields: list[bytes]) -> TrackedReservation:
+    items: dict[int, int] = {}
+    holder = None
+    for j in range(0, len(fields), 2):
+        name = fields[j].decode()
+        if name == "u":
+            holder = int(fields[j + 1])
+        elif name.isdigit():  # not h:{pid}, what the reservation added to the holder's holdings
+            items[int(name)] = int(fields[j + 1])
+    return TrackedReservation(items=items, holder=holder)
+
+
+def snapshot(*, product_ids: list[int], limited_ids: list[int] = ()) -> Snapshot:
+    args = [STOCK_PREFIX, RESERVATION_PREFIX, HELD_PREFIX, len(product_ids), *product_ids, *limited_ids]
+    stock, flat, held = run_script("snapshot", keys=[RESERVATIONS_KEY], args=args)
+    reservations = {flat[i].decode(): _tracked(flat[i + 1]) for i in range(0, len(flat), 2)}
     return Snapshot(
         available={pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, stock, strict=True)},
         reservations=reservations,
+        holdings={
+            pid: {int(fields[j]): int(fields[j + 1]) for j in range(0, len(fields), 2)}
+            for pid, fields in zip(limited_ids, held, strict=True)
+        },
     )
 
 
-def repair(*, drifts: dict[int, int], forget_tokens: list[str], run_id: str, epoch: int) -> bool:
+def repair(
+    *,
+    drifts: dict[int, int],
+    forget_tokens: list[str],
+    run_id: str,
+    epoch: int,
+    limits: dict[int, int | None] | None = None,
+    holding_drifts: dict[tuple[int, int], int] | None = None,
+) -> bool:
     """Apply reconciliation's result; stock counts as loaded (under `epoch`) afterwards unless
-    the server restarted since `run_id` was read (then False)."""
-    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id, epoch]
+    the server restarted since `run_id` was read (then False). `limits`: product id -> its
+    purchase limit (None: none, its holdings dropped); `holding_drifts`: (product id, holder)
+    -> units to add."""
+    limits, holding_drifts = limits or {}, holding_drifts or {}
+    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id, epoch, LIMIT_PREFIX, HELD_PREFIX,
+                          len(limits), len(holding_drifts)]  # fmt: skip
     for product_id, drift in drifts.items():
         args += [product_id, drift]
+    for product_id, limit in limits.items():
+        args += [product_id, limit or 0]
+    for (product_id, holder), drift in holding_drifts.items():
+        args += [product_id, holder, drift]
     args += forget_tokens
     return bool(run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY, EPOCH_KEY], args=args))

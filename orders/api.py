@@ -72,6 +72,7 @@ class OrderListCreateApi(APIView):
             coupon_code=data.get("couponCode"),
             idempotency_key=key,
             fingerprint=request_fingerprint(data) if key else "",
+            client_ip=request.META.get("REMOTE_ADDR", ""),
         )
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
         if placed.status_code == 202:

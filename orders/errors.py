@@ -9,6 +9,8 @@ class OrderErrorCode(StrEnum):
     PRICE_CHANGED = "PRICE_CHANGED"
     INVALID_STATUS = "INVALID_STATUS"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    TOO_MANY_UNPAID_ORDERS = "TOO_MANY_UNPAID_ORDERS"
+    CANCEL_WINDOW_CLOSED = "CANCEL_WINDOW_CLOSED"
     NOT_FOUND = ErrorCode.NOT_FOUND
     FORBIDDEN = ErrorCode.FORBIDDEN
 
@@ -45,3 +47,18 @@ class NotYourOrder(DomainError):
 
 class PaymentBacklogFull(ServiceUnavailable):
     default_message = "Payments are running behind; nothing was reserved. Try again after Retry-After seconds."
+
+
+class TooManyUnpaidOrders(DomainError):
+    """409, not 429: it is the state of the caller's orders, not the rate of its requests, and
+    waiting alone does not lift it; a settler paying (or failing) one of them does."""
+
+    code = OrderErrorCode.TOO_MANY_UNPAID_ORDERS
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "You have too many orders waiting for payment; nothing was reserved."
+
+
+class CancelWindowClosed(DomainError):
+    code = OrderErrorCode.CANCEL_WINDOW_CLOSED
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "A paid order can no longer be cancelled this long after it was placed."

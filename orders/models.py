@@ -39,6 +39,12 @@ class Order(models.Model):
             models.Index(
                 fields=["id"], condition=models.Q(status=OrderStatus.PENDING_PAYMENT), name="orders_order_pending"
             ),
+            # One user's unpaid orders, counted against ORDER_UNPAID_LIMIT_PER_USER (orders/services.py).
+            models.Index(
+                fields=["user"],
+                condition=models.Q(status=OrderStatus.PENDING_PAYMENT),
+                name="orders_order_pending_by_user",
+            ),
         ]
 
     def __str__(self) -> str:

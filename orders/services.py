@@ -18,7 +18,7 @@ from accounts.errors import InsufficientBalance
 from accounts.models import Account, BalanceEntry
 from accounts.services import balance_change_ctes, balance_entry_cte, balance_params, balance_retry
 from config.database import sql_execute, sql_one
-from coupons.services import coupon_redeem, coupon_release
+from coupons.services import coupon_discount, coupon_redeem, coupon_release
 from inventory.errors import OutOfStock, ReservationLost
 from inventory.legacy import product_locks, stock_take_locked
 from inventory.services import (
@@ -33,9 +33,17 @@ from inventory.services import (
     stock_sale_params,
     stock_sale_sql,
 )
+from inventory.stock import AdmissionCounter
 from orders import events, idempotency
 from orders.backlog import payment_backlog_check
-from orders.errors import InvalidStatusTransition, OrderNotFound, PriceChanged
+from orders.errors import (
+    CancelWindowClosed,
+    InvalidStatusTransition,
+    OrderNotFound,
+    PriceChanged,
+    TooManyUnpaidOrders,
+)
+from orders.limits import order_admission_counters, unpaid_orders_cap
 from orders.models import ALLOWED_TRANSITIONS, Order, OrderStatus
 from payments.services import payment_insert_cte, payment_params, payment_refund, payment_take
 
@@ -84,8 +92,14 @@ def order_place(
     idempotency_key: str | None = None,
     fingerprint: str = "",
     asynchronous: bool = False,
+    client_ip: str = "",
 ) -> PlacedOrder:
     """Reserve stock, record the order, redeem the coupon and pay, all or nothing.
+
+    The reservation also counts the order against the caller's rate limits (per user, per
+    `client_ip`) and checks each product's purchase limit (units the caller holds, paid or in
+    flight); an asynchronous order is refused while the caller has ORDER_UNPAID_LIMIT_PER_USER
+    unpaid ones (orders/limits.py). A refused order reserves nothing.
 
     With `asynchronous=True` the order is recorded PENDING_PAYMENT (answer 202), unless payment
     is running more than PAYMENT_BACKLOG_MAX_SECONDS behind (SERVICE_UNAVAILABLE, nothing
@@ -96,16 +110,18 @@ def order_place(
     reservation gives the stock back before the error reaches the client; a crash leaves the
     reservation to reconciliation. (ORDER_STRATEGY=old takes the report's path instead: product
     locks around a database decrement, no balance retry, LOCK_TIMEOUT.)
-    Raises NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED, OUT_OF_STOCK, COUPON_INVALID,
-    INSUFFICIENT_BALANCE, CONFLICT, SERVICE_UNAVAILABLE.
+    Raises NOT_FOUND, PRODUCT_UNAVAILABLE, PRICE_CHANGED, RATE_LIMITED, OUT_OF_STOCK,
+    PURCHASE_LIMIT_REACHED, TOO_MANY_UNPAID_ORDERS, COUPON_INVALID, INSUFFICIENT_BALANCE,
+    CONFLICT, SERVICE_UNAVAILABLE.
     """
     claim = None
     if idempotency_key:
         claim = idempotency.begin(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
         if isinstance(claim, PlacedOrder):
-            return claim  # the key's earlier answer
+            return claim  # the key's earlier answer (a replay is not counted against the rate limits)
+    counters = order_admission_counters(user_id=user_id, client_ip=client_ip)
     try:
-        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, claim=claim,
+        return _place(user_id=user_id, lines=lines, coupon_code=coupon_code, claim=claim, counters=counters,
                       pay_now=not asynchronous)  # fmt: skip
     except idempotency.REMEMBERED_ERRORS as error:
         if claim:
@@ -130,6 +146,7 @@ def _place(
     lines: list[OrderLine],
     coupon_code: str | None,
     claim: idempotency.Claim | None,
+    counters: tuple[AdmissionCounter, ...],
     pay_now: bool,
 ) -> PlacedOrder:
     if not pay_now:
@@ -141,7 +158,7 @@ def _place(
     usual = settings.ORDER_STRATEGY != "old" and not coupon_code and not claim and quoted is not None
     if usual and (not pay_now or any(quoted.values())):
         return _place_in_one_statement(user_id=user_id, lines=lines, quantities=quantities, prices=quoted,
-                                       pay_now=pay_now)  # fmt: skip
+                                       counters=counters, pay_now=pay_now)  # fmt: skip
     prices = _prices_checked(lines, quantities)
     record = partial(
         _record_order,
@@ -152,7 +169,7 @@ def _place(
         coupon_code=coupon_code,
         claim=claim,
     )
-    if settings.ORDER_STRATEGY == "old":
+    if settings.ORDER_STRATEGY == "old":  # the report's design, for comparison: no rate or purchase limits
         with product_locks(list(quantities)):
             return record(
                 token=uuid.uuid4(),
@@ -160,7 +177,7 @@ def _place(
                 payment_attempts=1,
             )
 
-    reservation = stock_reserve(quantities=quantities)
+    reservation = stock_reserve(quantities=quantities, holder=user_id, counters=counters)
     try:
         return record(
             token=reservation.token,
@@ -191,14 +208,20 @@ def _prices_checked(lines: list[OrderLine], quantities: dict[int, int]) -> dict[
 
 
 def _place_in_one_statement(
-    *, user_id: int, lines: list[OrderLine], quantities: dict[int, int], prices: dict[int, int], pay_now: bool
+    *,
+    user_id: int,
+    lines: list[OrderLine],
+    quantities: dict[int, int],
+    prices: dict[int, int],
+    counters: tuple[AdmissionCounter, ...],
+    pay_now: bool,
 ) -> PlacedOrder:
     """Reserve, then write the order in one statement fenced by the stock epoch and by the
     quoted `prices` (checked there, not read before): any failure gives the reservation back.
     Errors keep the precedence of the other path: a product missing, off sale or repriced is
     named before its stock or the balance (looked up only once something failed)."""
     try:
-        reservation = stock_reserve(quantities=quantities)
+        reservation = stock_reserve(quantities=quantities, holder=user_id, counters=counters)
     except OutOfStock:
         _prices_checked(lines, quantities)  # a product that is not for sale has no stock either
         raise
@@ -229,9 +252,12 @@ def _record_order(
     pay_now: bool,
     payment_attempts: int | None = None,
 ) -> PlacedOrder:
-    """One transaction: the order, its stock, the coupon use, its events, and (synchronously)
-    the payment. Balance goes last, so the account row (locked by its version update) is held
-    for the shortest time. Asynchronously, the order's INSERT wakes a settler as it commits.
+    """One transaction: the order, its stock, the payment (synchronously), the coupon use and
+    its events. Lock order: the account row (locked by the balance's version update, retried
+    while the version moves) before the coupon row (locked by its use count): the coupon's
+    discount is worked out first without a lock and its use taken last, so a buyer whose balance
+    keeps being retried never holds a coupon that other buyers are waiting for. Asynchronously,
+    the order's INSERT wakes a settler as it commits.
 
     Paid now without a coupon, the paid amount is known before anything is written: the order
     is written PAID at once, with both its events, saving a status update. Nobody sees it
@@ -244,13 +270,13 @@ def _record_order(
                               wake_settler=not pay_now)  # fmt: skip
         reference = f"order:{order.id}"
         take_stock(reference)
-        discount = 0
-        if coupon_code:
-            discount = coupon_redeem(
-                code=coupon_code, user_id=user_id, order_amount=total, reference=reference
-            ).discount
+        discount = coupon_discount(code=coupon_code, order_amount=total) if coupon_code else 0
         if pay_now:
             payment_take(order_id=order.id, user_id=user_id, amount=total - discount, max_attempts=payment_attempts)
+        if coupon_code:
+            coupon_redeem(code=coupon_code, user_id=user_id, order_amount=total, reference=reference,
+                          discount=discount)  # fmt: skip
+        if pay_now:
             if not paid_at_once:
                 _move(order, OrderStatus.PAID, events.PAID, discount_amount=discount, paid_amount=total - discount)
             status_code = 201
@@ -280,21 +306,43 @@ new_order AS (
 ), new_events AS ({events.insert_sql(order_id="new_order.id", source="new_order")})"""
 _ORDER_REFERENCE = "'order:' || new_order.id"
 _SELECT_ORDER = "\nSELECT id, created_at FROM new_order"
-# NOTIFY wakes the settlers; it is delivered when (and only if) the order commits.
-_SELECT_ORDER_AND_WAKE_SETTLERS = f"\nSELECT id, created_at, pg_notify('{SETTLE_CHANNEL}', '') FROM new_order"
+# An unpaid order is written only while its user has fewer than %(unpaid_cap)s unpaid ones (NULL:
+# no cap), counted over the partial index orders_order_pending_by_user and never past the cap.
+# Parallel orders of one user that all start under the cap may pass it together, by at most as
+# many as run at once (each statement sees the others' orders only once they commit): a bound on
+# abuse, not a count to the unit; purchase limits, which are, are counted in Redis.
+_UNPAID_CTE = f"""unpaid AS (
+    SELECT count(*) AS orders FROM (
+        SELECT 1 FROM {Order._meta.db_table} WHERE user_id = %(user_id)s AND status = %(pending)s
+        LIMIT coalesce(%(unpaid_cap)s::int, 0)
+    ) AS waiting
+), """
+_UNDER_UNPAID_CAP = "unpaid WHERE %(unpaid_cap)s::int IS NULL OR unpaid.orders < %(unpaid_cap)s::int"
+# NOTIFY wakes the settlers; it is delivered when (and only if) the order commits. A row comes
+# back either way: the order's id is NULL when the cap (or the fence, FENCE) held it back.
+_SELECT_ORDER_AND_WAKE_SETTLERS = f"""
+SELECT new_order.id, new_order.created_at, unpaid.orders, {{fence}},
+       (SELECT pg_notify('{SETTLE_CHANNEL}', '') FROM new_order)
+FROM unpaid LEFT JOIN new_order ON true"""
 # Inside the order's transaction (an order with a coupon or an Idempotency-Key), which records
 # the sale, the coupon's use and the payment next.
 _INSERT_ORDER_SQL = "WITH " + _ORDER_CTES.format(condition="") + _SELECT_ORDER
-_INSERT_PENDING_ORDER_SQL = "WITH " + _ORDER_CTES.format(condition="") + _SELECT_ORDER_AND_WAKE_SETTLERS
+_INSERT_PENDING_ORDER_SQL = (
+    "WITH "
+    + _UNPAID_CTE
+    + _ORDER_CTES.format(condition="FROM " + _UNDER_UNPAID_CAP)
+    + _SELECT_ORDER_AND_WAKE_SETTLERS.format(fence="true")
+)
 # The usual order, without coupon or Idempotency-Key: one statement in autocommit (one round
 # trip, its own commit), each app's part in that app's own SQL. Fenced by the stock epoch.
 # Asynchronously: the order and its sale; a settler pays it later.
 _ACCEPT_ORDER_SQL = (
     f"WITH fence AS ({EPOCH_AND_PRICES_FENCE_SQL}), "
-    + _ORDER_CTES.format(condition="FROM fence")
+    + _UNPAID_CTE
+    + _ORDER_CTES.format(condition="FROM fence, " + _UNDER_UNPAID_CAP)
     + ", "
     + stock_sale_sql(source="new_order", reference=_ORDER_REFERENCE)
-    + _SELECT_ORDER_AND_WAKE_SETTLERS
+    + _SELECT_ORDER_AND_WAKE_SETTLERS.format(fence="EXISTS (SELECT 1 FROM fence)")
 )
 # Synchronously: also the payment, the balance under its version check and its ledger entry.
 # Everything hangs on `changed`: if the version moved, the balance is short or the fence fails,
@@ -370,10 +418,20 @@ def _insert_order(
     wake_settler: bool,
 ) -> Order:
     """Inside the order's transaction: the order (see _new_order). `wake_settler`: it waits
-    for a settler."""
+    for a settler, and is refused (TooManyUnpaidOrders) if its user has too many waiting."""
     order, params = _new_order(user_id=user_id, total=total, coupon_code=coupon_code, token=token,
                                quantities=quantities, prices=prices, paid=paid)  # fmt: skip
-    return _written(order, sql_one(_INSERT_PENDING_ORDER_SQL if wake_settler else _INSERT_ORDER_SQL, params))
+    if not wake_settler:
+        return _written(order, sql_one(_INSERT_ORDER_SQL, params))
+    params.update(_unpaid_params())
+    order_id, created_at, unpaid, _fence_holds, _ = sql_one(_INSERT_PENDING_ORDER_SQL, params)
+    if order_id is None:
+        raise TooManyUnpaidOrders(details={"limit": params["unpaid_cap"], "unpaid": unpaid})
+    return _written(order, (order_id, created_at))
+
+
+def _unpaid_params() -> dict[str, object]:
+    return {"pending": OrderStatus.PENDING_PAYMENT, "unpaid_cap": unpaid_orders_cap()}
 
 
 def _accept_order(
@@ -381,16 +439,19 @@ def _accept_order(
 ) -> Order:
     """An asynchronous order without coupon or Idempotency-Key, and its sale, in one statement
     committed on its own: a settler pays it later. All of it is written, or none (ReservationLost
-    if the sale cannot be recorded)."""
+    if the sale cannot be recorded, TooManyUnpaidOrders if its user has too many waiting)."""
     total = _total(quantities, prices)
     order, params = _new_order(user_id=user_id, total=total, coupon_code="", token=reservation.token,
                                quantities=quantities, prices=prices, paid=False)  # fmt: skip
     params.update(stock_sale_params(reservation=reservation, quantities=quantities))
     params.update(quoted_prices_params(prices=prices))
-    row = _run_fenced(_ACCEPT_ORDER_SQL, params)
-    if row is None:  # the fence failed: the stock epoch moved on (Redis lost the reservation and
-        raise ReservationLost()  # stock was rebuilt), or the quoted prices no longer hold
-    return _written(order, row)
+    params.update(_unpaid_params())
+    order_id, created_at, unpaid, fence_holds, _ = _run_fenced(_ACCEPT_ORDER_SQL, params)
+    if not fence_holds:  # the stock epoch moved on (Redis lost the reservation and stock was
+        raise ReservationLost()  # rebuilt), or the quoted prices no longer hold
+    if order_id is None:
+        raise TooManyUnpaidOrders(details={"limit": params["unpaid_cap"], "unpaid": unpaid})
+    return _written(order, (order_id, created_at))
 
 
 def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, int], reservation: Reservation) -> Order:
@@ -492,17 +553,20 @@ def _give_back(order: Order, *, to_status: str, event_type: str) -> None:
         payment_refund(order_id=order.id)
     if order.coupon_code:
         coupon_release(reference=reference)
-    stock_return(quantities={item.product_id: item.quantity for item in order.items_cache}, reference=reference)
+    stock_return(quantities={item.product_id: item.quantity for item in order.items_cache}, reference=reference,
+                 holder=order.user_id)  # fmt: skip
     _move(order, to_status, event_type)
 
 
 def order_cancel(*, order_id: int, user_id: int) -> Order:
-    """Cancel an order: refund its payment, give the coupon use and the stock back.
+    """The buyer cancels an order: refund its payment, give the coupon use and the stock (and
+    with it the purchase-limit allowance) back. A paid order only within
+    ORDER_CANCEL_WINDOW_SECONDS of being placed: a flash sale's stock is not a free option.
 
     The order row is locked for the cancellation, so two cancels cannot both refund; refund,
     coupon release, the stock ledger and the event commit together, and Redis gets the units
     after the commit (a crash in between leaves Redis short until reconciliation adds them
-    back). Raises NOT_FOUND or INVALID_STATUS.
+    back). Raises NOT_FOUND, INVALID_STATUS or CANCEL_WINDOW_CLOSED.
     """
     with transaction.atomic():
         order = _lock_order(order_id, user_id=user_id)
@@ -510,8 +574,16 @@ def order_cancel(*, order_id: int, user_id: int) -> Order:
             raise OrderNotFound()
         if OrderStatus.CANCELLED not in ALLOWED_TRANSITIONS[order.status]:
             raise InvalidStatusTransition(details={"from": order.status, "to": OrderStatus.CANCELLED})
+        _check_cancel_window(order)
         _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
     return order
+
+
+def _check_cancel_window(order: Order) -> None:
+    window = settings.ORDER_CANCEL_WINDOW_SECONDS
+    closes_at = order.created_at + datetime.timedelta(seconds=window)
+    if order.status == OrderStatus.PAID and timezone.now() >= closes_at:
+        raise CancelWindowClosed(details={"windowSeconds": window, "closedAt": closes_at})
 
 
 def orders_expire_pending(*, older_than_seconds: float | None = None) -> list[int]:

@@ -179,3 +179,19 @@ def test_the_operator_groups_from_the_migration_grant_one_adjust_page_each():
     assert sale.get("/admin/inventory/stockmovement/").status_code == 200
     assert sale.get("/admin/accounts/balanceentry/").status_code == 403
     assert balance.get("/admin/accounts/balanceentry/").status_code == 200
+
+
+def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(admin_client):
+    product = make_product(price=3, stock_quantity=10)
+    form = {"name": product.name, "price": 3, "active": "on", "purchase_limit": 2}
+    assert admin_client.post(f"/admin/inventory/product/{product.id}/change/", form).status_code == 302
+    assert stock.redis_client().get(f"{stock.LIMIT_PREFIX}{product.id}") == b"2"
+    buyer = make_user(balance=100)
+    answer = client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json")
+    assert answer.json()["error"]["code"] == "PURCHASE_LIMIT_REACHED"
+    assert (
+        admin_client.post(f"/admin/inventory/product/{product.id}/change/", {**form, "purchase_limit": ""}).status_code
+        == 302
+    )
+    assert stock.redis_client().get(f"{stock.LIMIT_PREFIX}{product.id}") is None
+    assert client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json").status_code == 201
