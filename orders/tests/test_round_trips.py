@@ -62,6 +62,9 @@ def warm_caller(settings):
     product = make_product(price=7, stock_quantity=50)
     client = client_for(user)
     assert client.get("/api/v1/accounts/me").status_code == 200  # the token is remembered now
+    # As in a worker that has served orders: its scripts are loaded in Redis, its statements
+    # prepared (a fresh Redis answers the first EVALSHA with NOSCRIPT, and redis-py loads it).
+    assert client.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
     return user, product, client
 
 
