@@ -47,6 +47,7 @@ def chromium_page(*, viewport: tuple[int, int] = (1200, 860)):
     # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are
     # still synchronous and safe, so Django's async guard is told so.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from django.db import connections
     from playwright.sync_api import sync_playwright
 
     try:
@@ -57,8 +58,14 @@ def chromium_page(*, viewport: tuple[int, int] = (1200, 860)):
             page.console_errors = []
             page.on("console", lambda message: _collect(page.console_errors, message))
             page.on("pageerror", lambda exc: page.console_errors.append(f"uncaught: {exc}"))
-            yield page
-            browser.close()
+            try:
+                yield page
+            finally:
+                browser.close()
+                # While Playwright's loop runs, the test's ORM calls see other context-local
+                # database connections than the test's own: closed here, or one of them
+                # outlives the test and the test database cannot be dropped at the end.
+                connections.close_all()
     finally:
         del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
