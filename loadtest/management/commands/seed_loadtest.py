@@ -16,7 +16,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["if_empty"] and not database_is_empty():
-            self.stdout.write("database already has data; not reseeding (drop --if-empty to reset)")
+            self.stdout.write(
+                "the database already has data: not reseeding. To reset it to the load-test data "
+                "(customers, products, orders and stock are replaced; staff users are kept), run "
+                "`.venv/bin/python manage.py seed_loadtest`."
+            )
             return
         shape = SeedShape(
             users=options["users"],
