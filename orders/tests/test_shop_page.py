@@ -13,6 +13,7 @@ from django.conf import settings
 from accounts.services import token_create
 from config.browser import chromium_page
 from config.testing import Settler, make_product, make_user
+from coupons.models import Coupon
 from inventory import stock
 from orders.models import Order
 
@@ -153,3 +154,33 @@ def test_product_names_are_shown_as_text_and_nothing_in_them_runs(page, live_ser
     assert page.evaluate("window.__xss") is None
     assert page.console_errors == []  # nothing was even tried (a blocked handler would show here)
     assert Order.objects.get().status == "PAID"
+
+
+def test_a_coupon_entered_in_the_shop_is_applied_and_a_bad_one_is_explained_under_its_field(page, live_server):
+    user = make_user(balance=1_000)
+    tea = make_product(name="Green tea", price=120, stock_quantity=50)
+    Coupon.objects.create(code="TEA20", kind=Coupon.Kind.FIXED, value=20)
+    settler = Settler(name="coupon")
+    try:
+        _sign_in(page, live_server, user, "coupon")
+        page.locator(f".product[data-product-id='{tea.id}']").get_by_label("more").click()
+        page.fill("#coupon", "NOPE")
+        page.click("#place")
+        page.wait_for_selector("#catalog:not([hidden]) #coupon-error:not(:empty)")
+        page.screenshot(path=SHOTS / "coupon-2-unknown.png", full_page=True)
+        assert "There is no such coupon" in page.inner_text("#coupon-error")
+        assert Order.objects.count() == 0 and stock.available(product_ids=[tea.id]) == {tea.id: 50}
+
+        page.fill("#coupon", "TEA20")
+        page.click("#place")
+        page.wait_for_selector("#done:not([hidden])", timeout=60_000)
+        page.screenshot(path=SHOTS / "coupon-3-done.png", full_page=True)
+    finally:
+        settler.stop()
+
+    assert "discount 20" in page.inner_text("#done-summary") and "paid 100" in page.inner_text("#done-summary")
+    assert page.inner_text("#coupon-error") == ""
+    order = Order.objects.get()
+    assert (order.coupon_code, order.discount_amount, order.paid_amount) == ("TEA20", 20, 100)
+    # (the browser reports the refused coupon's 409 itself; nothing else may show)
+    assert [e for e in page.console_errors if "status of 409" not in e] == []

@@ -93,9 +93,23 @@
       }
       case "INSUFFICIENT_BALANCE": return `Your balance does not cover this order. Nothing was charged.`;
       case "PRICE_CHANGED": return "A price changed while you were shopping. Please review the new prices.";
-      case "COUPON_INVALID": return "The coupon cannot be used for this order.";
+      case "COUPON_INVALID": return couponProblem(error);
       default: return error.message || "Something went wrong. Nothing was charged.";
     }
+  }
+
+  const COUPON_REASONS = {
+    NOT_FOUND: "There is no such coupon.",
+    EXPIRED: "This coupon is not valid at this time.",
+    MIN_ORDER_AMOUNT: null,  // the server's message says the amount
+    USAGE_LIMIT_REACHED: "This coupon has been used up.",
+    PER_USER_LIMIT_REACHED: "You have already used this coupon.",
+    CHANGED: "The coupon changed while you ordered. Please order again.",
+  };
+
+  function couponProblem(error) {
+    const reason = (error.details || {}).reason;
+    return `Coupon “${$("coupon").value.trim()}”: ${COUPON_REASONS[reason] || error.message} Nothing was reserved or charged.`;
   }
 
   function fail(title, text) {
@@ -113,10 +127,22 @@
     setProgress([], "running");
     show("progress");
     const key = (crypto.randomUUID && crypto.randomUUID()) || `${Date.now()}-${Math.random()}`;
-    const res = await api("/orders", { method: "POST", body: JSON.stringify({ userId: me.userId, orderItems }),
+    const couponCode = $("coupon").value.trim();
+    const body = couponCode ? { userId: me.userId, orderItems, couponCode } : { userId: me.userId, orderItems };
+    $("coupon-error").textContent = "";
+    const res = await api("/orders", { method: "POST", body: JSON.stringify(body),
       headers: { Prefer: "respond-async", "Idempotency-Key": key } });
     if (res.status !== 202 && res.status !== 201) {
       const error = (res.body && res.body.error) || { code: `HTTP_${res.status}` };
+      const field = error.details && error.details.couponCode;
+      if (error.code === "COUPON_INVALID" || (error.code === "VALIDATION_ERROR" && field)) {
+        // Back to the basket, the problem under the coupon field: the rest of the order stands.
+        $("coupon-error").textContent = error.code === "COUPON_INVALID" ? couponProblem(error) : `Coupon: ${[].concat(field).join(" ")}`;
+        $("place").disabled = false;
+        show("catalog");
+        $("coupon").focus();
+        return;
+      }
       const title = error.code === "OUT_OF_STOCK" ? "Sold out" : "The order did not go through";
       return fail(title, explain(error));
     }
