@@ -43,6 +43,16 @@ _RESET_TABLES = [
 ]
 
 
+# Seeded customers are users 1..N (the seed's k6 script picks user ids in that range); ids from
+# CUSTOMER_ID_LIMIT up are everyone else's (staff, the admin `make run` creates, accounts made in
+# the admin or by the API), so reseeding any shape never meets one of them.
+CUSTOMER_ID_LIMIT = 1_000_000
+
+
+class SeedRefused(Exception):
+    """Seeding would collide with data it must keep; nothing was changed."""
+
+
 @dataclass(frozen=True)
 class SeedShape:
     users: int = 500
@@ -57,7 +67,18 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
 
     Returns (and writes to loadtest/tokens.json) each customer's bearer token.
     """
+    if not 1 <= shape.users < CUSTOMER_ID_LIMIT:
+        raise SeedRefused(f"--users must be between 1 and {CUSTOMER_ID_LIMIT - 1}")
     with transaction.atomic():
+        in_the_way = list(
+            User.objects.filter(is_staff=True, id__lte=shape.users).order_by("id").values_list("id", "username")
+        )
+        if in_the_way:
+            named = ", ".join(f"{name!r} (id {uid})" for uid, name in in_the_way[:5])
+            raise SeedRefused(
+                f"staff user(s) {named} have ids inside the customer range 1..{shape.users}, which seeding "
+                f"replaces; seed fewer users, or give them ids of {CUSTOMER_ID_LIMIT} and up"
+            )
         progress("clearing orders, payments, coupons, stock and customers")
         with connection.cursor() as cursor:
             cursor.execute(f"TRUNCATE {', '.join(_RESET_TABLES)} RESTART IDENTITY CASCADE")
@@ -91,11 +112,17 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
         )
         Coupon.objects.create(code="WELCOME10", kind=Coupon.Kind.PERCENT, value=10, max_discount=500)
         with connection.cursor() as cursor:
-            for table in ("accounts_user", "inventory_product"):
-                cursor.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                    f"GREATEST((SELECT MAX(id) FROM {table} WHERE id < 1000000), 1))"
-                )
+            # New users get ids past every id in use and never inside the customers' range;
+            # products are all seeded, so theirs go on after the last.
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{User._meta.db_table}', 'id'), "
+                f"GREATEST((SELECT MAX(id) FROM {User._meta.db_table}), %s))",
+                [CUSTOMER_ID_LIMIT - 1],
+            )
+            cursor.execute(
+                f"SELECT setval(pg_get_serial_sequence('{Product._meta.db_table}', 'id'), "
+                f"GREATEST((SELECT MAX(id) FROM {Product._meta.db_table}), 1))"
+            )
 
     progress("loading stock into Redis")
     redis = stock.redis_client()

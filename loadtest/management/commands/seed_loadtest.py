@@ -1,6 +1,6 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from loadtest.seeding import DEFAULT_BALANCE, DEFAULT_STOCK, SeedShape, database_is_empty, seed
+from loadtest.seeding import DEFAULT_BALANCE, DEFAULT_STOCK, SeedRefused, SeedShape, database_is_empty, seed
 
 
 class Command(BaseCommand):
@@ -29,5 +29,8 @@ class Command(BaseCommand):
             balance=options["balance"],
             price=options["price"],
         )
-        seed(shape, progress=lambda message: self.stdout.write(f"  {message}"))
+        try:
+            seed(shape, progress=lambda message: self.stdout.write(f"  {message}"))
+        except SeedRefused as refused:
+            raise CommandError(f"not seeding: {refused}") from refused
         self.stdout.write(self.style.SUCCESS("seeded"))

@@ -1,0 +1,47 @@
+"""Reseeding: any shape after any other, without touching the people who are not customers."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import User
+from accounts.services import user_create
+from loadtest.seeding import CUSTOMER_ID_LIMIT, SeedRefused, SeedShape, seed
+from orders.models import Order
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_people_added_after_a_seed_get_ids_outside_the_customers_and_a_bigger_reseed_keeps_them():
+    seed(SeedShape(users=5, products=2, stock=10))
+    staff = User.objects.create_user(username="operator", password="x", is_staff=True)
+    someone = user_create(username="walk-in", balance=0)
+    assert staff.id >= CUSTOMER_ID_LIMIT and someone.id > staff.id
+
+    tokens = seed(SeedShape(users=40, products=3, stock=10))
+
+    assert sorted(map(int, tokens)) == list(range(1, 41))
+    assert User.objects.filter(pk=staff.pk, is_staff=True).exists()
+    assert not User.objects.filter(pk=someone.pk).exists()  # customers are replaced, whoever made them
+    assert User.objects.create_user(username="next", password="x").id > staff.id
+
+
+def test_a_big_seed_then_the_default_one_round_trips():
+    seed(SeedShape(users=70_000, products=300, stock=5))  # more rows than one statement may bind
+    assert User.objects.filter(is_staff=False).count() == 70_000
+    tokens = seed(SeedShape())
+    assert len(tokens) == 500 and User.objects.filter(is_staff=False).count() == 500
+    assert Order.objects.count() == 0
+
+
+def test_a_staff_user_inside_the_customer_range_stops_the_seed_before_anything_changes():
+    seed(SeedShape(users=3, products=1, stock=10))
+    User.objects.create_user(id=7, username="old-staff", password="x", is_staff=True)
+    with pytest.raises(SeedRefused, match=r"'old-staff' \(id 7\)"):
+        seed(SeedShape(users=10, products=1, stock=10))
+    assert User.objects.filter(is_staff=False).count() == 3
+
+
+def test_a_customer_range_past_the_limit_is_refused():
+    with pytest.raises(SeedRefused):
+        seed(SeedShape(users=CUSTOMER_ID_LIMIT))
