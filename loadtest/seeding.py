@@ -43,9 +43,10 @@ _RESET_TABLES = [
 ]
 
 
-# Seeded customers are users 1..N (the seed's k6 script picks user ids in that range); ids from
-# CUSTOMER_ID_LIMIT up are everyone else's (staff, the admin `make run` creates, accounts made in
-# the admin or by the API), so reseeding any shape never meets one of them.
+# Seeded customers are users 1..N (the seed's k6 script picks user ids in that range), below
+# CUSTOMER_ID_LIMIT; the limit itself is the admin `make run` creates (config/serve.py's
+# ADMIN_USER_ID), and ids above it are everyone else's (staff, accounts made in the admin or by
+# the API), so reseeding any shape never meets one of them.
 CUSTOMER_ID_LIMIT = 1_000_000
 
 
@@ -112,12 +113,12 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
         )
         Coupon.objects.create(code="WELCOME10", kind=Coupon.Kind.PERCENT, value=10, max_discount=500)
         with connection.cursor() as cursor:
-            # New users get ids past every id in use and never inside the customers' range;
+            # New users get ids past every id in use, past the admin's and the customers' range;
             # products are all seeded, so theirs go on after the last.
             cursor.execute(
                 f"SELECT setval(pg_get_serial_sequence('{User._meta.db_table}', 'id'), "
                 f"GREATEST((SELECT MAX(id) FROM {User._meta.db_table}), %s))",
-                [CUSTOMER_ID_LIMIT - 1],
+                [CUSTOMER_ID_LIMIT],
             )
             cursor.execute(
                 f"SELECT setval(pg_get_serial_sequence('{Product._meta.db_table}', 'id'), "
