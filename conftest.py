@@ -24,3 +24,17 @@ def clean_redis(request, settings):
     payment_backlog_forget()
     yield
     client.flushdb()
+
+
+@pytest.fixture
+def admin_client():
+    """A client signed in to the admin as a superuser with make run's admin id and password "pw"
+    (in place of pytest-django's fixture of the same name)."""
+    from django.test import Client
+
+    from accounts.models import User
+
+    User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
+    client = Client()
+    client.login(username="admin", password="pw")
+    return client

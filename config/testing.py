@@ -61,6 +61,44 @@ def order_body(user: User, *items: tuple[Product, int], coupon: str | None = Non
     return body
 
 
+class BalanceRowHeld:
+    """A top-up of `amount` on its own thread and connection that changes the account and then
+    holds its row (updated, not committed) until `release()`: whoever read the balance's version
+    before it commits misses its version check once. Use as a context manager; the top-up has
+    committed when the block ends."""
+
+    def __init__(self, *, user_id: int, amount: int = 5) -> None:
+        self._holding, self._released = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._top_up, args=(user_id, amount))
+
+    def _top_up(self, user_id: int, amount: int) -> None:
+        from django.db import transaction
+
+        from accounts.models import BalanceEntry
+        from accounts.services import account_change_balance
+
+        try:
+            with transaction.atomic():
+                account_change_balance(user_id=user_id, amount=amount, kind=BalanceEntry.Kind.TOP_UP,
+                                       reference="held top-up")  # fmt: skip
+                self._holding.set()
+                self._released.wait(30)
+        finally:
+            connection.close()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def __enter__(self) -> BalanceRowHeld:
+        self._thread.start()
+        assert self._holding.wait(30), "the top-up never took the row"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+        self._thread.join(30)
+
+
 def race(count: int, action: Callable[[int], object]) -> list[object]:
     """Run `action(i)` for i in range(count) on `count` real threads released at the same moment.
 

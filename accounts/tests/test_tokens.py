@@ -175,14 +175,6 @@ def tokens_path(tmp_path, monkeypatch):
 # --- The admin ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def admin_client():
-    User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
-    client = Client()
-    client.login(username="admin", password="pw")
-    return client
-
-
 def test_the_admin_lists_tokens_without_their_secret_and_revokes_them(admin_client):
     user = make_user()
     kept, revoked = token_create(user=user), token_create(user=user)

@@ -16,14 +16,6 @@ from orders.models import Order
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def admin_client():
-    User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
-    client = Client()
-    client.login(username="admin", password="pw")
-    return client
-
-
 def test_every_admin_list_and_detail_page_renders(admin_client):
     user = make_user(balance=500)
     product = make_product(price=10, stock_quantity=9)

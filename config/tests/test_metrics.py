@@ -12,16 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test import Client, RequestFactory
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from accounts.models import BalanceEntry
-from accounts.services import account_change_balance, account_withdraw, token_create
+from accounts.services import account_withdraw, token_create
 from config import metrics
 from config.metrics_api import metrics_view
-from config.testing import Settler, client_for, free_port, make_product, make_user, order_body, wait_for
+from config.testing import BalanceRowHeld, Settler, client_for, free_port, make_product, make_user, order_body, wait_for
 from inventory import stock
 from inventory.services import inventory_reconcile
 from loadtest import cpu, server
@@ -151,29 +150,16 @@ def test_a_forced_balance_version_conflict_is_counted_once_and_retried():
     v+1, so the withdrawal's version check misses exactly once, and its retry wins."""
     user = make_user(balance=1_000)
     scraped = Scraped()
-    holding, release = threading.Event(), threading.Event()
-
-    def top_up_holding_the_row():
-        with transaction.atomic():
-            account_change_balance(user_id=user.id, amount=5, kind=BalanceEntry.Kind.TOP_UP, reference="gift")
-            holding.set()
-            release.wait(30)
-        connection.close()
-
-    holder = threading.Thread(target=top_up_holding_the_row)
-    holder.start()
-    assert holding.wait(30)
     withdrawal: dict = {}
 
     def withdraw():
         withdrawal["change"] = account_withdraw(user_id=user.id, amount=100, reference="order:1")
         connection.close()
 
-    withdrawer = threading.Thread(target=withdraw)
-    withdrawer.start()
-    wait_for(_waiting_on_a_lock, what="the withdrawal to wait on the row lock")
-    release.set()
-    holder.join()
+    with BalanceRowHeld(user_id=user.id):
+        withdrawer = threading.Thread(target=withdraw)
+        withdrawer.start()
+        wait_for(_waiting_on_a_lock, what="the withdrawal to wait on the row lock")
     withdrawer.join()
 
     assert withdrawal["change"].balance_after == 905

@@ -7,12 +7,20 @@ import threading
 import time
 
 import pytest
-from django.db import connection, transaction
 
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
-from accounts.services import account_change_balance
-from config.testing import CountedSince, Settler, client_for, make_product, make_user, order_body, race, wait_for
+from config.testing import (
+    BalanceRowHeld,
+    CountedSince,
+    Settler,
+    client_for,
+    make_product,
+    make_user,
+    order_body,
+    race,
+    wait_for,
+)
 from coupons.models import Coupon, CouponRedemption
 from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
@@ -116,22 +124,10 @@ def test_a_balance_changed_during_the_batch_is_retried_and_paid_never_failed():
     product = make_product(price=100, stock_quantity=10)
     placed = [_place(user, product), _place(bystander, product)]
     counted = CountedSince()
-    locked, release = threading.Event(), threading.Event()
-
-    def top_up_holding_the_row():
-        # Changes the balance after the batch has read it: the batch's version check misses.
-        with transaction.atomic():
-            account_change_balance(user_id=user.id, amount=5, kind=BalanceEntry.Kind.TOP_UP, reference="gift")
-            locked.set()
-            release.wait(10)
-        connection.close()
-
-    holder = threading.Thread(target=top_up_holding_the_row)
-    holder.start()
-    locked.wait(10)
-    threading.Timer(0.5, release.set).start()  # the batch reads 1,000 and waits on the row meanwhile
-    batch = orders_settle_batch(limit=10)
-    holder.join()
+    # The top-up changes the balance after the batch has read it: the batch's version check misses.
+    with BalanceRowHeld(user_id=user.id) as held:
+        threading.Timer(0.5, held.release).start()  # the batch reads 1,000 and waits on the row meanwhile
+        batch = orders_settle_batch(limit=10)
 
     assert batch.paid == [o.id for o in placed] and batch.cancelled == batch.retried == []
     assert Account.objects.get(user=user).balance == 905 == ledger_balance(user_id=user.id)
