@@ -218,6 +218,26 @@ IDEMPOTENCY_KEY_TTL_HOURS = max(24, env.int("IDEMPOTENCY_KEY_TTL_HOURS", default
 # above the longest an order can take (DB_STATEMENT_TIMEOUT_MS bounds each statement).
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=10.0)
 IDEMPOTENCY_STALE_SECONDS = env.float("IDEMPOTENCY_STALE_SECONDS", default=60.0)
+# --- Retention of what grows with every order (docs/retention.md) -------------------------
+# Published outbox events (orders_orderevent); unpublished ones are never trimmed. An order older
+# than this shows no progress steps any more (its status and times stay).
+ORDER_EVENTS_RETENTION_DAYS = env.int("ORDER_EVENTS_RETENTION_DAYS", default=7)
+# The Redis stream `orders:events`: at most about this many entries (on every publish) and
+# none older than ORDER_EVENTS_STREAM_RETENTION_HOURS (trimmed hourly); a consumer down longer
+# than that rebuilds from the outbox table, which is kept longer.
+ORDER_EVENTS_STREAM_MAX_LENGTH = env.int("ORDER_EVENTS_STREAM_MAX_LENGTH", default=1_000_000)
+ORDER_EVENTS_STREAM_RETENTION_HOURS = env.int("ORDER_EVENTS_STREAM_RETENTION_HOURS", default=24)
+# Settled reservations (inventory_stockreservation, one per order and one per release). The row is
+# what keeps a late sale and a release apart, so it is kept far longer than any order transaction
+# can live (an hour and ten grace periods at least), and never while Redis still tracks a
+# reservation as old as it (inventory_trim_reservations).
+STOCK_RESERVATION_RETENTION_SECONDS = max(
+    3600, 10 * STOCK_RESERVATION_GRACE_SECONDS, env.int("STOCK_RESERVATION_RETENTION_SECONDS", default=24 * 3600)
+)
+# Each trimming statement deletes at most this many rows (its own short transaction); a run
+# stops after the budget and leaves the rest to the next run (config/retention.py).
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=5_000)
+RETENTION_TIME_BUDGET_SECONDS = env.float("RETENTION_TIME_BUDGET_SECONDS", default=60.0)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
@@ -274,7 +294,10 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-inventory": {"task": "inventory.tasks.reconcile_inventory", "schedule": 60.0},
     # Keeps Redis' set of tracked reservations to the last seconds' orders (inventory_forget_sold).
     "forget-sold-reservations": {"task": "inventory.tasks.forget_sold_reservations", "schedule": 5.0},
+    # Retention (docs/retention.md): each trims in batches, hourly.
     "purge-idempotency-keys": {"task": "orders.tasks.purge_idempotency_keys", "schedule": 3600.0},
+    "trim-order-events": {"task": "orders.tasks.trim_order_events", "schedule": 3600.0},
+    "trim-stock-reservations": {"task": "inventory.tasks.trim_stock_reservations", "schedule": 3600.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")
 

@@ -68,5 +68,10 @@ class StockReservation(models.Model):
     state = models.CharField(max_length=8, choices=State.choices)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        # For the retention trim, which deletes the oldest rows a batch at a time (the primary
+        # key is random: no range to walk). Appended at its right edge: cheap to keep.
+        indexes = [models.Index(fields=["created_at"], name="stockreservation_created")]
+
     def __str__(self) -> str:
         return f"{self.token} {self.state}"

@@ -12,6 +12,7 @@ What is the record, what is derived, when they meet:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import time
@@ -25,7 +26,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from config import metrics
-from config.database import sql_all, sql_one
+from config.database import sql_all, sql_execute, sql_one
+from config.retention import Batch, Progress, TrimResult, trim_in_batches
 from inventory import stock
 from inventory.errors import (
     OutOfStock,
@@ -542,6 +544,52 @@ def inventory_forget_sold(*, older_than_seconds: float = 1.0, chunk: int = 2_000
             if len(tokens) < chunk:
                 break
     return forgotten
+
+
+# One batch of the trim: the oldest settled reservations before the cutoff, by created_at's index.
+_TRIM_RESERVATIONS_SQL = f"""
+DELETE FROM {StockReservation._meta.db_table} WHERE token IN (
+    SELECT token FROM {StockReservation._meta.db_table}
+    WHERE created_at < %(cutoff)s ORDER BY created_at LIMIT %(batch_size)s
+)
+"""
+
+
+def reservations_trim_cutoff() -> datetime.datetime:
+    """Settled reservations created before this may be deleted.
+
+    A SOLD or RELEASED row is what makes a sale and a release of the same reservation mutually
+    exclusive (stock_sale_sql, _settle_as_released): without it, reconciliation would release a
+    reservation that was sold (units counted twice), or a late sale would commit after its
+    release. So a row goes only when both are impossible: it is older than
+    STOCK_RESERVATION_RETENTION_SECONDS (far beyond the grace period, after which reconciliation
+    settles a reservation, and beyond any transaction's life), and older than every reservation
+    Redis still tracks, less a grace period for the clocks of the hosts (tracked reservations
+    are the ones reconciliation may still settle; a stopped reconciliation keeps them, and so
+    keeps their rows). Raises if Redis cannot be asked: no trim then."""
+    now = time.time()
+    cutoff = now - settings.STOCK_RESERVATION_RETENTION_SECONDS
+    oldest_ms = stock.oldest_tracked_ms()
+    if oldest_ms is not None:
+        cutoff = min(cutoff, oldest_ms / 1000 - settings.STOCK_RESERVATION_GRACE_SECONDS)
+    return datetime.datetime.fromtimestamp(cutoff, tz=datetime.UTC)
+
+
+def inventory_trim_reservations(
+    *, batch_size: int | None = None, time_budget_seconds: float | None = None, progress: Progress | None = None
+) -> TrimResult:
+    """Delete settled reservations past their retention (reservations_trim_cutoff), a batch per
+    statement, each its own transaction. A crash between batches leaves the rest for the next run."""
+    cutoff = reservations_trim_cutoff()
+
+    def delete_batch(size: int) -> Batch:
+        deleted = sql_execute(_TRIM_RESERVATIONS_SQL, {"cutoff": cutoff, "batch_size": size})
+        return Batch(deleted=deleted, more=deleted == size)
+
+    return trim_in_batches(
+        "stock reservations", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
+        progress=progress,
+    )  # fmt: skip
 
 
 def _rebuild_if_lost() -> None:

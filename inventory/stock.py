@@ -173,6 +173,12 @@ def tokens_reserved_before(*, cutoff_ms: int, offset: int = 0, limit: int | None
     return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms, **page)]
 
 
+def oldest_tracked_ms() -> int | None:
+    """When the oldest reservation Redis still tracks was made (ms), None if it tracks none."""
+    oldest = redis_client().zrange(RESERVATIONS_KEY, 0, 0, withscores=True)
+    return int(oldest[0][1]) if oldest else None
+
+
 def tracked_reservations() -> int:
     """Reservations Redis tracks: in flight, or sold and not yet forgotten (every few seconds)."""
     return int(redis_client().zcard(RESERVATIONS_KEY))

@@ -3,7 +3,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from inventory.services import inventory_forget_sold, inventory_reconcile
+from inventory.services import inventory_forget_sold, inventory_reconcile, inventory_trim_reservations
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +29,8 @@ def reconcile_inventory() -> int:
 @shared_task
 def forget_sold_reservations() -> int:
     return inventory_forget_sold()
+
+
+@shared_task
+def trim_stock_reservations() -> int:
+    return inventory_trim_reservations().deleted

@@ -7,21 +7,24 @@ consumers would be a consumer group committing offsets after their idempotent up
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from dataclasses import dataclass
 
 import orjson
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from config.database import sql_execute
+from config.database import sql_execute, sql_one
+from config.retention import Batch, Progress, TrimResult, trim_in_batches
 from inventory.stock import redis_client
 from orders.models import Order, OrderEvent
 
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "orders:events"
-STREAM_MAX_LENGTH = 1_000_000
 _RELAY_LOCK_ID = 7_420_002
 
 CREATED = "order.created"
@@ -104,7 +107,9 @@ def events_relay(*, batch_size: int = 500) -> int:
             return 0
         pipe = redis_client().pipeline(transaction=False)
         for event in events:
-            pipe.xadd(STREAM_KEY, _stream_fields(event), maxlen=STREAM_MAX_LENGTH, approximate=True)
+            pipe.xadd(
+                STREAM_KEY, _stream_fields(event), maxlen=settings.ORDER_EVENTS_STREAM_MAX_LENGTH, approximate=True
+            )
         pipe.execute()
         OrderEvent.objects.filter(id__in=[e.id for e in events]).update(published_at=timezone.now())
         published = len(events)
@@ -119,3 +124,69 @@ def _stream_fields(event: OrderEvent) -> dict[str, str]:
         "createdAt": event.created_at.isoformat(),
         "payload": orjson.dumps(event.payload).decode(),
     }
+
+
+# --- Retention (docs/retention.md) -----------------------------------------------------------
+
+# One batch: the next `batch_size` events by id after %(after)s, and of those the published ones
+# older than the cutoff deleted. Walking the primary key needs no index on the times, and ids
+# follow creation, so the walk stops at the first batch that reaches an event newer than the
+# cutoff. Unpublished events are stepped over, never deleted: the relay has yet to send them.
+_TRIM_EVENTS_SQL = """
+WITH batch AS (
+    SELECT id, created_at FROM orders_orderevent WHERE id > %(after)s ORDER BY id LIMIT %(batch_size)s
+), gone AS (
+    DELETE FROM orders_orderevent AS event USING batch
+    WHERE event.id = batch.id AND event.published_at IS NOT NULL AND event.created_at < %(cutoff)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) AS deleted,
+       (SELECT max(id) FROM batch) AS last_id,
+       (SELECT bool_and(created_at < %(cutoff)s) FROM batch) AS all_old,
+       (SELECT count(*) FROM batch) AS seen
+"""
+
+
+def events_trim(
+    *, batch_size: int | None = None, time_budget_seconds: float | None = None, progress: Progress | None = None
+) -> TrimResult:
+    """Delete published events older than ORDER_EVENTS_RETENTION_DAYS, a batch per statement.
+
+    Safe at any time: an event is deleted only once the relay has marked it published, and the
+    relay selects only unpublished ones. Consumers read the stream, not this table."""
+    cutoff = timezone.now() - datetime.timedelta(days=settings.ORDER_EVENTS_RETENTION_DAYS)
+    after = 0
+
+    def delete_batch(size: int) -> Batch:
+        nonlocal after
+        deleted, last_id, all_old, seen = sql_one(
+            _TRIM_EVENTS_SQL, {"after": after, "batch_size": size, "cutoff": cutoff}
+        )
+        if last_id is not None:
+            after = last_id
+        return Batch(deleted=deleted, more=seen == size and bool(all_old))
+
+    return trim_in_batches(
+        "order events", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
+        progress=progress,
+    )  # fmt: skip
+
+
+def stream_trim(
+    *, batch_size: int | None = None, time_budget_seconds: float | None = None, progress: Progress | None = None
+) -> TrimResult:
+    """Drop stream entries older than ORDER_EVENTS_STREAM_RETENTION_HOURS (their ids are the
+    time they were published). Approximate trimming removes whole nodes of the stream, at most
+    `batch_size` entries a command, so Redis never stalls on it; a few entries past the cutoff
+    may stay until the next run."""
+    cutoff_ms = int((time.time() - settings.ORDER_EVENTS_STREAM_RETENTION_HOURS * 3600) * 1000)
+    client = redis_client()
+
+    def delete_batch(size: int) -> Batch:
+        deleted = client.xtrim(STREAM_KEY, minid=cutoff_ms, approximate=True, limit=size)
+        return Batch(deleted=deleted, more=deleted > 0)
+
+    return trim_in_batches(
+        "order events stream", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
+        progress=progress,
+    )  # fmt: skip

@@ -29,7 +29,9 @@ from django.utils import timezone
 from rest_framework import status
 
 from accounts.errors import InsufficientBalance
+from config.database import sql_execute
 from config.errors import DomainError, ErrorCode, error_body
+from config.retention import Batch, Progress, TrimResult, trim_in_batches
 from coupons.errors import CouponInvalid
 from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable
 from orders.errors import IdempotencyKeyReused, PriceChanged
@@ -175,8 +177,26 @@ def _owned(claim: Claim):
     )
 
 
-def purge_expired() -> int:
-    """Forget answers older than IDEMPOTENCY_KEY_TTL_HOURS (48 h by default)."""
+# One batch of the purge: the oldest keys past the TTL, by the index on created_at.
+_PURGE_SQL = """
+DELETE FROM orders_idempotencyrecord WHERE id IN (
+    SELECT id FROM orders_idempotencyrecord WHERE created_at < %(cutoff)s ORDER BY created_at LIMIT %(batch_size)s
+)
+"""
+
+
+def purge_expired(
+    *, batch_size: int | None = None, time_budget_seconds: float | None = None, progress: Progress | None = None
+) -> TrimResult:
+    """Forget answers older than IDEMPOTENCY_KEY_TTL_HOURS (48 h by default), a batch per
+    statement. A retry that late is a new request: clients retry within seconds or minutes."""
     cutoff = timezone.now() - datetime.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-    deleted, _ = IdempotencyRecord.objects.filter(created_at__lt=cutoff).delete()
-    return deleted
+
+    def delete_batch(size: int) -> Batch:
+        deleted = sql_execute(_PURGE_SQL, {"cutoff": cutoff, "batch_size": size})
+        return Batch(deleted=deleted, more=deleted == size)
+
+    return trim_in_batches(
+        "idempotency keys", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
+        progress=progress,
+    )  # fmt: skip

@@ -4,7 +4,7 @@
 from celery import shared_task
 
 from orders import idempotency
-from orders.events import events_relay
+from orders.events import events_relay, events_trim, stream_trim
 from orders.services import orders_expire_pending
 
 
@@ -15,7 +15,12 @@ def expire_pending_orders() -> int:
 
 @shared_task
 def purge_idempotency_keys() -> int:
-    return idempotency.purge_expired()
+    return idempotency.purge_expired().deleted
+
+
+@shared_task
+def trim_order_events() -> int:
+    return events_trim().deleted + stream_trim().deleted
 
 
 @shared_task

@@ -47,8 +47,21 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
             "__import__('config.devservers').devservers.DATA_DIR",
             str(settings.BASE_DIR / "elsewhere" / "data"),
         ),
+        # A settled reservation kept too short could let a late sale and a release both happen.
+        (
+            {"STOCK_RESERVATION_RETENTION_SECONDS": "60", "STOCK_RESERVATION_GRACE_SECONDS": "600"},
+            "settings.STOCK_RESERVATION_RETENTION_SECONDS",
+            "6000",
+        ),
     ],
-    ids=["log-level-lower-case", "empty-urls", "empty-variables", "hosts-with-spaces", "relative-data-dir"],
+    ids=[
+        "log-level-lower-case",
+        "empty-urls",
+        "empty-variables",
+        "hosts-with-spaces",
+        "relative-data-dir",
+        "reservation-retention-floor",
+    ],
 )
 def test_settings_take_what_users_type(env, expression, expected):
     child = _in_child(expression, **env)

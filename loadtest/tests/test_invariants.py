@@ -1,14 +1,22 @@
 """The invariant checker on a small seeded shop: it passes after real orders, and it catches
 each kind of damage a broken order path could leave behind."""
 
+import datetime
+import io
 import uuid
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
+from django.utils import timezone
 
 from inventory import stock
+from inventory.models import StockReservation
+from inventory.services import inventory_forget_sold
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.seeding import SeedShape, seed
+from orders import events
+from orders.models import IdempotencyRecord, OrderEvent
 from orders.services import OrderLine, order_cancel, order_place
 
 SHAPE = SeedShape(users=4, products=2, stock=20, balance=1_000, price=3)
@@ -45,6 +53,23 @@ def test_invariants_hold_after_real_orders_and_a_cancellation(shop):
 
     assert failed(checks) == set(), [c for c in checks if not c.ok]
     assert {c.name for c in checks} >= {"stock conserved", "money conserved", "redis matches database"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invariants_hold_after_the_history_is_trimmed_and_orders_go_on(shop):
+    while events.events_relay():
+        pass
+    inventory_forget_sold(older_than_seconds=0)  # Redis tracks none of them any more
+    month_ago = timezone.now() - datetime.timedelta(days=30)
+    for model in (OrderEvent, StockReservation, IdempotencyRecord):
+        model.objects.update(created_at=month_ago)
+
+    call_command("trim_history", "--batch-size", "2", stdout=io.StringIO())
+
+    assert not OrderEvent.objects.exists() and not StockReservation.objects.exists()
+    place(4, {1: 2, 2: 1})
+    checks = check_invariants(baseline=shop, orders_answered=4)
+    assert failed(checks) == set(), [c for c in checks if not c.ok]
 
 
 BREAKAGES = {
