@@ -2,7 +2,8 @@
 
 gunicorn runs against this test's database (test_shop) and Redis database (15): the runner
 hands it the URLs of the connections this process uses. About ten seconds of k6; no speed is
-asserted, only that the run answered orders, the invariants held and the report exists.
+asserted, only that the run answered orders, the invariants held, the report exists, and the
+server's own metrics, scraped during the run, counted every order k6 saw answered.
 """
 
 import json
@@ -30,6 +31,17 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     assert "| invariant | result | detail |" in (report_dir / "report.md").read_text()
     assert (report_dir / "chart.png").read_bytes().startswith(b"\x89PNG")
     assert (report_dir / "k6-timeseries.csv.gz").exists()
+    # The server's own metrics, scraped once a second from before k6's first order to after its last.
+    server = summary["server_metrics"]
+    assert server["scrapes"] >= 2
+    paid = sum(point["orders_per_s"].get("paid", 0.0) * point["interval_s"] for point in server["points"])
+    assert paid == pytest.approx(summary["figures"]["orders_created"])
+    assert [point["second"] for point in server["points"]] == sorted(point["second"] for point in server["points"])
+    csv_rows = (report_dir / "server-metrics.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("second,interval_s,backlog,oldest_unpaid_s,")
+    assert len(csv_rows) == 1 + len(server["points"])
+    assert "## Server metrics over time" in (report_dir / "report.md").read_text()
+    assert (report_dir / "server-metrics.png").read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize(
