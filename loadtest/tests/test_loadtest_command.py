@@ -44,6 +44,26 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     assert (report_dir / "server-metrics.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_short_async_run_reports_the_servers_backlog_and_time_to_paid(tmp_path):
+    reports = tmp_path / "reports"
+    call_command("loadtest", scenario="async", duration_scale=0.05, vus=5, port=free_port(), reports_dir=reports)
+
+    (report_dir,) = reports.iterdir()
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["invariants_hold"], summary["invariants"]
+    server = summary["server_metrics"]
+    accepted = sum(point["orders_per_s"].get("accepted", 0.0) * point["interval_s"] for point in server["points"])
+    assert accepted == pytest.approx(summary["figures"]["orders_created"])
+    # The last batch's observations may land just after the last scrape (they follow its commit).
+    assert 0 < server["paid_async"] <= summary["payments"]["paid"]
+    assert 0 < server["time_to_paid_p50_s"] <= server["time_to_paid_p95_s"]
+    assert any(point["batch_size_mean"] for point in server["points"])
+    report = (report_dir / "report.md").read_text()
+    assert "| time to PAID p50, whole run (histogram) | - |" not in report
+
+
 @pytest.mark.parametrize(
     "args, problem",
     [
