@@ -1,12 +1,14 @@
-"""Write a load run's report: report.md (the seed report's table and more), summary.json, chart.png.
+"""Write a load run's report: report.md (the seed report's table and more), summary.json, chart.png,
+and the server's own metrics over the run: server-metrics.csv and server-metrics.png.
 
 A run's report holds k6's whole-run figures, the thresholds, the answers by status and error
 code, the server's counters, the processes that ran and their CPU per order, the invariants
-and the machine; an asynchronous run adds its payment figures and the backlog over time. With
-a ceiling run beside it, the report shows order throughput as a share of the framework's
-ceiling (GET /healthz, same VUs). A comparison report puts two runs side by side with the
-ratio of the second to the first: the old and new strategy, or the synchronous (201) and the
-asynchronous (202) order path.
+and the machine, and the server's metrics as it measured them (scraped once a second: backlog,
+time to PAID, orders and errors per second); an asynchronous run adds its payment figures and
+the backlog over time. With a ceiling run beside it, the report shows order throughput as a
+share of the framework's ceiling (GET /healthz, same VUs). A comparison report puts two runs
+side by side with the ratio of the second to the first: the old and new strategy, or the
+synchronous (201) and the asynchronous (202) order path.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loadtest.async_run import PaymentFigures
-from loadtest.chart import plot
+from loadtest.chart import plot, plot_server
 from loadtest.cpu import CpuUse
 from loadtest.invariants import Check
 from loadtest.results import PEAK_SHARE, Figures, TimeSeries
+from loadtest.server_metrics import ServerSeries, write_csv
 
 
 @dataclass
@@ -42,6 +45,7 @@ class RunResult:
     payments: PaymentFigures | None = None
     processes: dict[str, str] = field(default_factory=dict)  # what ran: gunicorn, settlers
     cpu: CpuUse | None = None
+    server_metrics: ServerSeries | None = field(default=None, repr=False)
 
     @property
     def invariants_hold(self) -> bool:
@@ -68,6 +72,8 @@ class RunResult:
             data["cpu"] = self.cpu.as_dict()
         if self.payments is not None:
             data["payments"] = asdict(self.payments)
+        if self.server_metrics is not None:
+            data["server_metrics"] = self.server_metrics.as_dict()
         if self.ceiling is not None:
             data["ceiling"] = asdict(self.ceiling)
             data["ratios_to_ceiling"] = _throughput_ratios(self.figures, self.ceiling)
@@ -256,7 +262,8 @@ CPU_NOTE = (
     "CPU is user + system time from /proc/<pid>/stat of each process tree (reaped children "
     "included), from the start of the scenario's k6 run (servers started and idle) to k6's end "
     "for gunicorn, and to the drained backlog for the settlers, the periodic jobs and PostgreSQL, divided by the "
-    "orders answered 201/202. PostgreSQL's includes the runner's own sampling queries. "
+    "orders answered 201/202. PostgreSQL's includes the runner's own sampling queries, and gunicorn's "
+    "and PostgreSQL's its scrape of `/metrics` once a second. "
     '"-": not measured (no such process in the run, or the server is not on this machine).'
 )
 
@@ -287,6 +294,46 @@ def _cpu_table(columns: dict[str, CpuUse | None], *, ratio_label: str = "") -> s
         rows.append(cells)
     header = ["CPU ms per order", *columns] + ([ratio_label] if ratio_label else [])
     return _table(header, rows) + "\n\n" + CPU_NOTE + "\n"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else _ms(value * 1000)
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _scrapes_text(m: ServerSeries) -> str:
+    took = "" if m.scrape_ms_mean is None else f"; {m.scrape_ms_mean:.0f} ms each on average, {m.scrape_ms_max:.0f} max"
+    return f"{m.scrapes:,} / {m.failed:,}{took}"
+
+
+# (label, value as text): the rows of the server metrics table.
+SERVER_ROWS: list[tuple[str, Callable[[ServerSeries], str]]] = [
+    ("peak backlog (shop_payment_backlog_orders)", lambda m: _count(m.peak_backlog)),
+    ("max oldest-unpaid age (shop_payment_backlog_oldest_seconds)", lambda m: _seconds(m.max_oldest_unpaid_s)),
+    ("orders paid / accepted (shop_orders_total)", lambda m: f"{_count(m.total('orders_per_s', 'paid'))} / "
+                                                            f"{_count(m.total('orders_per_s', 'accepted'))}"),
+    ("error answers (shop_api_errors_total)", lambda m: _count(sum(m.total("errors_per_s", c)
+                                                                    for c in m.keys("errors_per_s")))),
+    ("orders paid by a settler (time to PAID observed)", lambda m: _count(m.paid_async)),
+    ("time to PAID p50, whole run (histogram)", lambda m: _seconds(m.time_to_paid_p50_s)),
+    ("time to PAID p95, whole run (histogram)", lambda m: _seconds(m.time_to_paid_p95_s)),
+    ("scrapes done / failed", _scrapes_text),
+]  # fmt: skip
+SERVER_NOTE = (
+    "Read from the server's `/metrics`, scraped once a second from just before k6 started to its end "
+    "(for `async`, to the drained backlog). Percentiles of time to PAID are `histogram_quantile` over "
+    "the buckets' increase (0.05 0.1 0.25 0.5 1 2 5 10 30 60 300 s): as coarse as the buckets. Per second "
+    "in `server-metrics.csv`. "
+    '"-": not measured (no order paid by a settler, or the gauge was never read).'
+)
+
+
+def _server_table(columns: dict[str, ServerSeries | None]) -> str:
+    rows = [[label, *(show(m) if m is not None else "-" for m in columns.values())] for label, show in SERVER_ROWS]
+    return _table(["server metric", *columns], rows) + "\n\n" + SERVER_NOTE + "\n"
 
 
 def _backlog(payments: PaymentFigures | None) -> list[tuple[int, int]] | None:
@@ -346,9 +393,19 @@ def render_run(result: RunResult) -> str:
         _bullets(result.machine),
         "\n## Over time\n",
         "![throughput and latency over time](chart.png)\n",
-        "Files: `k6-summary.json` (k6 --summary-export), `k6-timeseries.csv.gz` (k6 --out csv), "
-        f"`gunicorn.log`,{' `settler-<n>.log`,' if result.payments else ''} `summary.json` (the figures above).\n",
     ]
+    if result.server_metrics is not None:
+        parts += [
+            "## Server metrics over time\n",
+            _server_table({"value": result.server_metrics}),
+            "![server metrics beside k6's throughput and latency](server-metrics.png)\n",
+        ]
+    parts.append(
+        "Files: `k6-summary.json` (k6 --summary-export), `k6-timeseries.csv.gz` (k6 --out csv), "
+        f"`gunicorn.log`,{' `settler-<n>.log`,' if result.payments else ''}"
+        f"{' `server-metrics.csv` (the server metrics per interval),' if result.server_metrics else ''} "
+        "`summary.json` (the figures above).\n"
+    )
     return "\n".join(parts)
 
 
@@ -424,6 +481,12 @@ def render_comparison(comparison: Comparison) -> str:
             "\n## Asynchronous payment\n",
             _payments_table({label: run.payments for label, run in runs.items()}),
         ]
+    if any(run.server_metrics is not None for run in runs.values()):
+        parts += [
+            "\n## Server metrics\n",
+            _server_table({label: run.server_metrics for label, run in runs.items()}),
+            f"Over time: {', '.join(f'[{key}]({key}/server-metrics.png)' for key in comparison.runs)}.\n",
+        ]
     if any(run.cpu is not None for run in runs.values()):
         parts += [
             "\n## CPU per order\n",
@@ -463,6 +526,10 @@ def write_run_report(out_dir: Path, result: RunResult) -> None:
         series["ceiling"] = result.ceiling_series
     title = f"{result.scenario}, {result.strategy} strategy"
     plot(out_dir / "chart.png", title, series, backlog=_backlog(result.payments))
+    if result.server_metrics is not None:
+        write_csv(out_dir / "server-metrics.csv", result.server_metrics)
+        plot_server(out_dir / "server-metrics.png", f"{title}: the server's /metrics", result.series,
+                    result.server_metrics)  # fmt: skip
     (out_dir / "report.md").write_text(render_run(result))
 
 

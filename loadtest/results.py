@@ -48,6 +48,7 @@ class TimeSeries:
     buckets: list[Bucket] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     errors_by_code: dict[str, int] = field(default_factory=dict)
+    first_second: int = 0  # the unix second bucket 0 stands for: other series align on it
 
     @property
     def peak_vus(self) -> int:
@@ -117,7 +118,7 @@ def read_timeseries(path: Path) -> TimeSeries:
         values = sorted(durations.get(second, []))
         p50, p95, p99 = (percentile(values, p) if values else None for p in (50, 95, 99))
         buckets.append(Bucket(second - first, requests[second], orders[second], running, p50, p95, p99))
-    return TimeSeries(buckets=buckets, statuses=dict(statuses), errors_by_code=dict(errors))
+    return TimeSeries(buckets=buckets, statuses=dict(statuses), errors_by_code=dict(errors), first_second=first)
 
 
 def read_summary(path: Path) -> dict:

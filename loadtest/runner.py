@@ -4,10 +4,11 @@ One run: seed the scenario's shape (the baseline of the invariants), start gunic
 order strategy to measure (unless a URL is given), optionally measure the framework ceiling
 first (GET /healthz with the same VU profile), for the async scenario start the settlers,
 run the scenario under k6 with its live progress in the terminal (measuring the CPU each
-process tree uses), wait for the backlog to drain, stop the processes, check the invariants
-and write the report. `compare` does this twice on identical fresh data and adds one
-side-by-side report: the old then the new strategy, or for the async scenario the synchronous
-load scenario (201) then async (202). Processes are stopped whatever happens (errors, Ctrl-C).
+process tree uses, scraping the server's /metrics once a second), wait for the backlog to
+drain, stop the processes, check the invariants and write the report. `compare` does this
+twice on identical fresh data and adds one side-by-side report: the old then the new
+strategy, or for the async scenario the synchronous load scenario (201) then async (202).
+Processes are stopped whatever happens (errors, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from config import devservers, metrics
-from loadtest import async_run, cpu, seeding, server
+from loadtest import async_run, cpu, seeding, server, server_metrics
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import (
@@ -297,7 +298,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         with _beside_the_server(options, strategy, out_dir, echo) as (settlers, periodic):
             meter = _cpu_meter(served, settlers, periodic, echo)
             sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
-            with sampling as sampler:
+            scraping = server_metrics.Sampler(base_url, token=settings.METRICS_TOKEN or None)
+            with sampling as sampler, scraping:
                 run = run_k6(
                     scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options,
                     shape=scenario.shape, echo=echo,
@@ -312,6 +314,9 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
         counters_after = _server_counters(base_url, echo)
     cpu_after = cpu_times()
+    server_series = scraping.series(origin=run.series.first_second if run.series.buckets else None)
+    echo(f"server metrics: {server_series.scrapes} scrapes of {base_url}/metrics, {server_series.failed} failed"
+         + (f" (last: {scraping.last_failure})" if scraping.failed else ""))  # fmt: skip
     payments = None
     if sampler is not None:
         batches = async_run.batch_stats(async_run.settler_logs(out_dir))
@@ -348,6 +353,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         payments=payments,
         processes=processes,
         cpu=cpu_use,
+        server_metrics=server_series,
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")

@@ -2,7 +2,8 @@
 
 gunicorn runs against this test's database (test_shop) and Redis database (15): the runner
 hands it the URLs of the connections this process uses. About ten seconds of k6; no speed is
-asserted, only that the run answered orders, the invariants held and the report exists.
+asserted, only that the run answered orders, the invariants held, the report exists, and the
+server's own metrics, scraped during the run, counted every order k6 saw answered.
 """
 
 import json
@@ -30,6 +31,37 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     assert "| invariant | result | detail |" in (report_dir / "report.md").read_text()
     assert (report_dir / "chart.png").read_bytes().startswith(b"\x89PNG")
     assert (report_dir / "k6-timeseries.csv.gz").exists()
+    # The server's own metrics, scraped once a second from before k6's first order to after its last.
+    server = summary["server_metrics"]
+    assert server["scrapes"] >= 2
+    paid = sum(point["orders_per_s"].get("paid", 0.0) * point["interval_s"] for point in server["points"])
+    assert paid == pytest.approx(summary["figures"]["orders_created"])
+    assert [point["second"] for point in server["points"]] == sorted(point["second"] for point in server["points"])
+    csv_rows = (report_dir / "server-metrics.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("second,interval_s,backlog,oldest_unpaid_s,")
+    assert len(csv_rows) == 1 + len(server["points"])
+    assert "## Server metrics over time" in (report_dir / "report.md").read_text()
+    assert (report_dir / "server-metrics.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_short_async_run_reports_the_servers_backlog_and_time_to_paid(tmp_path):
+    reports = tmp_path / "reports"
+    call_command("loadtest", scenario="async", duration_scale=0.05, vus=5, port=free_port(), reports_dir=reports)
+
+    (report_dir,) = reports.iterdir()
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["invariants_hold"], summary["invariants"]
+    server = summary["server_metrics"]
+    accepted = sum(point["orders_per_s"].get("accepted", 0.0) * point["interval_s"] for point in server["points"])
+    assert accepted == pytest.approx(summary["figures"]["orders_created"])
+    # The last batch's observations may land just after the last scrape (they follow its commit).
+    assert 0 < server["paid_async"] <= summary["payments"]["paid"]
+    assert 0 < server["time_to_paid_p50_s"] <= server["time_to_paid_p95_s"]
+    assert any(point["batch_size_mean"] for point in server["points"])
+    report = (report_dir / "report.md").read_text()
+    assert "| time to PAID p50, whole run (histogram) | - |" not in report
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,7 @@ def test_time_series_buckets_requests_latency_and_vus_per_second(tmp_path):
     assert series.throughput_at_peak() == 4.0  # seconds 1 and 2; the partial first and last are left out
     assert series.statuses == {"201": 9, "409": 1, "500": 1}
     assert series.errors_by_code == {"OUT_OF_STOCK": 1, "HTTP_500": 1}
+    assert series.first_second == T0 // 1000  # bucket 0's unix second: the server metrics align on it
 
 
 def test_figures_take_k6_summary_and_read_thresholds_as_crossed_flags(tmp_path):
