@@ -4,21 +4,29 @@ PAID and stock per product, refreshing itself with a chart.
 The page is static HTML plus a script file (no inline script: the admin runs under a Content
 Security Policy); the script polls `operator/data`, which reads the very numbers /metrics
 serves (every process's counters and the scrape-time gauges) and returns them as JSON. Rates
-come from the differences between two polls, so the chart covers the minutes since the page
-was opened. Staff who may view orders (`orders.view_order`) may open it.
+come from the differences between two snapshots. So that the chart shows the last minutes as
+soon as the page opens, Celery beat records a snapshot every OPERATOR_HISTORY_INTERVAL_SECONDS
+into a short Redis list (the last OPERATOR_HISTORY_POINTS), which the first poll asks for.
+Staff who may view orders (`orders.view_order`) may open it.
 """
 
 from __future__ import annotations
 
+import time
+
+import orjson
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import JsonResponse
 from django.template.response import TemplateResponse
+from django_redis import get_redis_connection
 
 from config import metrics
 from config.metrics_api import scrape_registry
 
 PERMISSION = "orders.view_order"
+HISTORY_KEY = "operator:history"
 
 
 def _check(request) -> None:
@@ -32,8 +40,9 @@ def _page(request):
     return TemplateResponse(request, "admin/operator.html", context)
 
 
-def _data(request):
-    _check(request)
+def operator_snapshot() -> dict:
+    """What the page shows, read from every process's metrics now; `at` is this host's clock in
+    ms (rates are differences between two snapshots)."""
     parsed = metrics.samples(metrics.exposition(scrape_registry()).decode())
 
     def by_label(name: str, label: str) -> dict[str, float]:
@@ -49,7 +58,8 @@ def _data(request):
         for (sample, labels), value in parsed.items()
         if sample == "shop_order_time_to_paid_seconds_bucket"
     }
-    return JsonResponse({
+    return {
+        "at": int(time.time() * 1000),
         "orders": metrics.total(parsed, "shop_orders_total", outcome="paid")
         + metrics.total(parsed, "shop_orders_total", outcome="accepted"),
         "orderRequests": metrics.total(parsed, "shop_http_requests_total", view="orders", method="POST"),
@@ -63,7 +73,29 @@ def _data(request):
         },
         "stockRedis": by_label("shop_stock_redis_units", "product"),
         "stockDatabase": by_label("shop_stock_database_units", "product"),
-    })  # fmt: skip
+    }  # fmt: skip
+
+
+def operator_history_record() -> None:
+    """Append a snapshot to the history the page starts from (Celery beat, every few seconds)."""
+    redis = get_redis_connection("default")
+    pipe = redis.pipeline(transaction=False)
+    pipe.rpush(HISTORY_KEY, orjson.dumps(operator_snapshot()))
+    pipe.ltrim(HISTORY_KEY, -settings.OPERATOR_HISTORY_POINTS, -1)
+    pipe.execute()
+
+
+def operator_history() -> list[dict]:
+    """The recorded snapshots, oldest first."""
+    return [orjson.loads(raw) for raw in get_redis_connection("default").lrange(HISTORY_KEY, 0, -1)]
+
+
+def _data(request):
+    _check(request)
+    answer = operator_snapshot()
+    if request.GET.get("history"):
+        answer["history"] = operator_history()
+    return JsonResponse(answer)
 
 
 page = admin.site.admin_view(_page)

@@ -298,7 +298,14 @@ CELERY_BEAT_SCHEDULE = {
     "purge-idempotency-keys": {"task": "orders.tasks.purge_idempotency_keys", "schedule": 3600.0},
     "trim-order-events": {"task": "orders.tasks.trim_order_events", "schedule": 3600.0},
     "trim-stock-reservations": {"task": "inventory.tasks.trim_stock_reservations", "schedule": 3600.0},
+    "record-operator-history": {
+        "task": "config.tasks.record_operator_history",
+        "schedule": float(env.int("OPERATOR_HISTORY_INTERVAL_SECONDS", default=5)),
+    },
 }
+# The operator page's chart starts from the last OPERATOR_HISTORY_POINTS snapshots beat recorded
+# (10 minutes at one every 5 s; each costs one scrape of the metrics in the beat worker).
+OPERATOR_HISTORY_POINTS = env.int("OPERATOR_HISTORY_POINTS", default=120)
 CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")
 
 # --- API --------------------------------------------------------------------------------

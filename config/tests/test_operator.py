@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -10,6 +11,7 @@ from django.test import Client
 
 from accounts.models import User
 from config.browser import chromium_page
+from config.tasks import record_operator_history
 from config.testing import client_for, make_product, make_user, order_body
 from orders.tests.test_shop_page import SHOTS
 
@@ -51,11 +53,35 @@ def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orde
     assert data["backlogOrders"] == 0
 
 
+def test_beat_records_the_snapshots_the_page_starts_from_and_keeps_the_last_few(settings):
+    settings.OPERATOR_HISTORY_POINTS = 2
+    client = _staff(may_view_orders=True)
+    product, user = make_product(price=1, stock_quantity=9), make_user(balance=100)
+    api = client_for(user)
+    for _ in range(3):
+        assert api.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
+        record_operator_history()  # what beat runs every OPERATOR_HISTORY_INTERVAL_SECONDS
+        time.sleep(0.002)  # snapshots a few ms apart on the clock
+
+    answer = client.get("/admin/operator/data?history=1").json()
+
+    history = answer["history"]
+    assert len(history) == 2  # the last two of three, oldest first
+    assert history[1]["orders"] - history[0]["orders"] == 1 and answer["orders"] == history[1]["orders"]
+    assert history[0]["at"] < history[1]["at"] <= answer["at"]
+    assert "history" not in client.get("/admin/operator/data").json()
+    assert settings.CELERY_BEAT_SCHEDULE["record-operator-history"]["task"] == "config.tasks.record_operator_history"
+
+
 @pytest.mark.slow
 def test_the_operator_page_draws_its_chart_in_the_browser(live_server):
     User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
     product, user = make_product(name="Green tea", price=1, stock_quantity=50), make_user(balance=100)
     api = client_for(user)
+    for _ in range(2):  # the minutes before the page was opened, as beat recorded them
+        assert api.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
+        record_operator_history()
+        time.sleep(0.002)
     SHOTS.mkdir(parents=True, exist_ok=True)
     with chromium_page() as page:
         page.goto(f"{live_server.url}/admin/login/?next=/admin/operator/")
@@ -63,18 +89,26 @@ def test_the_operator_page_draws_its_chart_in_the_browser(live_server):
         page.fill("#id_password", "pw")
         page.click("input[type=submit]")
         page.wait_for_selector("#chart")
+        for _ in range(150):  # the first poll is done once the backlog figure is written
+            if page.locator("#backlog").inner_text().strip() not in ("", "-"):
+                break
+            page.wait_for_timeout(100)
+        opened_with = int(page.locator("#chart").get_attribute("data-points") or 0)
         for _ in range(3):
             assert api.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
-        # Polled from here: a string evaluated in the page is refused by its policy (no eval).
+        # Polled from here (a string evaluated in the page is refused by its policy: no eval),
+        # until a poll after the three orders has redrawn the stock table.
+        row = page.locator("#stock tbody tr").first.locator("td")
         for _ in range(150):
-            if int(page.locator("#chart").get_attribute("data-points") or 0) >= 2:
+            cells = row.all_inner_texts() if row.count() else []
+            if cells == [str(product.id), "45", "45"]:
                 break
             page.wait_for_timeout(200)
-        assert int(page.locator("#chart").get_attribute("data-points") or 0) >= 2
-        page.wait_for_selector(f"#stock tbody tr td:text-is('{product.id}')")
+        points = int(page.locator("#chart").get_attribute("data-points") or 0)
         page.screenshot(path=SHOTS / "operator-page.png", full_page=True)
-        cells = page.locator("#stock tbody tr").first.locator("td").all_inner_texts()
         errors = list(page.console_errors)
 
+    assert opened_with >= 2  # drawn from the recorded history, before any poll of its own
+    assert points > opened_with
     assert errors == []  # a Content-Security-Policy refusal would show here too
-    assert cells == [str(product.id), "47", "47"]
+    assert cells == [str(product.id), "45", "45"]

@@ -26,10 +26,12 @@
     document.getElementById(id).textContent = value;
   }
 
-  function point(now, data) {
+  // Rates are differences between two snapshots, timed by the server's clock (`at`, ms).
+  function point(data) {
     const errors = sum(data.orderErrors);
     if (previous === null) return null;
-    const seconds = (now - previous.at) / 1000;
+    const seconds = (data.at - previous.at) / 1000;
+    if (seconds <= 0) return null;
     const paidCount = data.timeToPaid.count - previous.data.timeToPaid.count;
     const paidSum = data.timeToPaid.sum - previous.data.timeToPaid.sum;
     return {
@@ -76,25 +78,39 @@
     }
   }
 
+  function remember(data) {
+    const latest = point(data);
+    previous = { at: data.at, data: data };
+    if (latest !== null) {
+      points.push(latest);
+      if (points.length > WINDOW_POINTS) points.shift();
+    }
+    return latest;
+  }
+
+  let first = true;
+
   async function poll() {
     try {
-      const response = await fetch(root.dataset.source, { credentials: "same-origin" });
+      // The first poll also fetches the snapshots beat recorded: the chart opens on the last minutes.
+      const url = first ? `${root.dataset.source}?history=1` : root.dataset.source;
+      const response = await fetch(url, { credentials: "same-origin" });
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const data = await response.json();
-      const now = Date.now();
-      const latest = point(now, data);
-      previous = { at: now, data: data };
+      if (first) {
+        (data.history || []).filter((h) => h.at < data.at).forEach(remember);
+        first = false;
+      }
+      const latest = remember(data);
       text("backlog", String(data.backlogOrders));
       text("oldest", `${data.backlogOldestSeconds.toFixed(1)} s`);
       stockTable(data);
       if (latest !== null) {
-        points.push(latest);
-        if (points.length > WINDOW_POINTS) points.shift();
         text("rate", latest.orders.toFixed(1));
         text("errors", `${latest.errors.toFixed(1)}/s`);
         text("paid", latest.paidMs ? `${latest.paidMs.toFixed(0)} ms` : "-");
-        draw();
       }
+      draw();
     } catch (error) {
       text("rate", `unavailable (${error.message})`);
     }
