@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from config.database import sql_execute
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -33,6 +35,17 @@ class TrimResult:
 
 
 Progress = Callable[[TrimResult], None]
+
+
+def statement_batches(sql: str, params: dict[str, object]) -> Callable[[int], Batch]:
+    """A `delete_batch` for trim_in_batches from one DELETE that removes at most
+    %(batch_size)s rows: a full batch means there may be more."""
+
+    def delete_batch(size: int) -> Batch:
+        deleted = sql_execute(sql, {**params, "batch_size": size})
+        return Batch(deleted=deleted, more=deleted == size)
+
+    return delete_batch
 
 
 def trim_in_batches(

@@ -26,8 +26,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from config import metrics
-from config.database import sql_all, sql_execute, sql_one
-from config.retention import Batch, Progress, TrimResult, trim_in_batches
+from config.database import sql_all, sql_one
+from config.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from inventory import stock
 from inventory.errors import (
     OutOfStock,
@@ -580,12 +580,7 @@ def inventory_trim_reservations(
 ) -> TrimResult:
     """Delete settled reservations past their retention (reservations_trim_cutoff), a batch per
     statement, each its own transaction. A crash between batches leaves the rest for the next run."""
-    cutoff = reservations_trim_cutoff()
-
-    def delete_batch(size: int) -> Batch:
-        deleted = sql_execute(_TRIM_RESERVATIONS_SQL, {"cutoff": cutoff, "batch_size": size})
-        return Batch(deleted=deleted, more=deleted == size)
-
+    delete_batch = statement_batches(_TRIM_RESERVATIONS_SQL, {"cutoff": reservations_trim_cutoff()})
     return trim_in_batches(
         "stock reservations", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
         progress=progress,

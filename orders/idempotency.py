@@ -29,9 +29,8 @@ from django.utils import timezone
 from rest_framework import status
 
 from accounts.errors import InsufficientBalance
-from config.database import sql_execute
 from config.errors import DomainError, ErrorCode, error_body
-from config.retention import Batch, Progress, TrimResult, trim_in_batches
+from config.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from coupons.errors import CouponInvalid
 from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable
 from orders.errors import IdempotencyKeyReused, PriceChanged
@@ -191,11 +190,7 @@ def purge_expired(
     """Forget answers older than IDEMPOTENCY_KEY_TTL_HOURS (48 h by default), a batch per
     statement. A retry that late is a new request: clients retry within seconds or minutes."""
     cutoff = timezone.now() - datetime.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-
-    def delete_batch(size: int) -> Batch:
-        deleted = sql_execute(_PURGE_SQL, {"cutoff": cutoff, "batch_size": size})
-        return Batch(deleted=deleted, more=deleted == size)
-
+    delete_batch = statement_batches(_PURGE_SQL, {"cutoff": cutoff})
     return trim_in_batches(
         "idempotency keys", delete_batch, batch_size=batch_size, time_budget_seconds=time_budget_seconds,
         progress=progress,
