@@ -117,6 +117,16 @@ def total(parsed: dict, name: str, **labels: str) -> float:
     )
 
 
+def by_label(parsed: dict, name: str, label: str) -> dict[str, float]:
+    """`name`'s samples summed by one label: {"OUT_OF_STOCK": 12.0, ...}."""
+    found: dict[str, float] = {}
+    for (sample, labels), value in parsed.items():
+        if sample == name:
+            key = dict(labels).get(label, "")
+            found[key] = found.get(key, 0.0) + value
+    return found
+
+
 def read_all() -> dict[str, int]:
     """The report's counters (REPORT_COUNTERS) summed over every process, read in this process."""
     parsed = samples(exposition(multiprocess_registry()).decode())

@@ -45,25 +45,13 @@ def operator_snapshot() -> dict:
     ms (rates are differences between two snapshots)."""
     parsed = metrics.samples(metrics.exposition(scrape_registry()).decode())
 
-    def by_label(name: str, label: str) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for (sample, labels), value in parsed.items():
-            if sample == name:
-                key = dict(labels).get(label, "")
-                found[key] = found.get(key, 0.0) + value
-        return found
-
-    paid_buckets = {
-        dict(labels)["le"]: value
-        for (sample, labels), value in parsed.items()
-        if sample == "shop_order_time_to_paid_seconds_bucket"
-    }
+    paid_buckets = metrics.by_label(parsed, "shop_order_time_to_paid_seconds_bucket", "le")
     return {
         "at": int(time.time() * 1000),
         "orders": metrics.total(parsed, "shop_orders_total", outcome="paid")
         + metrics.total(parsed, "shop_orders_total", outcome="accepted"),
         "orderRequests": metrics.total(parsed, "shop_http_requests_total", view="orders", method="POST"),
-        "orderErrors": by_label("shop_api_errors_total", "code"),
+        "orderErrors": metrics.by_label(parsed, "shop_api_errors_total", "code"),
         "backlogOrders": metrics.total(parsed, "shop_payment_backlog_orders"),
         "backlogOldestSeconds": metrics.total(parsed, "shop_payment_backlog_oldest_seconds"),
         "timeToPaid": {
@@ -71,8 +59,8 @@ def operator_snapshot() -> dict:
             "sum": metrics.total(parsed, "shop_order_time_to_paid_seconds_sum"),
             "buckets": paid_buckets,
         },
-        "stockRedis": by_label("shop_stock_redis_units", "product"),
-        "stockDatabase": by_label("shop_stock_database_units", "product"),
+        "stockRedis": metrics.by_label(parsed, "shop_stock_redis_units", "product"),
+        "stockDatabase": metrics.by_label(parsed, "shop_stock_database_units", "product"),
     }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from config import metrics
+from config.metrics import by_label
 
 SCRAPE_EVERY_S = 1.0
 SCRAPE_TIMEOUT_S = 5.0  # a slow answer delays the next scrape, it never piles scrapes up
@@ -64,16 +65,6 @@ def scrape(base_url: str, *, token: str | None = None, timeout: float = SCRAPE_T
 
 
 # --- from scrapes to a series -----------------------------------------------------------------
-
-
-def by_label(values: dict, name: str, label: str) -> dict[str, float]:
-    """`name`'s samples summed by one label: {"OUT_OF_STOCK": 12.0, ...}."""
-    found: dict[str, float] = {}
-    for (sample, labels), value in values.items():
-        if sample == name:
-            key = dict(labels).get(label, "")
-            found[key] = found.get(key, 0.0) + value
-    return found
 
 
 def buckets(values: dict, name: str) -> list[tuple[float, float]]:
