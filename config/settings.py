@@ -364,6 +364,11 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOW_LOOPBACK = env.bool("METRICS_ALLOW_LOOPBACK", default=True)
 # Gauges read at scrape time (state, not events), each app's own.
 METRICS_COLLECTORS = ["inventory.metrics.StockCollector", "orders.metrics.OrdersCollector"]
+# The ledger's stock per product is a sum over every movement (0.5 s at 2 million): summed at
+# most this often for all processes together (0: at every scrape).
+STOCK_LEDGER_GAUGE_SECONDS = env.float("STOCK_LEDGER_GAUGE_SECONDS", default=15.0)
+# The operator page lists the products with the fewest units left, at most this many.
+OPERATOR_STOCK_ROWS = env.int("OPERATOR_STOCK_ROWS", default=20)
 
 # --- Static files (admin CSS/JS under gunicorn) -----------------------------------------
 STATIC_URL = "static/"

@@ -22,6 +22,7 @@ from loadtest.async_run import PaymentFigures
 from loadtest.chart import plot, plot_server
 from loadtest.cpu import CpuUse
 from loadtest.invariants import Check
+from loadtest.jobs import JobTiming
 from loadtest.results import PEAK_SHARE, Figures, TimeSeries
 from loadtest.server_metrics import ServerSeries, write_csv
 
@@ -46,6 +47,7 @@ class RunResult:
     processes: dict[str, str] = field(default_factory=dict)  # what ran: gunicorn, settlers
     cpu: CpuUse | None = None
     server_metrics: ServerSeries | None = field(default=None, repr=False)
+    jobs: list[JobTiming] | None = None  # the periodic jobs timed on the data the run left
 
     @property
     def invariants_hold(self) -> bool:
@@ -74,6 +76,8 @@ class RunResult:
             data["payments"] = asdict(self.payments)
         if self.server_metrics is not None:
             data["server_metrics"] = self.server_metrics.as_dict()
+        if self.jobs is not None:
+            data["periodic_jobs"] = [asdict(timing) for timing in self.jobs]
         if self.ceiling is not None:
             data["ceiling"] = asdict(self.ceiling)
             data["ratios_to_ceiling"] = _throughput_ratios(self.figures, self.ceiling)
@@ -343,6 +347,23 @@ def _backlog(payments: PaymentFigures | None) -> list[tuple[int, int]] | None:
 # --- reports ----------------------------------------------------------------------------
 
 
+_JOBS_HOW = (
+    "Each job run once on the data the run left, after the invariants were checked: reconciliation "
+    "and expiry as beat runs them every minute, each hourly trim to the end of its backlog with no "
+    "time budget (first run), then once more (next run: the cost of an hourly run once caught up)."
+)
+
+
+def _jobs_table(columns: dict[str, list[JobTiming] | None]) -> str:
+    names = list(dict.fromkeys(t.job for timings in columns.values() for t in timings or []))
+    by_column = {label: {t.job: t for t in timings or []} for label, timings in columns.items()}
+    rows = []
+    for name in names:
+        cells = [by_column[label].get(name) for label in columns]
+        rows.append([name, *(f"{t.seconds:.2f} s ({t.outcome})" if t else "-" for t in cells)])
+    return f"{_JOBS_HOW}\n\n" + _table(["job", *columns], rows)
+
+
 def render_run(result: RunResult) -> str:
     f = result.figures
     shape = ", ".join(f"{key} {value}" for key, value in result.shape.items())
@@ -384,6 +405,8 @@ def render_run(result: RunResult) -> str:
     parts += ["## Processes and CPU per order\n", _bullets(result.processes), ""]
     if result.cpu is not None:
         parts.append(_cpu_table({"value": result.cpu}))
+    if result.jobs is not None:
+        parts += ["## Periodic jobs on this run's data\n", _jobs_table({"time (outcome)": result.jobs}), ""]
     parts += [
         "## Server counters\n",
         _counts_table("counter (server /metrics, this run)", result.server_counters),
@@ -455,6 +478,21 @@ def async_comparison(sync: RunResult, asynchronous: RunResult) -> Comparison:
     )
 
 
+def _shape_text(shape: dict) -> str:
+    return f"{shape['users']:,} users, {shape['products']:,} products, {shape.get('orders', 0):,} past orders"
+
+
+def shape_comparison(scenario_shape: RunResult, given: RunResult) -> Comparison:
+    return Comparison(
+        heading=f"{given.scenario}, {_shape_text(scenario_shape.shape)} vs {_shape_text(given.shape)}",
+        how=f"The `{given.scenario}` scenario with its own seed shape, then with the given one (each seeded "
+        f"fresh before its run, past orders included), {given.strategy} strategy both, same server "
+        f"configuration; duration scale {given.duration_scale}. The scenario's shape first.",
+        runs={"scenario-shape": scenario_shape, "given-shape": given},
+        labels={"scenario-shape": _shape_text(scenario_shape.shape), "given-shape": _shape_text(given.shape)},
+    )
+
+
 def render_comparison(comparison: Comparison) -> str:
     runs = comparison.columns
     columns = {label: run.figures for label, run in runs.items()}
@@ -486,6 +524,11 @@ def render_comparison(comparison: Comparison) -> str:
             "\n## Server metrics\n",
             _server_table({label: run.server_metrics for label, run in runs.items()}),
             f"Over time: {', '.join(f'[{key}]({key}/server-metrics.png)' for key in comparison.runs)}.\n",
+        ]
+    if any(run.jobs is not None for run in runs.values()):
+        parts += [
+            "\n## Periodic jobs on each run's data\n",
+            _jobs_table({label: run.jobs for label, run in runs.items()}),
         ]
     if any(run.cpu is not None for run in runs.values()):
         parts += [

@@ -27,12 +27,13 @@ from django.conf import settings
 from django.core.management import call_command
 
 from config import devservers, metrics
-from loadtest import async_run, cpu, seeding, server, server_metrics
+from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import (
     RunResult,
     async_comparison,
+    shape_comparison,
     strategy_comparison,
     write_comparison_report,
     write_run_report,
@@ -82,6 +83,13 @@ class RunOptions:
     port: int = 8089
     reports_dir: Path = REPORTS_DIR
     settlers: int | None = None  # async: settle_payments processes beside gunicorn (None: 1)
+    shape: seeding.SeedShape | None = None  # None: the scenario's own
+    compare_shapes: bool = False  # the scenario's own shape, then `shape`
+    time_jobs: bool = False  # time the periodic jobs on the data each run leaves (loadtest/jobs.py)
+
+    @property
+    def seed_shape(self) -> seeding.SeedShape:
+        return self.shape or SCENARIOS[self.scenario].shape
 
     @property
     def settler_count(self) -> int:
@@ -93,6 +101,12 @@ class RunOptions:
             found.append(f"unknown scenario {self.scenario!r}; one of {', '.join(SCENARIOS)}")
         if self.strategy is not None and self.strategy not in STRATEGIES:
             found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if self.compare_shapes:
+            if self.compare:
+                found.append("--compare-shapes and --compare each make two runs; choose one")
+            if self.shape is None or self.shape == SCENARIOS.get(self.scenario, SCENARIOS["load"]).shape:
+                found.append("--compare-shapes compares the scenario's shape with another: give --users, "
+                             "--products or --orders")  # fmt: skip
         if self.compare and self.url:
             found.append("--compare starts its own servers (one per strategy); it cannot use --url")
         elif self.url and self.strategy is not None:
@@ -277,9 +291,10 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     scenario = SCENARIOS[options.scenario]
     out_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now().astimezone().isoformat(timespec="seconds")
-    echo(f"seeding: {scenario.shape}")
-    seeding.seed(scenario.shape, progress=lambda message: echo(f"  {message}"))
-    baseline = Baseline.from_shape(scenario.shape)
+    shape = options.seed_shape
+    echo(f"seeding: {shape}")
+    seeding.seed(shape, progress=lambda message: echo(f"  {message}"))
+    baseline = Baseline.from_shape(shape)
     ceiling = None
     cpu_before = cpu_times()
     with _serving(options, strategy, out_dir, echo) as served:
@@ -291,7 +306,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
                 base_url=base_url,
                 out_dir=out_dir / "ceiling",
                 options=options,
-                shape=scenario.shape,
+                shape=shape,
                 like=scenario.name,
                 echo=echo,
             )
@@ -302,7 +317,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
             with sampling as sampler, scraping:
                 run = run_k6(
                     scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options,
-                    shape=scenario.shape, echo=echo,
+                    shape=shape, echo=echo,
                 )  # fmt: skip
                 meter.stop("request")
                 if sampler is not None:
@@ -334,6 +349,10 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     )
     if scenario.asynchronous:
         checks += async_run.async_checks()
+    job_timings = None
+    if options.time_jobs:
+        echo("timing the periodic jobs on this run's data")
+        job_timings = jobs.time_periodic_jobs(echo=echo)
     served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
     result = RunResult(
         scenario=scenario.name,
@@ -341,7 +360,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         started_at=started_at,
         duration_scale=options.duration_scale,
         base_url=base_url,
-        shape=asdict(scenario.shape),
+        shape=asdict(shape),
         figures=run.figures,
         series=run.series,
         k6_exit_code=run.exit_code,
@@ -354,6 +373,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         processes=processes,
         cpu=cpu_use,
         server_metrics=server_series,
+        jobs=job_timings,
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
@@ -384,18 +404,24 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
         raise RunFailed("; ".join(problems))
     prepare(echo)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not options.compare:
+    if not (options.compare or options.compare_shapes):
         out_dir = options.reports_dir / f"{stamp}-{options.scenario}"
         strategy = options.strategy or (EXTERNAL_STRATEGY if options.url else "new")
         result = run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo)
         return out_dir, [result]
-    out_dir = options.reports_dir / f"{stamp}-{options.scenario}-compare"
+    kind = "shapes" if options.compare_shapes else "compare"
+    out_dir = options.reports_dir / f"{stamp}-{options.scenario}-{kind}"
     results = []
     for index, (folder, run_options, strategy) in enumerate(comparison_runs(options)):
         # The ceiling depends on neither strategy nor payment path: measured once, before the first run.
         results.append(run_strategy(run_options, strategy=strategy, out_dir=out_dir / folder,
                                     with_ceiling=options.with_ceiling and index == 0, echo=echo))  # fmt: skip
-    comparing = async_comparison if SCENARIOS[options.scenario].asynchronous else strategy_comparison
+    if options.compare_shapes:
+        comparing = shape_comparison
+    elif SCENARIOS[options.scenario].asynchronous:
+        comparing = async_comparison
+    else:
+        comparing = strategy_comparison
     write_comparison_report(out_dir, comparing(*results))
     echo(f"comparison: {out_dir / 'report.md'}")
     return out_dir, results
@@ -404,7 +430,11 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
 def comparison_runs(options: RunOptions) -> list[tuple[str, RunOptions, str]]:
     """(report folder, options, strategy) of the two runs --compare makes, the ratio's denominator
     first: old then new strategy; for the async scenario, the synchronous load scenario then
-    async, both with --strategy (default new)."""
+    async, both with --strategy (default new). --compare-shapes: the scenario's own shape, then
+    the given one, both with --strategy (default new)."""
+    if options.compare_shapes:
+        strategy = options.strategy or "new"
+        return [("scenario-shape", replace(options, shape=None), strategy), ("given-shape", options, strategy)]
     if SCENARIOS[options.scenario].asynchronous:
         strategy = options.strategy or "new"
         return [("sync", replace(options, scenario="load"), strategy), ("async", options, strategy)]

@@ -17,6 +17,7 @@ from coupons.models import Coupon
 from inventory import stock
 from inventory.models import Product, StockMovement
 from inventory.services import inventory_reconcile
+from loadtest.history import History, HistoryRefused, history_vacuum, history_write
 
 # Tests seed too: they write their tokens elsewhere, never over the development server's.
 TOKENS_PATH = Path(settings.LOADTEST_TOKENS_PATH)
@@ -61,15 +62,20 @@ class SeedShape:
     stock: int = DEFAULT_STOCK
     balance: int = DEFAULT_BALANCE
     price: int = 1
+    orders: int = 0  # past orders (loadtest/history.py), spread over the last history_days
+    history_days: float = 30.0
 
 
 def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:
-    """Replace customers, products, orders and stock with `shape`; staff users are kept.
+    """Replace customers, products, orders and stock with `shape`, and its past orders; staff
+    users are kept.
 
     Returns (and writes to loadtest/tokens.json) each customer's bearer token.
     """
     if not 1 <= shape.users < CUSTOMER_ID_LIMIT:
         raise SeedRefused(f"--users must be between 1 and {CUSTOMER_ID_LIMIT - 1}")
+    if shape.orders < 0 or shape.history_days <= 0:
+        raise SeedRefused("--orders must be 0 or more, over a positive number of --history-days")
     with transaction.atomic():
         in_the_way = list(
             User.objects.filter(is_staff=True, id__lte=shape.users).order_by("id").values_list("id", "username")
@@ -111,6 +117,13 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
             StockMovement(product_id=i, quantity=shape.stock, kind=StockMovement.Kind.RESTOCK, reason="seed")
             for i in range(1, shape.products + 1)
         )
+        if shape.orders:
+            progress(f"writing {shape.orders:,} past orders over the last {shape.history_days:g} days")
+            try:
+                history_write(History(shape.orders, shape.history_days), users=shape.users,
+                              products=shape.products, progress=progress)  # fmt: skip
+            except HistoryRefused as refused:
+                raise SeedRefused(str(refused)) from refused
         Coupon.objects.create(code="WELCOME10", kind=Coupon.Kind.PERCENT, value=10, max_discount=500)
         with connection.cursor() as cursor:
             # New users get ids past every id in use, past the admin's and the customers' range;
@@ -125,6 +138,8 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
                 f"GREATEST((SELECT MAX(id) FROM {Product._meta.db_table}), 1))"
             )
 
+    if shape.orders:
+        history_vacuum(progress=progress)
     progress("loading stock into Redis")
     redis = stock.redis_client()
     keys = list(redis.scan_iter("inv:*", count=1000))

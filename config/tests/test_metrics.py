@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -53,7 +54,8 @@ class Scraped:
         return metrics.total(self.after, name, **labels) - metrics.total(self.before, name, **labels)
 
 
-def test_metrics_count_orders_by_outcome_and_errors_by_their_code():
+def test_metrics_count_orders_by_outcome_and_errors_by_their_code(settings):
+    settings.STOCK_LEDGER_GAUGE_SECONDS = 0  # the ledger summed at each scrape: exact counts
     product = make_product(price=100, stock_quantity=3)
     rich, poor = make_user(balance=10_000), make_user(balance=50)
     rich_client, poor_client = client_for(rich), client_for(poor)
@@ -91,6 +93,27 @@ def test_metrics_count_orders_by_outcome_and_errors_by_their_code():
     unrelayed = OrderEvent.objects.filter(published_at__isnull=True).count()
     assert unrelayed > 0 and metrics.total(scraped.after, "shop_outbox_unpublished_events") == unrelayed
     assert metrics.total(scraped.after, "shop_scrape_collector_up") == 2  # both collectors answered
+
+
+def test_the_ledger_is_summed_once_per_interval_for_every_scrape_in_it(settings):
+    settings.STOCK_LEDGER_GAUGE_SECONDS = 3600
+    product, user = make_product(price=1, stock_quantity=5), make_user(balance=100)
+    first = scrape()
+    assert client_for(user).post("/api/v1/orders", order_body(user, (product, 2)), format="json").status_code == 201
+
+    with CaptureQueriesContext(connection) as queries:
+        inside = scrape()
+    settings.STOCK_LEDGER_GAUGE_SECONDS = 1e-6  # the snapshot is now past its age: summed again
+    past = scrape()
+
+    ledger = [q["sql"] for q in queries.captured_queries if "inventory_stockmovement" in q["sql"]]
+    assert ledger == []  # inside the interval a scrape reads the shared snapshot, not the ledger
+    assert metrics.total(first, "shop_stock_database_units", product=str(product.id)) == 5
+    assert metrics.total(inside, "shop_stock_database_units", product=str(product.id)) == 5  # as of the snapshot
+    assert metrics.total(inside, "shop_stock_database_age_seconds") > 0
+    assert metrics.total(inside, "shop_stock_redis_units", product=str(product.id)) == 3  # Redis is live
+    assert metrics.total(past, "shop_stock_database_units", product=str(product.id)) == 3
+    assert metrics.total(past, "shop_stock_database_age_seconds") == 0
 
 
 def test_metrics_enabled_false_counts_no_request(settings):

@@ -36,7 +36,8 @@ def test_staff_without_the_view_permission_may_not_open_the_operator_page():
     assert Client().get("/admin/operator/data").status_code == 302  # anonymous: to the admin's login
 
 
-def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orders():
+def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orders(settings):
+    settings.STOCK_LEDGER_GAUGE_SECONDS = 0  # the ledger's figure of this very moment
     client = _staff(may_view_orders=True)
     product, user = make_product(price=1, stock_quantity=7), make_user(balance=100)
     before = client.get("/admin/operator/data").json()
@@ -51,6 +52,19 @@ def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orde
     assert data["orders"] - before["orders"] == 1
     assert data["stockRedis"][str(product.id)] == 5 and data["stockDatabase"][str(product.id)] == 5
     assert data["backlogOrders"] == 0
+
+
+def test_the_stock_table_lists_the_products_with_the_fewest_units_left(settings):
+    settings.OPERATOR_STOCK_ROWS = 2
+    plenty, few, fewest = (make_product(price=1, stock_quantity=units) for units in (50, 4, 9))
+    user = make_user(balance=100)
+    assert client_for(user).post("/api/v1/orders", order_body(user, (fewest, 8)), format="json").status_code == 201
+
+    data = _staff(may_view_orders=True).get("/admin/operator/data").json()
+
+    assert data["stockRedis"] == {str(fewest.id): 1, str(few.id): 4}  # live: 1 and 4 left, not the 50
+    assert set(data["stockDatabase"]) == {str(fewest.id), str(few.id)}
+    assert data["stockProducts"] == 3
 
 
 def test_beat_records_the_snapshots_the_page_starts_from_and_keeps_the_last_few(settings):

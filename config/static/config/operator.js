@@ -76,6 +76,11 @@
       }
       body.appendChild(row);
     }
+    const shown = products.length;
+    const age = Math.round(data.stockDatabaseAgeSeconds || 0);
+    document.getElementById("stock-note").textContent =
+      (shown < data.stockProducts ? `The ${shown} of ${data.stockProducts} products with the fewest units left. ` : "") +
+      `Ledger figures as of ${age} s ago.`;
   }
 
   function remember(data) {

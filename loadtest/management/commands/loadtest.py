@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -53,6 +54,24 @@ class Command(BaseCommand):
             help="test this running server instead of starting gunicorn "
             "(it must use the same database and Redis: they are reseeded)",
         )
+        shape = parser.add_argument_group(
+            "seed shape (default: the scenario's, the seed report's 500 users, 5 products)"
+        )
+        shape.add_argument("--users", type=int, help="customers 1..N")
+        shape.add_argument("--products", type=int, help="products 1..N")
+        shape.add_argument("--orders", type=int, help="past orders to seed before the run (default 0)")
+        shape.add_argument("--history-days", type=float, help="the past orders span (default 30)")
+        parser.add_argument(
+            "--compare-shapes",
+            action="store_true",
+            help="run the scenario with its own shape, then with the one --users/--products/--orders give, "
+            "and write one side-by-side report",
+        )
+        parser.add_argument(
+            "--time-jobs",
+            action="store_true",
+            help="after each run, time the periodic jobs (reconciliation, expiry, the retention trims) on its data",
+        )
         parser.add_argument("--vus", type=int, help="peak VUs (default 100; smoke 5)")
         parser.add_argument("--port", type=int, default=8089, help="port of the started gunicorn (default 8089)")
         parser.add_argument("--reports-dir", type=Path, default=runner.REPORTS_DIR, help="where reports go")
@@ -63,6 +82,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
+        given = {
+            key: options[key] for key in ("users", "products", "orders", "history_days") if options[key] is not None
+        }
+        scenario_shape = runner.SCENARIOS[options["scenario"]].shape
         run_options = runner.RunOptions(
             scenario=options["scenario"],
             strategy=options["strategy"],
@@ -74,6 +97,9 @@ class Command(BaseCommand):
             port=options["port"],
             reports_dir=options["reports_dir"],
             settlers=options["settlers"],
+            shape=replace(scenario_shape, **given) if given else None,
+            compare_shapes=options["compare_shapes"],
+            time_jobs=options["time_jobs"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)

@@ -12,6 +12,10 @@ class Command(BaseCommand):
         parser.add_argument("--stock", type=int, default=DEFAULT_STOCK, help="units per product")
         parser.add_argument("--balance", type=int, default=DEFAULT_BALANCE, help="balance per user, minor units")
         parser.add_argument("--price", type=int, default=1, help="price of every product, minor units")
+        parser.add_argument(
+            "--orders", type=int, default=0, help="past orders to write, paid (one in 20 cancelled), default 0"
+        )
+        parser.add_argument("--history-days", type=float, default=30.0, help="the past orders span (default 30)")
         parser.add_argument("--if-empty", action="store_true", help="only seed when there are no products yet")
 
     def handle(self, *args, **options):
@@ -28,6 +32,8 @@ class Command(BaseCommand):
             stock=options["stock"],
             balance=options["balance"],
             price=options["price"],
+            orders=options["orders"],
+            history_days=options["history_days"],
         )
         try:
             seed(shape, progress=lambda message: self.stdout.write(f"  {message}"))

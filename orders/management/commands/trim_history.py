@@ -4,17 +4,8 @@ import math
 from django.core.management.base import BaseCommand
 
 from config.retention import TrimResult
-from inventory.services import inventory_trim_reservations
-from orders import idempotency, sales_counter
-from orders.events import events_trim, stream_trim
-
-# What beat trims hourly (docs/retention.md), by name; the sales consumer trims its own seen ids.
-TRIMS = {
-    "events": events_trim,
-    "stream": stream_trim,
-    "idempotency": idempotency.purge_expired,
-    "reservations": inventory_trim_reservations,
-}
+from orders import sales_counter
+from orders.retention import TRIMS
 
 
 def _positive_int(value: str) -> int:
