@@ -35,7 +35,7 @@ docs_policy = csp_update({"style-src": [UNSAFE_INLINE], "worker-src": [CSP_SELF,
 api_v1 = [
     path("orders", OrderListCreateApi.as_view(), name="orders"),
     # Path parameters are named as the answers name the same ids (camelCase): one convention
-    # for the schema, the README and the bodies.
+    # for the schema, the README and docs/, and the bodies.
     path("orders/<id:orderId>", OrderDetailApi.as_view(), name="order-detail"),
     path("orders/<id:orderId>/cancel", OrderCancelApi.as_view(), name="order-cancel"),
     path("products", ProductListApi.as_view(), name="products"),
