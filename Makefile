@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 
 .PHONY: run test stop loadtest lint format
 
-# Serving needs about 200 MB installed (measured: a fresh venv of requirements.txt is 202 MB); tests and load tests add about 450 MB (Playwright's
-# driver, k6, matplotlib and numpy, ruff). Both install the versions CI tested (constraints.txt).
+# Serving needs about 200 MB installed (a fresh venv of requirements.txt: 202 MB); tests and load
+# tests add about 450 MB (Playwright's driver, k6, matplotlib and numpy, ruff). Both install the
+# versions CI tested (constraints.txt).
 $(BIN)/.installed-serve: requirements.txt constraints.txt
 	@echo "Installing what serving needs into $(VENV) (Django, DRF, Celery, psycopg, gunicorn, and the"
 	@echo "PostgreSQL and Redis servers the project starts itself: about 200 MB installed, a minute or two)..."
