@@ -1,5 +1,8 @@
+import os
+import sys
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from loadtest import runner, server
@@ -10,7 +13,11 @@ from loadtest.cpu import CpuUse
 class Command(BaseCommand):
     help = (
         "Reseed, start gunicorn, run a k6 scenario, check the invariants and write a report to "
-        "loadtest/reports/<timestamp>-<scenario>/. Fails when an invariant is broken."
+        "loadtest/reports/<timestamp>-<scenario>/. Fails when an invariant is broken. The run's data lives "
+        "apart from what `make run` serves: database <configured name>_loadtest (LOADTEST_DATABASE_NAME; "
+        "created and migrated if missing), Redis logical db 14 (REDIS_LOADTEST_URL), tokens in "
+        ".data/loadtest-tokens.json (LOADTEST_RUN_TOKENS_PATH). With --url it reseeds that server's data "
+        "(DATABASE_URL, REDIS_URL) instead, and only with --reseed."
     )
 
     def add_arguments(self, parser):
@@ -50,8 +57,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--url",
-            help="test this running server instead of starting gunicorn "
-            "(it must use the same database and Redis: they are reseeded)",
+            help="test this running server instead of starting gunicorn; it must use this command's "
+            "DATABASE_URL and REDIS_URL, which are reseeded (refused without --reseed)",
+        )
+        parser.add_argument(
+            "--reseed",
+            action="store_true",
+            help="with --url: go ahead and replace that deployment's customers, products, orders and stock. "
+            "Not without --url (an error): a run of its own always reseeds its own database",
         )
         parser.add_argument("--vus", type=int, help="peak VUs (default 100; smoke 5)")
         parser.add_argument("--port", type=int, default=8089, help="port of the started gunicorn (default 8089)")
@@ -61,6 +74,20 @@ class Command(BaseCommand):
             action="store_true",
             help="also fail when a k6 threshold (p99 < 200 ms, failures < 1%%) fails",
         )
+
+    def run_from_argv(self, argv):
+        # A run of its own must not reseed the database and Redis db `make run` serves, and which
+        # ones a process uses is settled when settings load, before any command runs. So the
+        # command starts itself again with SHOP_LOADTEST=1 (settings then name the load run's own)
+        # rather than switching databases under connections and Redis clients already made. Here,
+        # not in manage.py: whatever the entry point (manage.py, make loadtest, django-admin,
+        # python -m django), and decided after argparse has read --url, which keeps the
+        # configured data. exec, not a child: one process, so Ctrl-C and exit codes are as before.
+        options = self.create_parser(argv[0], argv[1]).parse_args(argv[2:])
+        if not options.url and not (settings.LOADTEST or settings.TESTING):
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "SHOP_LOADTEST": "1"})
+        super().run_from_argv(argv)
 
     def handle(self, *args, **options):
         run_options = runner.RunOptions(
@@ -74,6 +101,7 @@ class Command(BaseCommand):
             port=options["port"],
             reports_dir=options["reports_dir"],
             settlers=options["settlers"],
+            reseed=options["reseed"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
