@@ -14,6 +14,10 @@ from config import devservers
 from config.env import BASE_DIR, configured_database_url, env, redis_url_with_db
 
 TESTING = env.bool("SHOP_TESTING", default=False)
+# The process of a load run that starts its own servers (`manage.py loadtest` without --url sets
+# it for itself, loadtest/management/commands/loadtest.py): its own database, Redis db and tokens
+# file below, beside the ones `make run` serves, which reseeding would replace. Tests keep theirs.
+LOADTEST = env.bool("SHOP_LOADTEST", default=False) and not TESTING
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -134,6 +138,10 @@ def _prepare_threshold(value: str) -> int | None:
 
 # An empty DATABASE_URL / REDIS_URL means unset, as for the launcher (config/devservers.py).
 DATABASES = {"default": env.db_url_config(configured_database_url())}
+if LOADTEST:
+    # Read here, in the runner's process alone: what it starts gets DATABASE_URL naming this
+    # database and no SHOP_LOADTEST (loadtest/server.py), so no suffix is added twice.
+    DATABASES["default"]["NAME"] = env.str("LOADTEST_DATABASE_NAME", default=f"{DATABASES['default']['NAME']}_loadtest")
 # Persistent connections: one per gunicorn worker thread, checked before reuse. A statement
 # timeout bounds every transaction on the order path, which reconciliation relies on.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=600)
@@ -162,9 +170,13 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis ------------------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default=devservers.DEFAULT_REDIS_URL)
 TEST_REDIS_DB = 15
+LOADTEST_REDIS_DB = 14
 if TESTING:
     # Tests never touch the development keyspace: their own logical database.
     REDIS_URL = env.str("REDIS_TEST_URL", default=redis_url_with_db(REDIS_URL, TEST_REDIS_DB))
+elif LOADTEST:
+    # Nor does a load run: stock, reservations and its Celery queue live in a keyspace of its own.
+    REDIS_URL = env.str("REDIS_LOADTEST_URL", default=redis_url_with_db(REDIS_URL, LOADTEST_REDIS_DB))
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -251,10 +263,18 @@ MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=8 * 1024)
 ORDER_STRATEGY = env.str("ORDER_STRATEGY", default="new")
 if ORDER_STRATEGY not in ("new", "old"):
     raise ValueError(f"ORDER_STRATEGY must be 'new' or 'old', not {ORDER_STRATEGY!r}")
-LOADTEST_TOKENS_PATH = env.path(
-    "LOADTEST_TOKENS_PATH",
-    default=str(devservers.DATA_DIR / "test-tokens.json" if TESTING else BASE_DIR / "loadtest" / "tokens.json"),
-)
+# The seeded customers' tokens, which k6 reads: `make run`'s seed writes loadtest/tokens.json (for
+# k6 run by hand against it); a load run of its own, and tests, each write a file of their own.
+if LOADTEST:
+    # Not LOADTEST_TOKENS_PATH, which may name `make run`'s file.
+    LOADTEST_TOKENS_PATH = env.path(
+        "LOADTEST_RUN_TOKENS_PATH", default=str(devservers.DATA_DIR / "loadtest-tokens.json")
+    )
+else:
+    LOADTEST_TOKENS_PATH = env.path(
+        "LOADTEST_TOKENS_PATH",
+        default=str(devservers.DATA_DIR / "test-tokens.json" if TESTING else BASE_DIR / "loadtest" / "tokens.json"),
+    )
 LEGACY_LOCK_RETRY_MS = env.int("LEGACY_LOCK_RETRY_MS", default=100)
 LEGACY_LOCK_WAIT_MS = env.int("LEGACY_LOCK_WAIT_MS", default=3_000)
 LEGACY_LOCK_TTL_MS = env.int("LEGACY_LOCK_TTL_MS", default=10_000)

@@ -9,12 +9,19 @@ drain, stop the processes, check the invariants and write the report. `compare` 
 twice on identical fresh data and adds one side-by-side report: the old then the new
 strategy, or for the async scenario the synchronous load scenario (201) then async (202).
 Processes are stopped whatever happens (errors, Ctrl-C).
+
+Where the data lives: a run that starts its own gunicorn reseeds a database, Redis keyspace and
+tokens file of its own (config/settings.py's LOADTEST: the configured database's name with
+`_loadtest`, Redis db 14, .data/loadtest-tokens.json), created and migrated here if missing, so
+the data `make run` serves is never touched. With --url, the run reseeds the data that server
+serves (this process's DATABASE_URL and REDIS_URL, which it must share), only with --reseed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,8 +32,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
+from django.db import connection
 
 from config import devservers, metrics
+from config.database import current_database_url
 from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
@@ -91,6 +100,8 @@ class RunOptions:
     def seed_shape(self) -> seeding.SeedShape:
         return self.shape or SCENARIOS[self.scenario].shape
 
+    reseed: bool = False  # with url: yes, reseed that deployment's data
+
     @property
     def settler_count(self) -> int:
         return 1 if self.settlers is None else self.settlers
@@ -107,6 +118,9 @@ class RunOptions:
             if self.shape is None or self.shape == SCENARIOS.get(self.scenario, SCENARIOS["load"]).shape:
                 found.append("--compare-shapes compares the scenario's shape with another: give --users, "
                              "--products or --orders")  # fmt: skip
+        if self.reseed and not self.url:
+            found.append("--reseed goes with --url; a run that starts its own server always reseeds its own "
+                         "database and Redis db (not the ones `make run` serves)")  # fmt: skip
         if self.compare and self.url:
             found.append("--compare starts its own servers (one per strategy); it cannot use --url")
         elif self.url and self.strategy is not None:
@@ -391,10 +405,54 @@ def _server_counters(base_url: str, echo: Echo) -> dict[str, int]:
 
 
 def prepare(echo: Echo) -> None:
-    """What a fresh checkout lacks: our own PostgreSQL and Redis (unless configured) and the tables."""
+    """What a fresh checkout lacks: our own PostgreSQL and Redis (unless configured), the load
+    run's own database and the tables."""
     devservers.ensure_running_if_needed()
+    if settings.LOADTEST:
+        _create_database_if_missing(echo)
     echo("migrating the database")
     call_command("migrate", interactive=False, verbosity=0)
+
+
+def _create_database_if_missing(echo: Echo) -> None:
+    name = connection.settings_dict["NAME"]
+    # Django's own way in when the named database does not exist yet (its test runner uses it):
+    # the maintenance database on the same server, with the same settings otherwise.
+    with connection._nodb_cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cursor.fetchone() is None:
+            echo(f"creating database {name}")
+            cursor.execute(f"CREATE DATABASE {connection.ops.quote_name(name)}")
+
+
+def _shown(url: str) -> str:
+    """A URL to print: without its user and password."""
+    return re.sub(r"(?<=://)[^@/]*@", "", url)
+
+
+def data_in_use() -> str:
+    """The database and Redis this process (and every process a run starts) reads and reseeds."""
+    return f"database {_shown(current_database_url())} and Redis {_shown(settings.REDIS_URL)}"
+
+
+def _check_what_gets_reseeded(options: RunOptions, echo: Echo) -> None:
+    """Nothing of a running deployment is reseeded unless asked; a run of its own says where its data is."""
+    if options.url and not options.reseed:
+        raise RunFailed(
+            f"not reseeding (nothing was changed): a run against --url reseeds the data that server serves, "
+            f"{data_in_use()} (this command's DATABASE_URL and REDIS_URL, which it must share). Reseeding "
+            "replaces that deployment's customers, products, orders and stock; add --reseed to go ahead."
+        )
+    if options.url:
+        echo(f"--reseed: about to reseed {data_in_use()}, for {options.url}")
+        return
+    if not (settings.LOADTEST or settings.TESTING):
+        # Only through call_command from other code: `manage.py loadtest` sets SHOP_LOADTEST itself.
+        raise RunFailed(
+            f"not running: this process uses {data_in_use()}, which a run of its own would reseed. Start it as "
+            "`manage.py loadtest`, which uses a database and Redis db of its own (SHOP_LOADTEST=1)"
+        )
+    echo(f"this run's own data: {data_in_use()}, tokens {seeding.TOKENS_PATH}")
 
 
 def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResult]]:
@@ -402,6 +460,7 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
     problems = options.problems()
     if problems:
         raise RunFailed("; ".join(problems))
+    _check_what_gets_reseeded(options, echo)
     prepare(echo)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     if not (options.compare or options.compare_shapes):

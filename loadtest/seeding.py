@@ -70,7 +70,8 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
     """Replace customers, products, orders and stock with `shape`, and its past orders; staff
     users are kept.
 
-    Returns (and writes to loadtest/tokens.json) each customer's bearer token.
+    Returns (and writes to settings.LOADTEST_TOKENS_PATH: loadtest/tokens.json for `make run`, a
+    load run's or the tests' own file otherwise) each customer's bearer token.
     """
     if not 1 <= shape.users < CUSTOMER_ID_LIMIT:
         raise SeedRefused(f"--users must be between 1 and {CUSTOMER_ID_LIMIT - 1}")
@@ -147,6 +148,7 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
         redis.delete(*keys[i : i + 1000])
     inventory_reconcile()
 
+    TOKENS_PATH.parent.mkdir(parents=True, exist_ok=True)  # .data/ is not there with both servers configured
     TOKENS_PATH.write_text(json.dumps(tokens))
     progress(f"wrote {len(tokens)} tokens to {TOKENS_PATH}")
     return tokens

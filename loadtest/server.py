@@ -1,7 +1,8 @@
 """A gunicorn server for one load run: started with the runner's database and Redis, stopped always.
 
 The server gets the very PostgreSQL database and Redis database this process uses (so the
-invariants read what the server wrote, including under tests), DEBUG off, and the order
+invariants read what the server wrote): a load run's own (`shop_loadtest` and db 14 by default,
+config/settings.py's LOADTEST), under tests test_shop and db 15. DEBUG is off, and the order
 strategy to measure. It runs in its own session: a Ctrl-C in the terminal reaches k6 (which
 stops and still writes its summary), and the runner then stops gunicorn itself.
 """
@@ -35,9 +36,13 @@ class ServerFailed(RuntimeError):
 
 
 def server_environment(*, strategy: str, port: int | None = None) -> dict[str, str]:
-    """The environment of every process a run starts (gunicorn, settlers): this process's
-    database and Redis, DEBUG off, the strategy; `port`, for gunicorn, its bind address."""
-    env = {key: value for key, value in os.environ.items() if key != "SHOP_TESTING"}
+    """The environment of every process a run starts (gunicorn, settlers, Celery): this process's
+    database and Redis, DEBUG off, the strategy; `port`, for gunicorn, its bind address.
+
+    DATABASE_URL and REDIS_URL name what this process is connected to (under tests test_shop
+    and db 15, in a load run of its own the load-test database and db 14), and the flags that
+    chose them are left out: read again, SHOP_LOADTEST would add its suffix a second time."""
+    env = {key: value for key, value in os.environ.items() if key not in ("SHOP_TESTING", "SHOP_LOADTEST")}
     env.update(
         DEBUG="false",
         ORDER_STRATEGY=strategy,

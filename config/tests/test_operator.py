@@ -56,7 +56,8 @@ def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orde
 
 def test_the_stock_table_lists_the_products_with_the_fewest_units_left(settings):
     settings.OPERATOR_STOCK_ROWS = 2
-    plenty, few, fewest = (make_product(price=1, stock_quantity=units) for units in (50, 4, 9))
+    make_product(price=1, stock_quantity=50)
+    few, fewest = make_product(price=1, stock_quantity=4), make_product(price=1, stock_quantity=9)
     user = make_user(balance=100)
     assert client_for(user).post("/api/v1/orders", order_body(user, (fewest, 8)), format="json").status_code == 201
 

@@ -1,6 +1,9 @@
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from loadtest import runner, server
@@ -11,7 +14,11 @@ from loadtest.cpu import CpuUse
 class Command(BaseCommand):
     help = (
         "Reseed, start gunicorn, run a k6 scenario, check the invariants and write a report to "
-        "loadtest/reports/<timestamp>-<scenario>/. Fails when an invariant is broken."
+        "loadtest/reports/<timestamp>-<scenario>/. Fails when an invariant is broken. The run's data lives "
+        "apart from what `make run` serves: database <configured name>_loadtest (LOADTEST_DATABASE_NAME; "
+        "created and migrated if missing), Redis logical db 14 (REDIS_LOADTEST_URL), tokens in "
+        ".data/loadtest-tokens.json (LOADTEST_RUN_TOKENS_PATH). With --url it reseeds that server's data "
+        "(DATABASE_URL, REDIS_URL) instead, and only with --reseed."
     )
 
     def add_arguments(self, parser):
@@ -51,8 +58,14 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--url",
-            help="test this running server instead of starting gunicorn "
-            "(it must use the same database and Redis: they are reseeded)",
+            help="test this running server instead of starting gunicorn; it must use this command's "
+            "DATABASE_URL and REDIS_URL, which are reseeded (refused without --reseed)",
+        )
+        parser.add_argument(
+            "--reseed",
+            action="store_true",
+            help="with --url: go ahead and replace that deployment's customers, products, orders and stock. "
+            "Not without --url (an error): a run of its own always reseeds its own database",
         )
         shape = parser.add_argument_group(
             "seed shape (default: the scenario's, the seed report's 500 users, 5 products)"
@@ -81,6 +94,20 @@ class Command(BaseCommand):
             help="also fail when a k6 threshold (p99 < 200 ms, failures < 1%%) fails",
         )
 
+    def run_from_argv(self, argv):
+        # A run of its own must not reseed the database and Redis db `make run` serves, and which
+        # ones a process uses is settled when settings load, before any command runs. So the
+        # command starts itself again with SHOP_LOADTEST=1 (settings then name the load run's own)
+        # rather than switching databases under connections and Redis clients already made. Here,
+        # not in manage.py: whatever the entry point (manage.py, make loadtest, django-admin,
+        # python -m django), and decided after argparse has read --url, which keeps the
+        # configured data. exec, not a child: one process, so Ctrl-C and exit codes are as before.
+        options = self.create_parser(argv[0], argv[1]).parse_args(argv[2:])
+        if not options.url and not (settings.LOADTEST or settings.TESTING):
+            sys.stdout.flush()
+            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "SHOP_LOADTEST": "1"})
+        super().run_from_argv(argv)
+
     def handle(self, *args, **options):
         given = {
             key: options[key] for key in ("users", "products", "orders", "history_days") if options[key] is not None
@@ -100,6 +127,7 @@ class Command(BaseCommand):
             shape=replace(scenario_shape, **given) if given else None,
             compare_shapes=options["compare_shapes"],
             time_jobs=options["time_jobs"],
+            reseed=options["reseed"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
