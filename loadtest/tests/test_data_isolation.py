@@ -216,3 +216,20 @@ def test_under_tests_the_load_flag_changes_nothing():
                                             REDIS_URL="redis://127.0.0.1:6379/0", REDIS_TEST_URL="")  # fmt: skip
 
     assert (name, redis_url) == ("shop", f"redis://127.0.0.1:6379/{settings.TEST_REDIS_DB}")
+
+
+@pytest.mark.slow
+def test_the_settlement_benchmark_also_reseeds_only_its_own_data(developer_data, tmp_path):
+    env = developer_data
+    tables_before, keys_before = _rows_by_table(DEVELOPER_DB), _keyspace(DEVELOPER_REDIS_DB)
+
+    run = subprocess.run(
+        [sys.executable, "manage.py", "settle_benchmark", "--orders", "20", "--batch-sizes", "10",
+         "--reports-dir", str(tmp_path / "reports")],
+        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert _rows_by_table(DEVELOPER_DB) == tables_before
+    assert _keyspace(DEVELOPER_REDIS_DB) == keys_before
+    assert _count(RUN_DB, "orders_order") == 20

@@ -1,14 +1,12 @@
-import os
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from loadtest import runner, server
 from loadtest.async_run import PaymentFigures
 from loadtest.cpu import CpuUse
+from loadtest.own_data import restart_with_own_data
 
 
 class Command(BaseCommand):
@@ -95,17 +93,10 @@ class Command(BaseCommand):
         )
 
     def run_from_argv(self, argv):
-        # A run of its own must not reseed the database and Redis db `make run` serves, and which
-        # ones a process uses is settled when settings load, before any command runs. So the
-        # command starts itself again with SHOP_LOADTEST=1 (settings then name the load run's own)
-        # rather than switching databases under connections and Redis clients already made. Here,
-        # not in manage.py: whatever the entry point (manage.py, make loadtest, django-admin,
-        # python -m django), and decided after argparse has read --url, which keeps the
-        # configured data. exec, not a child: one process, so Ctrl-C and exit codes are as before.
+        # Decided after argparse has read --url, which keeps the configured data (that server's).
         options = self.create_parser(argv[0], argv[1]).parse_args(argv[2:])
-        if not options.url and not (settings.LOADTEST or settings.TESTING):
-            sys.stdout.flush()
-            os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "SHOP_LOADTEST": "1"})
+        if not options.url:
+            restart_with_own_data()
         super().run_from_argv(argv)
 
     def handle(self, *args, **options):

@@ -3,6 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from loadtest import server, settle_benchmark
+from loadtest.own_data import restart_with_own_data
 from loadtest.runner import REPORTS_DIR
 
 
@@ -11,8 +12,13 @@ class Command(BaseCommand):
         "For each batch size, on freshly reseeded data: place N orders PENDING_PAYMENT through the order "
         "service, then run ONE settler (settle_payments --until-empty) and measure orders settled per second "
         "and the settler's and PostgreSQL's CPU per order. Prints a markdown table and writes it to "
-        "loadtest/reports/<timestamp>-settle-benchmark.md. Reseeds the database."
+        "loadtest/reports/<timestamp>-settle-benchmark.md. Reseeds the load test's own database and Redis db "
+        "(as `manage.py loadtest` does), never what `make run` serves."
     )
+
+    def run_from_argv(self, argv):
+        restart_with_own_data()
+        super().run_from_argv(argv)
 
     def add_arguments(self, parser):
         parser.add_argument(
