@@ -148,10 +148,13 @@ EPOCH_FENCE_SQL = "SELECT 1 FROM inventory_stock_epoch WHERE last_value = %(stoc
 # exists, is on sale and costs what the order will charge (prices_for_order's checks, read in
 # the order's own statement, so an order that skipped prices_for_order never charges a stale
 # price, and saves that round trip). Parameters from quoted_prices_params().
+# The products are looked up by id (an array, which the planner sizes): joined to the quoted
+# prices as a set-returning function, which it guesses at 100 rows, the products were scanned
+# whole, 1 ms an order at 10,000 of them.
 EPOCH_AND_PRICES_FENCE_SQL = f"""{EPOCH_FENCE_SQL} AND (
     SELECT count(*) FROM {Product._meta.db_table} AS product
-    JOIN jsonb_each_text(%(quoted_prices)s::jsonb) AS quoted ON product.id = quoted.key::bigint
-    WHERE product.active AND product.price = quoted.value::bigint
+    WHERE product.id = ANY(%(quoted_ids)s::bigint[]) AND product.active
+      AND product.price = (%(quoted_prices)s::jsonb ->> product.id::text)::bigint
 ) = %(quoted_count)s"""
 _EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
 _EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
@@ -196,6 +199,7 @@ def stock_sale_params(
 def quoted_prices_params(*, prices: dict[int, int]) -> dict[str, object]:
     return {
         "quoted_prices": orjson.dumps(prices, option=orjson.OPT_NON_STR_KEYS).decode(),
+        "quoted_ids": list(prices),
         "quoted_count": len(prices),
     }
 

@@ -134,7 +134,7 @@ function record(res, code, expected) {
 
 function placeOrder(tokens, items, outOfStockExpected, asynchronous = false) {
   const userId = randomInt(1, USERS);
-  const headers = { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[String(userId)]}` };
+  const headers = { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[userId]}` };
   if (asynchronous) headers.Prefer = 'respond-async';
   const success = asynchronous ? 202 : 201;
   const res = http.post(`${BASE_URL}/api/v1/orders`, JSON.stringify({ userId, orderItems: items }), {

@@ -70,6 +70,7 @@ class Command(BaseCommand):
         )
         shape.add_argument("--users", type=int, help="customers 1..N")
         shape.add_argument("--products", type=int, help="products 1..N")
+        shape.add_argument("--stock", type=int, help="units per product (default 1,000,000)")
         shape.add_argument("--orders", type=int, help="past orders to seed before the run (default 0)")
         shape.add_argument("--history-days", type=float, help="the past orders span (default 30)")
         parser.add_argument(
@@ -101,7 +102,9 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         given = {
-            key: options[key] for key in ("users", "products", "orders", "history_days") if options[key] is not None
+            key: options[key]
+            for key in ("users", "products", "stock", "orders", "history_days")
+            if options[key] is not None
         }
         scenario_shape = runner.SCENARIOS[options["scenario"]].shape
         run_options = runner.RunOptions(
