@@ -62,18 +62,18 @@ def operator_snapshot() -> dict:
         **_fewest_left(metrics.by_label(parsed, "shop_stock_redis_units", "product"),
                        metrics.by_label(parsed, "shop_stock_database_units", "product")),
         "stockDatabaseAgeSeconds": metrics.total(parsed, "shop_stock_database_age_seconds"),
+        "stockProducts": metrics.total(parsed, "shop_stock_products"),
     }  # fmt: skip
 
 
 def _fewest_left(live: dict[str, float], ledger: dict[str, float]) -> dict:
-    """The OPERATOR_STOCK_ROWS products with the fewest units left (live, else by the ledger):
-    those a sale is about to sell out, not a page of ten thousand rows every 2 s."""
+    """The OPERATOR_STOCK_ROWS products with the fewest units left (live, else by the ledger) of
+    those /metrics shows: those a sale is about to sell out, not a page of ten thousand rows."""
     products = sorted(ledger.keys() | live.keys(), key=lambda pid: (live.get(pid, ledger.get(pid, 0)), int(pid)))
     shown = products[: settings.OPERATOR_STOCK_ROWS]
     return {
         "stockRedis": {pid: live[pid] for pid in shown if pid in live},
         "stockDatabase": {pid: ledger[pid] for pid in shown if pid in ledger},
-        "stockProducts": len(products),
     }
 
 

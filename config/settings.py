@@ -387,8 +387,10 @@ METRICS_COLLECTORS = ["inventory.metrics.StockCollector", "orders.metrics.Orders
 # The ledger's stock per product is a sum over every movement (0.5 s at 2 million): summed at
 # most this often for all processes together (0: at every scrape).
 STOCK_LEDGER_GAUGE_SECONDS = env.float("STOCK_LEDGER_GAUGE_SECONDS", default=15.0)
-# The operator page lists the products with the fewest units left, at most this many.
-OPERATOR_STOCK_ROWS = env.int("OPERATOR_STOCK_ROWS", default=20)
+# /metrics has stock per product for the products with the fewest units left, at most this
+# many; the operator page lists the first OPERATOR_STOCK_ROWS of them.
+METRICS_STOCK_PRODUCTS = env.int("METRICS_STOCK_PRODUCTS", default=100)
+OPERATOR_STOCK_ROWS = min(env.int("OPERATOR_STOCK_ROWS", default=20), METRICS_STOCK_PRODUCTS)
 
 # --- Static files (admin CSS/JS under gunicorn) -----------------------------------------
 STATIC_URL = "static/"

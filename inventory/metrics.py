@@ -1,5 +1,6 @@
 """Stock gauges for /metrics, read at scrape time (config/metrics_api.py): Redis' live count
-per product beside the ledger's, and the reservations Redis tracks. One MGET and one ZCARD per
+beside the ledger's for the products with the fewest units left, and the reservations Redis
+tracks. One MGET and one ZCARD per
 scrape, and the ledger's grouped sum at most once per STOCK_LEDGER_GAUGE_SECONDS for all
 processes together; nothing on the order path."""
 
@@ -45,10 +46,20 @@ def ledger_on_hand() -> tuple[dict[int, int], float]:
     return on_hand, 0.0
 
 
+def fewest_left(on_hand: dict[int, int], live: dict[int, int | None], count: int) -> list[int]:
+    """The `count` products with the fewest units left: live, else by the ledger."""
+    return sorted(on_hand, key=lambda pid: (on_hand[pid] if live.get(pid) is None else live[pid], pid))[:count]
+
+
 class StockCollector:
+    """Per product only for the METRICS_STOCK_PRODUCTS with the fewest units left, the ones a
+    sale is selling out: every product of a 10,000-product catalogue made each scrape 1 MB
+    and 0.1-0.2 s of a worker's CPU."""
+
     def collect(self):
         on_hand, age = ledger_on_hand()
         live = stock.available(product_ids=list(on_hand))
+        shown = fewest_left(on_hand, live, settings.METRICS_STOCK_PRODUCTS)
         redis_stock = GaugeMetricFamily(
             "shop_stock_redis_units", "Units Redis will still reserve, per product (live stock).", labels=["product"]
         )
@@ -58,12 +69,13 @@ class StockCollector:
             "(reservations in flight not yet taken off).",
             labels=["product"],
         )
-        for product_id, units in on_hand.items():
-            db_stock.add_metric([str(product_id)], units)
+        for product_id in shown:
+            db_stock.add_metric([str(product_id)], on_hand[product_id])
             if live.get(product_id) is not None:  # not loaded into Redis: no sample rather than a false 0
                 redis_stock.add_metric([str(product_id)], live[product_id])
         yield redis_stock
         yield db_stock
+        yield GaugeMetricFamily("shop_stock_products", "Products in the catalogue, shown or not.", value=len(on_hand))
         yield GaugeMetricFamily(
             "shop_stock_database_age_seconds",
             "Age of the ledger sum behind shop_stock_database_units (at most STOCK_LEDGER_GAUGE_SECONDS).",

@@ -116,6 +116,20 @@ def test_the_ledger_is_summed_once_per_interval_for_every_scrape_in_it(settings)
     assert metrics.total(past, "shop_stock_database_age_seconds") == 0
 
 
+def test_stock_per_product_is_shown_for_the_products_with_the_fewest_units_left(settings):
+    settings.METRICS_STOCK_PRODUCTS, settings.STOCK_LEDGER_GAUGE_SECONDS = 2, 0
+    plenty, few, fewest = (make_product(price=1, stock_quantity=units) for units in (50, 4, 9))
+    user = make_user(balance=100)
+    assert client_for(user).post("/api/v1/orders", order_body(user, (fewest, 8)), format="json").status_code == 201
+
+    scraped = scrape()
+
+    assert metrics.by_label(scraped, "shop_stock_redis_units", "product") == {str(fewest.id): 1, str(few.id): 4}
+    assert set(metrics.by_label(scraped, "shop_stock_database_units", "product")) == {str(fewest.id), str(few.id)}
+    assert str(plenty.id) not in metrics.by_label(scraped, "shop_stock_database_units", "product")
+    assert metrics.total(scraped, "shop_stock_products") == 3
+
+
 def test_metrics_enabled_false_counts_no_request(settings):
     settings.METRICS_ENABLED = False
     product, user = make_product(price=1, stock_quantity=5), make_user(balance=100)

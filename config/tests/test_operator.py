@@ -55,7 +55,7 @@ def test_the_operator_page_loads_its_script_from_a_file_and_its_data_counts_orde
 
 
 def test_the_stock_table_lists_the_products_with_the_fewest_units_left(settings):
-    settings.OPERATOR_STOCK_ROWS = 2
+    settings.OPERATOR_STOCK_ROWS, settings.STOCK_LEDGER_GAUGE_SECONDS = 2, 0
     make_product(price=1, stock_quantity=50)
     few, fewest = make_product(price=1, stock_quantity=4), make_product(price=1, stock_quantity=9)
     user = make_user(balance=100)
