@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.db.models import Sum
+from django.db.models import OuterRef, Subquery, Sum
 from django.urls import reverse
 from django.utils.html import format_html
 
@@ -25,7 +25,14 @@ class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
             product_purchase_limit_set(product=obj, limit=obj.purchase_limit)
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(on_hand=Sum("movements__quantity"))
+        # A sum per product shown, over its own movements (index on product): a join and GROUP BY
+        # summed the whole ledger before the page's 100 rows were cut, 0.5 s at 2 million movements.
+        own = StockMovement.objects.filter(product=OuterRef("pk")).order_by().values("product")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(on_hand=Subquery(own.annotate(total=Sum("quantity")).values("total")))
+        )
 
     @admin.display(description="Stock (database)")
     def database_stock(self, obj):

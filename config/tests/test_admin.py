@@ -187,3 +187,32 @@ def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(
     )
     assert stock.redis_client().get(f"{stock.LIMIT_PREFIX}{product.id}") is None
     assert client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json").status_code == 201
+
+
+def test_the_order_search_finds_an_order_by_number_and_a_customers_orders_by_exact_username(admin_client):
+    product = make_product(price=1, stock_quantity=20)
+    alice, bob = make_user(username="alice", balance=100), make_user(username="bob", balance=100)
+    orders = {}
+    for user in (alice, alice, bob):
+        answer = client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+        orders.setdefault(user.username, []).append(answer.json()["orderId"])
+
+    def found(term: str) -> list[int]:
+        response = admin_client.get("/admin/orders/order/", {"q": term})
+        assert response.status_code == 200
+        return sorted(order.id for order in response.context_data["cl"].result_list)
+
+    assert found("alice") == sorted(orders["alice"])
+    assert found(str(orders["bob"][0])) == orders["bob"]
+    assert found("ali") == [] and found("99999999999999999999") == []
+
+
+def test_the_product_list_shows_each_products_own_ledger_stock(admin_client):
+    sold, untouched = make_product(price=1, stock_quantity=12), make_product(price=1, stock_quantity=7)
+    user = make_user(balance=100)
+    assert client_for(user).post("/api/v1/orders", order_body(user, (sold, 5)), format="json").status_code == 201
+
+    response = admin_client.get("/admin/inventory/product/")
+
+    shown = {product.id: product.on_hand for product in response.context_data["cl"].result_list}
+    assert shown == {sold.id: 7, untouched.id: 7}
