@@ -211,25 +211,26 @@ def wait_until_settled(
     return None
 
 
-def _times_to_paid_ms() -> list[float]:
+def _times_to_paid_ms(*, past: int) -> list[float]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
             SELECT EXTRACT(EPOCH FROM paid.created_at - created.created_at) * 1000
             FROM orders_orderevent created
             JOIN orders_orderevent paid ON paid.order_id = created.order_id AND paid.type = %s
-            WHERE created.type = %s
+            WHERE created.type = %s AND created.order_id > %s
             """,
-            [events.PAID, events.CREATED],
+            [events.PAID, events.CREATED, past],
         )
         return sorted(float(row[0]) for row in cursor.fetchall())
 
 
 def payment_figures(
-    *, samples: list[BacklogSample], drained_after_s: float | None, batches: BatchStats | None = None
+    *, samples: list[BacklogSample], drained_after_s: float | None, batches: BatchStats | None = None, past: int = 0
 ) -> PaymentFigures:
-    latencies = _times_to_paid_ms()
-    counts = Order.objects.aggregate(
+    """The run's orders: those after the `past` ones seeded before it (ids 1..past)."""
+    latencies = _times_to_paid_ms(past=past)
+    counts = Order.objects.filter(id__gt=past).aggregate(
         orders=Count("id"),
         paid=Count("id", filter=Q(status=OrderStatus.PAID)),
         cancelled=Count("id", filter=Q(status=OrderStatus.CANCELLED)),
@@ -265,10 +266,12 @@ def settler_logs(log_dir: Path) -> list[str]:
 # --- checks -----------------------------------------------------------------------------
 
 
-def async_checks() -> list[Check]:
-    """Every accepted order ended PAID or CANCELLED, and its events are its status changes."""
+def async_checks(*, past: int = 0) -> list[Check]:
+    """Every accepted order ended PAID or CANCELLED, and its events are its status changes: the
+    run's orders, after the `past` ones seeded before it (paid inside their request, ids 1..past)."""
+    placed = Order.objects.filter(id__gt=past)
     unsettled = list(
-        Order.objects.exclude(status__in=[OrderStatus.PAID, OrderStatus.CANCELLED]).values_list("id", "status")[:50]
+        placed.exclude(status__in=[OrderStatus.PAID, OrderStatus.CANCELLED]).values_list("id", "status")[:50]
     )
     settled = _check(
         "every 202 ended PAID or CANCELLED",
@@ -283,10 +286,11 @@ def async_checks() -> list[Check]:
     }
     problems = []
     by_order: dict[int, list[str]] = {}
-    for order_id, event_type in OrderEvent.objects.order_by("order_id", "id").values_list("order_id", "type"):
+    run_events = OrderEvent.objects.filter(order_id__gt=past).order_by("order_id", "id")
+    for order_id, event_type in run_events.values_list("order_id", "type"):
         by_order.setdefault(order_id, []).append(event_type)
     total = 0
-    for order_id, status in Order.objects.values_list("id", "status"):
+    for order_id, status in placed.values_list("id", "status"):
         total += 1
         types = by_order.get(order_id, [])
         wanted = expected.get(status)

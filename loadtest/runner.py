@@ -349,7 +349,9 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     payments = None
     if sampler is not None:
         batches = async_run.batch_stats(async_run.settler_logs(out_dir))
-        payments = async_run.payment_figures(samples=sampler.samples, drained_after_s=drained_after, batches=batches)
+        payments = async_run.payment_figures(
+            samples=sampler.samples, drained_after_s=drained_after, batches=batches, past=baseline.orders
+        )
     cpu_use = cpu.CpuUse(
         orders=run.figures.orders_created,
         request_ms=meter.used_ms.get("request"),
@@ -362,7 +364,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         baseline=baseline, orders_answered=run.figures.orders_created, sold_out_expected=scenario.sold_out_expected
     )
     if scenario.asynchronous:
-        checks += async_run.async_checks()
+        checks += async_run.async_checks(past=baseline.orders)
     job_timings = None
     if options.time_jobs:
         echo("timing the periodic jobs on this run's data")

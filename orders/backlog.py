@@ -10,11 +10,12 @@ from django.conf import settings
 
 from config.database import sql_one
 from orders.errors import PaymentBacklogFull
-from orders.models import OrderStatus
+from orders.models import PENDING_SQL
 
 # Served by the partial index orders_order_pending: one index probe.
 _OLDEST_PENDING_SQL = (
-    "SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at) FROM orders_order WHERE status = %s ORDER BY id LIMIT 1"
+    "SELECT EXTRACT(EPOCH FROM clock_timestamp() - created_at) "
+    f"FROM orders_order WHERE {PENDING_SQL} ORDER BY id LIMIT 1"
 )
 _backlog = threading.local()
 
@@ -26,7 +27,7 @@ def payment_backlog_seconds() -> float:
     check costs the order path nothing measurable."""
     now = time.monotonic()
     if getattr(_backlog, "expires", 0.0) <= now:
-        row = sql_one(_OLDEST_PENDING_SQL, [OrderStatus.PENDING_PAYMENT])
+        row = sql_one(_OLDEST_PENDING_SQL, [])
         _backlog.seconds = float(row[0]) if row else 0.0
         _backlog.expires = now + settings.PAYMENT_BACKLOG_CHECK_SECONDS
     return _backlog.seconds

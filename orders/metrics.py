@@ -7,11 +7,11 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily
 
 from config.database import sql_one
-from orders.models import OrderStatus
+from orders.models import PENDING_SQL
 
-_BACKLOG_SQL = """
+_BACKLOG_SQL = f"""
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)
-FROM orders_order WHERE status = %s
+FROM orders_order WHERE {PENDING_SQL}
 """
 _OUTBOX_SQL = """
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)
@@ -21,7 +21,7 @@ FROM orders_orderevent WHERE published_at IS NULL
 
 class OrdersCollector:
     def collect(self):
-        pending, oldest = sql_one(_BACKLOG_SQL, [OrderStatus.PENDING_PAYMENT])
+        pending, oldest = sql_one(_BACKLOG_SQL, [])
         yield GaugeMetricFamily(
             "shop_payment_backlog_orders", "Accepted orders waiting for a settler (PENDING_PAYMENT).", value=pending
         )

@@ -12,6 +12,12 @@ class OrderStatus(models.TextChoices):
 
 
 # The status machine: the only moves an order may make.
+# The partial indexes' condition (orders_order_pending, orders_order_pending_by_user) as SQL
+# text. A statement must name the status literally for a generic plan (a prepared statement's,
+# which cannot see a parameter's value) to use them: with `status = $1`, the oldest unpaid
+# order was found by walking every order by id, 157 ms at a million past orders.
+PENDING_SQL = f"status = '{OrderStatus.PENDING_PAYMENT.value}'"
+
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     OrderStatus.PENDING_PAYMENT: frozenset({OrderStatus.PAID, OrderStatus.PAYMENT_FAILED, OrderStatus.CANCELLED}),
     OrderStatus.PAID: frozenset({OrderStatus.CANCELLED}),

@@ -44,7 +44,7 @@ from orders.errors import (
     TooManyUnpaidOrders,
 )
 from orders.limits import order_admission_counters, unpaid_orders_cap
-from orders.models import ALLOWED_TRANSITIONS, Order, OrderStatus
+from orders.models import ALLOWED_TRANSITIONS, PENDING_SQL, Order, OrderStatus
 from payments.services import payment_insert_cte, payment_params, payment_refund, payment_take
 
 SETTLE_CHANNEL = "orders_pending"  # settlers LISTEN here (orders/settlement.py)
@@ -313,7 +313,7 @@ _SELECT_ORDER = "\nSELECT id, created_at FROM new_order"
 # abuse, not a count to the unit; purchase limits, which are, are counted in Redis.
 _UNPAID_CTE = f"""unpaid AS (
     SELECT count(*) AS orders FROM (
-        SELECT 1 FROM {Order._meta.db_table} WHERE user_id = %(user_id)s AND status = %(pending)s
+        SELECT 1 FROM {Order._meta.db_table} WHERE user_id = %(user_id)s AND {PENDING_SQL}
         LIMIT coalesce(%(unpaid_cap)s::int, 0)
     ) AS waiting
 ), """
@@ -431,7 +431,7 @@ def _insert_order(
 
 
 def _unpaid_params() -> dict[str, object]:
-    return {"pending": OrderStatus.PENDING_PAYMENT, "unpaid_cap": unpaid_orders_cap()}
+    return {"unpaid_cap": unpaid_orders_cap()}
 
 
 def _accept_order(

@@ -26,7 +26,7 @@ from accounts.services import WithdrawalOutcome
 from config import metrics
 from config.database import sql_all, sql_one
 from orders import events
-from orders.models import Order, OrderStatus
+from orders.models import PENDING_SQL, Order, OrderStatus
 from orders.services import SETTLE_CHANNEL, PlacedItem, _give_back, _move
 from payments.services import Charge, payment_take_many
 
@@ -34,10 +34,10 @@ logger = logging.getLogger(__name__)
 
 # The oldest first, skipping orders another transaction holds (a settler, a cancel, expiry).
 # The partial index orders_order_pending keeps this cheap however many orders were settled.
-_CLAIM_SQL = """
+_CLAIM_SQL = f"""
 SELECT id, user_id, total_amount, discount_amount, coupon_code,
        EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8
-FROM orders_order WHERE status = %(status)s ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+FROM orders_order WHERE {PENDING_SQL} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 """
 _ITEMS_SQL = (
     "SELECT order_id, product_id, quantity, unit_price FROM orders_orderitem WHERE order_id = ANY(%s) ORDER BY id"
@@ -118,7 +118,7 @@ def _observe(batch: SettledBatch, *, waited_at_claim: list[float], started: floa
 
 
 def _claim(limit: int) -> list[Order]:
-    rows = sql_all(_CLAIM_SQL, {"status": OrderStatus.PENDING_PAYMENT, "limit": limit})
+    rows = sql_all(_CLAIM_SQL, {"limit": limit})
     orders = []
     for oid, uid, total, discount, coupon, waited in rows:
         order = Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from loadtest.async_run import async_checks, batch_stats, settler_logs, settlers, wait_until_settled
+from loadtest.async_run import async_checks, batch_stats, payment_figures, settler_logs, settlers, wait_until_settled
 from loadtest.seeding import SeedShape, seed
 from loadtest.server import server_environment
 from orders.models import OrderEvent
@@ -34,6 +34,21 @@ def test_async_checks_pass_once_every_order_is_paid_and_catch_what_is_not():
 
     OrderEvent.objects.filter(order=second, type="order.payment_started").delete()
     assert _held(async_checks())["events equal status changes"] is False
+
+
+def test_after_seeded_history_the_checks_and_figures_are_of_the_runs_own_orders():
+    shape = SeedShape(users=5, products=2, stock=10_000, balance=10_000, orders=300)
+    seed(shape)  # past orders, paid inside their request: created and paid events only
+    order_place(user_id=1, lines=[OrderLine(1, 2, 1)], asynchronous=True)
+    orders_settle_batch(limit=10)
+
+    assert _held(async_checks(past=shape.orders)) == {
+        "every 202 ended PAID or CANCELLED": True,
+        "events equal status changes": True,
+    }
+    assert _held(async_checks())["events equal status changes"] is False  # the history's events differ
+    figures = payment_figures(samples=[], drained_after_s=0.0, past=shape.orders)
+    assert (figures.orders, figures.paid, figures.cancelled) == (1, 1, 0)
 
 
 def test_waiting_for_the_drain_gives_up_at_once_when_no_settler_is_left():
