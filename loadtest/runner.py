@@ -95,12 +95,11 @@ class RunOptions:
     shape: seeding.SeedShape | None = None  # None: the scenario's own
     compare_shapes: bool = False  # the scenario's own shape, then `shape`
     time_jobs: bool = False  # time the periodic jobs on the data each run leaves (loadtest/jobs.py)
+    reseed: bool = False  # with url: yes, reseed that deployment's data
 
     @property
     def seed_shape(self) -> seeding.SeedShape:
         return self.shape or SCENARIOS[self.scenario].shape
-
-    reseed: bool = False  # with url: yes, reseed that deployment's data
 
     @property
     def settler_count(self) -> int:
