@@ -1,17 +1,9 @@
-import argparse
-import math
 import time
 
 from django.core.management.base import BaseCommand
 
+from config.command_args import positive_seconds
 from inventory.services import inventory_reconcile
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -20,7 +12,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--check", action="store_true", help="report only, change nothing")
         parser.add_argument("--grace", type=float, default=None, help="seconds before a reservation is abandoned")
-        parser.add_argument("--every", type=_positive_seconds, default=0, help="run forever, every N seconds")
+        parser.add_argument("--every", type=positive_seconds, default=0, help="run forever, every N seconds")
 
     def handle(self, *args, **options):
         while True:

@@ -1,25 +1,9 @@
-import argparse
-import math
-
 from django.core.management.base import BaseCommand
 
+from config.command_args import positive_int, positive_seconds
 from config.retention import TrimResult
 from orders import sales_counter
 from orders.retention import TRIMS
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return seconds
 
 
 class Command(BaseCommand):
@@ -27,8 +11,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--only", choices=[*TRIMS, "seen-events"], action="append", help="trim only these")
-        parser.add_argument("--batch-size", type=_positive_int, default=None, help="rows per statement")
-        parser.add_argument("--time-budget", type=_positive_seconds, default=None, help="seconds per table at most")
+        parser.add_argument("--batch-size", type=positive_int, default=None, help="rows per statement")
+        parser.add_argument("--time-budget", type=positive_seconds, default=None, help="seconds per table at most")
 
     def handle(self, *args, **options):
         only = options["only"] or [*TRIMS, "seen-events"]
