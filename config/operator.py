@@ -24,6 +24,7 @@ from django_redis import get_redis_connection
 
 from config import metrics
 from config.metrics_api import scrape_registry
+from inventory.metrics import fewest_left
 
 PERMISSION = "orders.view_order"
 HISTORY_KEY = "operator:history"
@@ -69,11 +70,11 @@ def operator_snapshot() -> dict:
 def _fewest_left(live: dict[str, float], ledger: dict[str, float]) -> dict:
     """The OPERATOR_STOCK_ROWS products with the fewest units left (live, else by the ledger) of
     those /metrics shows: those a sale is about to sell out, not a page of ten thousand rows."""
-    products = sorted(ledger.keys() | live.keys(), key=lambda pid: (live.get(pid, ledger.get(pid, 0)), int(pid)))
-    shown = products[: settings.OPERATOR_STOCK_ROWS]
+    shown = fewest_left({int(pid): units for pid, units in ledger.items()},
+                        {int(pid): units for pid, units in live.items()}, settings.OPERATOR_STOCK_ROWS)  # fmt: skip
     return {
-        "stockRedis": {pid: live[pid] for pid in shown if pid in live},
-        "stockDatabase": {pid: ledger[pid] for pid in shown if pid in ledger},
+        "stockRedis": {str(pid): live[str(pid)] for pid in shown if str(pid) in live},
+        "stockDatabase": {str(pid): ledger[str(pid)] for pid in shown},
     }
 
 
