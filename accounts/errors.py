@@ -7,6 +7,7 @@ from config.errors import DomainError, ErrorCode
 
 class AccountErrorCode(StrEnum):
     INSUFFICIENT_BALANCE = "INSUFFICIENT_BALANCE"
+    ACCOUNT_MISSING = "ACCOUNT_MISSING"
     CONFLICT = ErrorCode.CONFLICT
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
     RATE_LIMITED = ErrorCode.RATE_LIMITED
@@ -16,6 +17,15 @@ class InsufficientBalance(DomainError):
     code = AccountErrorCode.INSUFFICIENT_BALANCE
     status_code = status.HTTP_409_CONFLICT
     default_message = "The balance does not cover the amount."
+
+
+class AccountMissing(DomainError):
+    """The user has no balance to pay from: every user gets one when made (accounts/signals.py),
+    so only a row removed by hand leads here. The order fails alone, nothing charged."""
+
+    code = AccountErrorCode.ACCOUNT_MISSING
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "This user has no account to pay from; nothing was charged."
 
 
 class BalanceConflict(DomainError):

@@ -17,7 +17,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from accounts.errors import BalanceConflict, InsufficientBalance, InvalidCredentials
+from accounts.errors import AccountMissing, BalanceConflict, InsufficientBalance, InvalidCredentials
 from accounts.login_limits import login_attempt_count
 from accounts.models import Account, ApiToken, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
@@ -118,7 +118,7 @@ def account_change_balance(
     def attempt_once() -> BalanceChange | None:
         row = sql_one(_CHANGE_SQL, params)
         if row is None:
-            raise Account.DoesNotExist(f"user {user_id} has no account")
+            raise AccountMissing(details={"userId": user_id})
         balance, entry_id, balance_after = row
         if entry_id is not None:
             return BalanceChange(entry_id=entry_id, amount=amount, kind=kind, reference=reference,
@@ -198,6 +198,7 @@ class Withdrawal:
 class WithdrawalOutcome(StrEnum):
     TAKEN = "TAKEN"
     SHORT = "SHORT"  # the balance did not cover it, after the user's earlier withdrawals in the batch
+    NO_ACCOUNT = "NO_ACCOUNT"  # the user has no account: this withdrawal fails alone
     CONFLICT = "CONFLICT"  # the version kept moving beyond the retry bound: try again later
 
 
@@ -206,9 +207,10 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
 
     A user's withdrawals are taken in the order given, each against what the previous ones
     left; one that the balance does not cover is SHORT and the later ones still get their
-    chance. Safe for the same reason as account_change_balance: each account is updated only
-    if its version is still the one read, so an account changed meanwhile is re-read and
-    planned again (bounded, jittered, counted); the others keep their update. Accounts go in
+    chance; a user without an account gets NO_ACCOUNT, the others are taken as usual. Safe for
+    the same reason as account_change_balance: each account is updated only if its version is
+    still the one read, so an account changed meanwhile is re-read and planned again (bounded,
+    jittered, counted); the others keep their update. Accounts go in
     user id order, so two batches lock shared rows in the same order. The ledger entries are
     written by the same statement as the balances: a crash leaves both or neither.
     """
@@ -229,7 +231,8 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
             if withdrawal.user_id not in waiting:
                 continue
             if withdrawal.user_id not in balances:
-                raise Account.DoesNotExist(f"user {withdrawal.user_id} has no account")
+                planned[index] = WithdrawalOutcome.NO_ACCOUNT
+                continue
             balance = left.get(withdrawal.user_id, balances[withdrawal.user_id][0])
             if balance < withdrawal.amount:
                 planned[index] = WithdrawalOutcome.SHORT
@@ -266,11 +269,18 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
     return [outcome or WithdrawalOutcome.CONFLICT for outcome in outcomes]
 
 
+def account_open(*, user_id: int) -> None:
+    """Give the user an empty account unless they have one. Called for every user saved the
+    first time, however made (the admin's "Add user", createsuperuser, create_user): a user
+    without one could place an order that no settler can pay."""
+    Account.objects.get_or_create(user_id=user_id)
+
+
 @transaction.atomic
 def user_create(*, username: str, balance: int = 0, user_id: int | None = None, **extra) -> User:
-    """Create a customer with an account; an opening balance is a ledger top-up."""
+    """Create a customer with an account (opened by account_open as the user is saved); an
+    opening balance is a ledger top-up."""
     user = User.objects.create(id=user_id, username=username, **extra)
-    Account.objects.create(user=user, balance=0)
     if balance:
         account_change_balance(user_id=user.id, amount=balance, kind=BalanceEntry.Kind.TOP_UP, reference="opening")
     return user

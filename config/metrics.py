@@ -67,7 +67,13 @@ SETTLE_BATCH_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 SETTLED_ORDERS = Counter(
-    "shop_settled_orders", "Orders a settler took, by result: paid, cancelled, retried.", ["result"]
+    "shop_settled_orders",
+    "Orders a settler took, by result: paid, cancelled, retried, set_aside (failed alone too often: cancelled), "
+    "skipped (could not even be cancelled: left to expiry).",
+    ["result"],
+)
+SETTLE_ORDER_FAILURES = Counter(
+    "shop_settlement_order_failures", "Tries to settle one order alone, after its batch failed, that failed too."
 )
 TIME_TO_PAID = Histogram(
     "shop_order_time_to_paid_seconds",

@@ -17,6 +17,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from config import devservers
@@ -78,13 +79,69 @@ def _ensure_admin() -> None:
     _say(f"admin: {url}  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE}), created")
 
 
-def _spawn(name: str, args: list[str]) -> subprocess.Popen:
-    LOG_DIR.mkdir(parents=True, exist_ok=True)
-    PID_DIR.mkdir(parents=True, exist_ok=True)
-    log = open(LOG_DIR / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its lifetime
-    process = subprocess.Popen(args, cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
-    (PID_DIR / f"{name}.pid").write_text(str(process.pid))
-    return process
+class Supervisor:
+    """Keeps the processes `make run` starts beside gunicorn running: one that dies (a crash, an
+    OOM kill, a `kill -9`) is started again, its log and pid file in LOG_DIR and PID_DIR.
+
+    A process that dies within YOUNG_SECONDS of its start waits twice as long as last time
+    before the next start (1 s, 2 s, ... up to MAX_PAUSE_SECONDS), so a process that cannot start
+    costs little and its log shows why; one that ran longer is started again after 1 s. (A
+    deployment supervises these with its own process manager instead: see docs/running.md.)"""
+
+    YOUNG_SECONDS = 10.0
+    MAX_PAUSE_SECONDS = 30.0
+
+    def __init__(self, commands: dict[str, list[str]], *, log_dir: Path = LOG_DIR, pid_dir: Path = PID_DIR) -> None:
+        self.commands = commands
+        self.log_dir, self.pid_dir = log_dir, pid_dir
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(commands, 0)
+        self._started_at: dict[str, float] = {}
+        self._pause: dict[str, float] = dict.fromkeys(commands, 0.5)
+        self._due_at: dict[str, float] = {}
+
+    def start(self) -> None:
+        for name in self.commands:
+            self._spawn(name)
+
+    def check(self) -> list[str]:
+        """Start again what has died and waited out its pause; returns the names started."""
+        started = []
+        now = time.monotonic()
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                continue
+            if name not in self._due_at:
+                young = now - self._started_at[name] < self.YOUNG_SECONDS
+                pause = min(self._pause[name] * 2, self.MAX_PAUSE_SECONDS) if young else 1.0
+                self._pause[name] = pause
+                self._due_at[name] = now + pause
+                _say(f"{name} exited with {process.returncode}; starting it again in {pause:.0f} s "
+                     f"(log: {self.log_dir / f'{name}.log'})")  # fmt: skip
+            if now >= self._due_at[name]:
+                del self._due_at[name]
+                self.restarts[name] += 1
+                started.append(name)
+        for name in started:
+            self._spawn(name)
+        return started
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for name, process in self.processes.items():
+            process.wait()
+            (self.pid_dir / f"{name}.pid").unlink(missing_ok=True)
+
+    def _spawn(self, name: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.pid_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(self.commands[name], cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT)
+        (self.pid_dir / f"{name}.pid").write_text(str(process.pid))
+        self.processes[name] = process
+        self._started_at[name] = time.monotonic()
 
 
 def run() -> int:
@@ -92,14 +149,15 @@ def run() -> int:
     devservers.ensure_running_if_needed()
     _prepare()
     python = sys.executable
-    helpers = [
-        _spawn("settler", [python, "manage.py", "settle_payments"]),
-        _spawn("worker", [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-                          "--concurrency", str(env.int("CELERY_CONCURRENCY", default=2))]),
-        _spawn("beat", [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"]),
-    ]  # fmt: skip
+    helpers = Supervisor({
+        "settler": [python, "manage.py", "settle_payments"],
+        "worker": [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+                   "--concurrency", str(env.int("CELERY_CONCURRENCY", default=2))],
+        "beat": [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"],
+    })  # fmt: skip
+    helpers.start()
     logs = ", ".join(str(LOG_DIR / f"{name}.log") for name in PROCESSES[1:])
-    _say(f"settler, Celery worker and beat started (logs: {logs})")
+    _say(f"settler, Celery worker and beat started, and started again if they die (logs: {logs})")
     bind = env.str("BIND", default="127.0.0.1:8080")
     _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
     gunicorn = subprocess.Popen(
@@ -107,17 +165,16 @@ def run() -> int:
     )
     (PID_DIR / "gunicorn.pid").write_text(str(gunicorn.pid))
     try:
-        return gunicorn.wait()
+        while gunicorn.poll() is None:  # gunicorn's own arbiter restarts its workers
+            helpers.check()
+            time.sleep(0.5)
+        return gunicorn.returncode
     except KeyboardInterrupt:
         gunicorn.send_signal(signal.SIGTERM)
         return gunicorn.wait()
     finally:
-        for helper in helpers:
-            helper.terminate()
-        for helper in helpers:
-            helper.wait()
-        for name in PROCESSES:
-            (PID_DIR / f"{name}.pid").unlink(missing_ok=True)
+        helpers.stop()
+        (PID_DIR / "gunicorn.pid").unlink(missing_ok=True)
 
 
 def stop() -> int:

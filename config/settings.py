@@ -289,6 +289,9 @@ SETTLE_BATCH_SIZE = env.int("SETTLE_BATCH_SIZE", default=500)
 # After a batch that was not full, a settler lets orders gather this long before the next one:
 # fewer, fuller batches (less CPU per order) for a little time to PAID.
 SETTLE_BATCH_WINDOW_MS = env.int("SETTLE_BATCH_WINDOW_MS", default=50)
+# A batch that fails for a reason other than the database going away is settled again one
+# order at a time; an order that fails alone this many times in a row is cancelled (set aside).
+SETTLE_ORDER_MAX_TRIES = env.int("SETTLE_ORDER_MAX_TRIES", default=3)
 # An idle settler is woken by each new order (NOTIFY); it also looks every this many seconds.
 SETTLE_IDLE_WAIT_SECONDS = env.float("SETTLE_IDLE_WAIT_SECONDS", default=1.0)
 # New asynchronous orders are refused (503, Retry-After) while the oldest unpaid order has

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.errors import InsufficientBalance
-from accounts.models import Account, BalanceEntry
+from accounts.errors import AccountMissing, InsufficientBalance
+from accounts.models import BalanceEntry
 from accounts.services import balance_change_ctes, balance_entry_cte, balance_params, balance_retry
 from config.database import sql_execute, sql_one
 from coupons.services import coupon_discount, coupon_redeem, coupon_release
@@ -471,7 +471,7 @@ def _pay_order(*, user_id: int, quantities: dict[int, int], prices: dict[int, in
     def attempt_once() -> Order | None:
         row = _run_fenced(_PAY_ORDER_SQL, params)
         if row is None:
-            raise Account.DoesNotExist(f"user {user_id} has no account")
+            raise AccountMissing(details={"userId": user_id})
         balance, fence_holds, order_id, created_at = row
         if order_id is not None:
             return _written(order, (order_id, created_at))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, connection, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
 
 from accounts.services import WithdrawalOutcome
 from config import metrics
@@ -34,10 +34,15 @@ logger = logging.getLogger(__name__)
 
 # The oldest first, skipping orders another transaction holds (a settler, a cancel, expiry).
 # The partial index orders_order_pending keeps this cheap however many orders were settled.
+# `only`: these orders alone (NULL: any), `skip`: never these (the orders a settler set aside
+# but could not cancel, see _OrderQuarantine).
 _CLAIM_SQL = f"""
 SELECT id, user_id, total_amount, discount_amount, coupon_code,
        EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8
-FROM orders_order WHERE {PENDING_SQL} ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+FROM orders_order
+WHERE {PENDING_SQL} AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[]))
+  AND id <> ALL(%(skip)s::bigint[])
+ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 """
 _ITEMS_SQL = (
     "SELECT order_id, product_id, quantity, unit_price FROM orders_orderitem WHERE order_id = ANY(%s) ORDER BY id"
@@ -55,53 +60,111 @@ SELECT count(*) FROM paid
 """
 
 
+# The database went away (PostgreSQL restarting, a lost connection, a deadlock between two
+# batches): the batch is rolled back and tried again whole once it is back. Any other error
+# belongs to the orders of the batch (see BatchFailed).
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+
+
+class BatchFailed(Exception):
+    """A batch failed for a reason that is not the database going away (a bug, or an order's
+    data that breaks a rule): rolled back, nothing of it written. Names the orders it claimed,
+    so that the settler can find the one at fault by settling them one at a time."""
+
+    def __init__(self, order_ids: list[int]):
+        self.order_ids = order_ids
+        super().__init__(f"settlement of orders {id_ranges(order_ids)} failed")
+
+
 @dataclass
 class SettledBatch:
     paid: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
     retried: list[int] = field(default_factory=list)  # balance kept changing: left pending
+    set_aside: list[int] = field(default_factory=list)  # failed alone too often: cancelled (order_set_aside)
 
     @property
     def claimed(self) -> int:
-        return len(self.paid) + len(self.cancelled) + len(self.retried)
+        return len(self.paid) + len(self.cancelled) + len(self.retried) + len(self.set_aside)
+
+    def add(self, other: SettledBatch) -> None:
+        self.paid += other.paid
+        self.cancelled += other.cancelled
+        self.retried += other.retried
+        self.set_aside += other.set_aside
 
 
-def orders_settle_batch(*, limit: int | None = None) -> SettledBatch:
-    """Pay up to `limit` pending orders, oldest first, in one transaction.
+# Not paid, for good: the balance did not cover it, or its user has no account.
+_FAILED_OUTCOMES = (WithdrawalOutcome.SHORT, WithdrawalOutcome.NO_ACCOUNT)
 
-    Each order is charged its total less its discount. An order whose balance is short fails
-    alone: PAYMENT_FAILED then CANCELLED, its stock and coupon use given back; the rest of the
-    batch is paid. One user's orders are paid in order, each against what the previous left.
-    An account whose version kept moving beyond the retry bound leaves its orders pending
-    (the next batch takes them again), never failed for that reason.
+
+def orders_settle_batch(
+    *, limit: int | None = None, only: list[int] | None = None, skip: frozenset[int] = frozenset()
+) -> SettledBatch:
+    """Pay up to `limit` pending orders, oldest first, in one transaction (`only` these, if
+    given; never those in `skip`).
+
+    Each order is charged its total less its discount. An order whose balance is short, or
+    whose user has no account, fails alone: PAYMENT_FAILED then CANCELLED, its stock and coupon
+    use given back; the rest of the batch is paid. One user's orders are paid in order, each
+    against what the previous left. An account whose version kept moving beyond the retry bound
+    leaves its orders pending (the next batch takes them again), never failed for that reason.
+    Raises TRANSIENT_ERRORS as they come, and BatchFailed for any other error once the claimed
+    orders are rolled back.
     """
     batch = SettledBatch()
     started = time.monotonic()
     with transaction.atomic():
-        orders = _claim(limit or settings.SETTLE_BATCH_SIZE)
+        orders = _claim(limit or settings.SETTLE_BATCH_SIZE, only=only, skip=skip)
         if not orders:
             return batch
-        _attach_items(orders)
-        if settings.PAYMENT_GATEWAY_LATENCY_MS:
-            time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip, per batch
-        outcomes = payment_take_many(
-            charges=[Charge(o.id, o.user_id, o.total_amount - o.discount_amount) for o in orders]
-        )
-        paid = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.TAKEN]
-        short = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.SHORT]
-        batch.retried = [
-            o.id for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.CONFLICT
-        ]
-        if paid:
-            _mark_paid(paid)
-            batch.paid = [o.id for o in paid]
-        for order in short:
-            events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
-            _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
-            _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
-            batch.cancelled.append(order.id)
+        try:
+            paid = _settle(orders, batch)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            raise BatchFailed([o.id for o in orders]) from exc
     _observe(batch, waited_at_claim=[o.waited_at_claim for o in paid], started=started)
     return batch
+
+
+def _settle(orders: list[Order], batch: SettledBatch) -> list[Order]:
+    """The claimed orders paid or failed, inside the batch's transaction; returns those paid."""
+    _attach_items(orders)
+    if settings.PAYMENT_GATEWAY_LATENCY_MS:
+        time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip, per batch
+    outcomes = payment_take_many(charges=[Charge(o.id, o.user_id, o.total_amount - o.discount_amount) for o in orders])
+    paid = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.TAKEN]
+    failed = [o for o, outcome in zip(orders, outcomes, strict=True) if outcome in _FAILED_OUTCOMES]
+    batch.retried = [o.id for o, outcome in zip(orders, outcomes, strict=True) if outcome == WithdrawalOutcome.CONFLICT]
+    if paid:
+        _mark_paid(paid)
+        batch.paid = [o.id for o in paid]
+    for order in failed:
+        _fail_and_cancel(order)
+        batch.cancelled.append(order.id)
+    return paid
+
+
+def _fail_and_cancel(order: Order) -> None:
+    """PAYMENT_FAILED then CANCELLED, the stock and the coupon use given back, in the caller's
+    transaction, the order row locked."""
+    events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
+    _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
+    _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
+
+
+def order_set_aside(*, order_id: int) -> bool:
+    """Give up on paying a pending order that no batch can settle (it failed alone, again and
+    again): it is failed and cancelled like an unpaid one, so its 202 still ends, CANCELLED, and
+    its stock goes back. False if it was no longer pending (or a cancel holds it right now)."""
+    with transaction.atomic():
+        orders = _claim(1, only=[order_id], skip=frozenset())
+        if not orders:
+            return False
+        _attach_items(orders)
+        _fail_and_cancel(orders[0])
+    return True
 
 
 def _observe(batch: SettledBatch, *, waited_at_claim: list[float], started: float) -> None:
@@ -117,8 +180,8 @@ def _observe(batch: SettledBatch, *, waited_at_claim: list[float], started: floa
         metrics.TIME_TO_PAID.observe(waited + took)
 
 
-def _claim(limit: int) -> list[Order]:
-    rows = sql_all(_CLAIM_SQL, {"limit": limit})
+def _claim(limit: int, *, only: list[int] | None, skip: frozenset[int]) -> list[Order]:
+    rows = sql_all(_CLAIM_SQL, {"limit": limit, "only": only, "skip": sorted(skip)})
     orders = []
     for oid, uid, total, discount, coupon, waited in rows:
         order = Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total,
@@ -172,6 +235,7 @@ class SettlerTotals:
     paid: int = 0
     cancelled: int = 0
     retried: int = 0
+    set_aside: int = 0
 
 
 class _Wakeup:
@@ -252,6 +316,49 @@ class StopFlag:
         return self._set
 
 
+class _OrderQuarantine:
+    """Finds the order that breaks a batch, so that one bad order never stops payment for all.
+
+    A batch that failed (BatchFailed) is settled again one order at a time. An order that fails
+    alone SETTLE_ORDER_MAX_TRIES times in a row is set aside: failed and cancelled, its stock
+    given back (order_set_aside). One that cannot even be cancelled is left out of this
+    settler's claims from then on and logged; the expiry job tries it again after
+    ORDER_PAYMENT_TIMEOUT_SECONDS. Both counted in shop_settled_orders (set_aside, skipped),
+    every failed try in shop_settlement_order_failures."""
+
+    def __init__(self, *, max_tries: int) -> None:
+        self.max_tries = max_tries
+        self.skipped: set[int] = set()
+
+    def settle_apart(self, order_ids: list[int]) -> SettledBatch:
+        settled = SettledBatch()
+        for order_id in order_ids:
+            for attempt in range(1, self.max_tries + 1):
+                try:
+                    settled.add(orders_settle_batch(limit=1, only=[order_id]))
+                    break
+                except BatchFailed:
+                    metrics.SETTLE_ORDER_FAILURES.inc()
+                    logger.exception("order %s failed to settle alone (try %d of %d)", order_id, attempt,
+                                     self.max_tries)  # fmt: skip
+            else:
+                self._set_aside(order_id, settled)
+        return settled
+
+    def _set_aside(self, order_id: int, settled: SettledBatch) -> None:
+        try:
+            if order_set_aside(order_id=order_id):
+                settled.set_aside.append(order_id)
+                metrics.SETTLED_ORDERS.labels("set_aside").inc()
+                logger.error("order %s set aside: cancelled after %d failed tries to pay it", order_id, self.max_tries)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            self.skipped.add(order_id)
+            metrics.SETTLED_ORDERS.labels("skipped").inc()
+            logger.exception("order %s can be neither paid nor cancelled; this settler skips it from now on", order_id)
+
+
 def settler_run(
     *,
     batch_size: int | None = None,
@@ -260,22 +367,30 @@ def settler_run(
 ) -> SettlerTotals:
     """Settle batches until `stop` is set (or, `until_empty`, until nothing is pending).
 
-    A database error (PostgreSQL restarting, a deadlock between two batches) rolls the batch
-    back; the settler reconnects after a bounded pause and carries on, so every accepted order
-    is settled once the database is back."""
+    It never exits on an error. A database error (PostgreSQL restarting, a deadlock between two
+    batches) rolls the batch back; the settler reconnects after a bounded pause and carries on,
+    so every accepted order is settled once the database is back. A batch that fails for any
+    other reason is settled again one order at a time, and the order at fault is set aside
+    (_OrderQuarantine); the rest are paid."""
     stop = stop or StopFlag()
     limit = batch_size or settings.SETTLE_BATCH_SIZE
     totals = SettlerTotals()
     wakeup = _Wakeup()
+    quarantine = _OrderQuarantine(max_tries=settings.SETTLE_ORDER_MAX_TRIES)
     pause = 0.05
     try:
         while not stop.is_set():
             try:
                 wakeup.listen()
                 started = time.monotonic()
-                batch = orders_settle_batch(limit=limit)
-            except (DatabaseError, InterfaceError, psycopg.Error) as exc:
-                logger.warning("settlement batch failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause)
+                try:
+                    batch = orders_settle_batch(limit=limit, skip=frozenset(quarantine.skipped))
+                except BatchFailed as failed:
+                    logger.exception("%s; settling them one at a time", failed)
+                    batch = quarantine.settle_apart(failed.order_ids)
+            except Exception as exc:
+                log = logger.warning if isinstance(exc, (DatabaseError, psycopg.Error)) else logger.exception
+                log("settlement batch failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause)
                 connection.close()
                 wakeup.close()
                 stop.wait(pause)
@@ -287,10 +402,12 @@ def settler_run(
                 totals.paid += len(batch.paid)
                 totals.cancelled += len(batch.cancelled)
                 totals.retried += len(batch.retried)
+                totals.set_aside += len(batch.set_aside)
                 logger.info(
-                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms; orders paid %s, cancelled %s",
-                    len(batch.paid), len(batch.cancelled), len(batch.retried), (time.monotonic() - started) * 1000,
-                    id_ranges(batch.paid), id_ranges(batch.cancelled),
+                    "settled batch: %d paid, %d cancelled, %d retried, %d set aside in %.1f ms; orders paid %s, "
+                    "cancelled %s", len(batch.paid), len(batch.cancelled), len(batch.retried), len(batch.set_aside),
+                    (time.monotonic() - started) * 1000, id_ranges(batch.paid),
+                    id_ranges(batch.cancelled + batch.set_aside),
                 )  # fmt: skip
             if batch.claimed >= limit or batch.retried:
                 continue  # more is waiting

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from accounts.errors import BalanceConflict, InsufficientBalance
-from accounts.models import Account
+from accounts.models import Account, User
 from accounts.selectors import ledger_balance
 from accounts.services import account_refund, account_withdraw
 from config.testing import CountedSince, make_user, race
@@ -70,3 +70,20 @@ def test_a_refund_puts_money_back_through_the_same_lock():
     account_withdraw(user_id=user.id, amount=50, reference="order:1")
     account_refund(user_id=user.id, amount=50, reference="order:1")
     assert Account.objects.get(user=user).balance == 50 == ledger_balance(user_id=user.id)
+
+
+@pytest.mark.parametrize("make", ["create_user", "create_superuser", "admin_add_user_page"])
+def test_every_user_gets_an_account_however_it_is_made(make, admin_client):
+    if make == "admin_add_user_page":
+        response = admin_client.post(
+            "/admin/accounts/user/add/",
+            {"username": "walk-in", "password1": "a-Long-pass-phrase-91", "password2": "a-Long-pass-phrase-91",
+             "usable_password": "true"},
+        )  # fmt: skip
+        assert response.status_code == 302, response.content[:2000]
+        user = User.objects.get(username="walk-in")
+    else:
+        user = getattr(User.objects, make)(username="walk-in", password="a-Long-pass-phrase-91")
+
+    account = Account.objects.get(user_id=user.id)
+    assert (account.balance, account.version) == (0, 0)

@@ -1,9 +1,14 @@
 """`make run`'s start-up (config/serve.py): what it sets up once and what it leaves alone."""
 
+import os
+import signal
+import sys
+
 import pytest
 
 from accounts.models import User
 from config import serve
+from config.testing import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -36,3 +41,34 @@ def test_a_password_changed_in_the_admin_survives_the_next_start(password_file, 
     assert User.objects.get(username="admin").check_password("chosen by the operator")
     out = capsys.readouterr().out
     assert "password as changed in the admin" in out and password_file.read_text().strip() not in out
+
+
+def _alive(process) -> bool:
+    return process.poll() is None
+
+
+def test_a_helper_that_dies_is_started_again_and_one_that_keeps_dying_waits_longer_each_time(tmp_path):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    supervisor = serve.Supervisor({"settler": sleeper}, log_dir=tmp_path / "logs", pid_dir=tmp_path / "run")
+    supervisor.YOUNG_SECONDS = 600.0  # every death counts as dying young
+    supervisor.start()
+    try:
+        first = supervisor.processes["settler"]
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+
+        wait_for(lambda: supervisor.check(), timeout=30, what="the settler started again")
+
+        second = supervisor.processes["settler"]
+        assert second.pid != first.pid and _alive(second)
+        assert (tmp_path / "run" / "settler.pid").read_text() == str(second.pid)
+        assert supervisor.restarts["settler"] == 1
+        os.kill(second.pid, signal.SIGKILL)
+        second.wait()
+        assert supervisor.check() == []  # dying young again: a longer pause first
+        assert supervisor._pause["settler"] == 2.0
+    finally:
+        supervisor.stop()
+
+    assert not _alive(supervisor.processes["settler"])
+    assert not (tmp_path / "run" / "settler.pid").exists()
