@@ -225,6 +225,9 @@ ORDER_CANCEL_WINDOW_SECONDS = env.int("ORDER_CANCEL_WINDOW_SECONDS", default=24 
 # The example sales consumer remembers applied event ids this long (orders/sales_counter.py).
 SALES_SEEN_EVENTS_RETENTION_SECONDS = env.int("SALES_SEEN_EVENTS_RETENTION_SECONDS", default=24 * 3600)
 IDEMPOTENCY_KEY_TTL_HOURS = max(24, env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=48))  # kept 24 h at least
+# Keys one user may hold at once (answered or in progress, within the TTL): a new key past it is
+# refused (429 TOO_MANY_IDEMPOTENCY_KEYS). A shopper's retries need a handful.
+IDEMPOTENCY_KEYS_PER_USER = max(1, env.int("IDEMPOTENCY_KEYS_PER_USER", default=1_000))
 # A duplicate waits this long for the first request's answer; a key left in progress by a
 # crashed process is taken over after IDEMPOTENCY_STALE_SECONDS (by the database's clock); keep it
 # above the longest an order can take (DB_STATEMENT_TIMEOUT_MS bounds each statement).

@@ -9,6 +9,7 @@ class OrderErrorCode(StrEnum):
     PRICE_CHANGED = "PRICE_CHANGED"
     INVALID_STATUS = "INVALID_STATUS"
     IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    TOO_MANY_IDEMPOTENCY_KEYS = "TOO_MANY_IDEMPOTENCY_KEYS"
     TOO_MANY_UNPAID_ORDERS = "TOO_MANY_UNPAID_ORDERS"
     CANCEL_WINDOW_CLOSED = "CANCEL_WINDOW_CLOSED"
     NOT_FOUND = ErrorCode.NOT_FOUND
@@ -37,6 +38,17 @@ class IdempotencyKeyReused(DomainError):
     code = OrderErrorCode.IDEMPOTENCY_KEY_REUSED
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     default_message = "This Idempotency-Key was already used with a different request body."
+
+
+class TooManyIdempotencyKeys(DomainError):
+    """The caller holds IDEMPOTENCY_KEYS_PER_USER keys already (each kept
+    IDEMPOTENCY_KEY_TTL_HOURS): a bound on what one account can make the database keep."""
+
+    code = OrderErrorCode.TOO_MANY_IDEMPOTENCY_KEYS
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_message = (
+        "This account holds too many recent Idempotency-Keys; order without one, or reuse the key of a retry."
+    )
 
 
 class NotYourOrder(DomainError):

@@ -3,8 +3,11 @@
 The first request takes the key before it does anything (an in-progress row, unique per user
 and key); a request arriving with the same key meanwhile waits for that answer and replays it,
 so racing duplicates never compete for stock or money. The order's own transaction records
-its answer on the row; a business error is recorded too (a retry gets the same error, not a
-second attempt); after a transient failure (503) the row is dropped, so a retry is a real one.
+its answer on the row; a refusal once the order's stock was reserved and its money or coupon
+looked at is recorded too (a retry gets the same error, not a second attempt). Any other
+refusal (out of stock, rate limited, a product or price that does not hold: nothing changed)
+and a transient failure (503) drop the row, so a retry is a real one and a client cannot make
+the database keep refusals. A user holds at most IDEMPOTENCY_KEYS_PER_USER keys at once.
 
 A row left in progress by a crashed process is taken over after IDEMPOTENCY_STALE_SECONDS, as
 measured by the database's clock (one clock for every web host). Taking the key writes a fresh
@@ -32,8 +35,7 @@ from accounts.errors import InsufficientBalance
 from config.errors import DomainError, ErrorCode, error_body
 from config.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from coupons.errors import CouponInvalid
-from inventory.errors import OutOfStock, ProductNotFound, ProductUnavailable
-from orders.errors import IdempotencyKeyReused, PriceChanged
+from orders.errors import IdempotencyKeyReused, TooManyIdempotencyKeys
 from orders.models import IdempotencyRecord, Order
 
 if TYPE_CHECKING:
@@ -41,23 +43,29 @@ if TYPE_CHECKING:
 
 IN_PROGRESS = 0  # status_code of a key whose first request has not answered yet
 
-# Answers that are the business's word on the request; transient failures (503) are not kept,
-# so a retry after one is a real retry.
+# Refusals given once the order's stock was reserved, for its money or its coupon: the
+# business's word on the request. Refusals before (nothing reserved, nothing changed) and
+# transient failures (503) are not kept, so a retry after one is a real retry.
 REMEMBERED_ERRORS = (
-    OutOfStock,
-    ProductNotFound,
-    ProductUnavailable,
-    PriceChanged,
     CouponInvalid,
     InsufficientBalance,
 )
 
-_TAKE_SQL = """
-INSERT INTO orders_idempotencyrecord
-    (user_id, key, request_fingerprint, status_code, response_body, order_id, owner, created_at)
-VALUES (%s, %s, %s, 0, '{}', NULL, %s, now())
-ON CONFLICT (user_id, key) DO NOTHING
-RETURNING id
+# Takes the key while its user holds fewer than %(cap)s (counted over the unique index's
+# (user_id, key) prefix, never past the cap); `keys` says how many it found.
+_TAKE_SQL = f"""
+WITH live AS (
+    SELECT count(*) AS keys FROM (
+        SELECT 1 FROM {IdempotencyRecord._meta.db_table} WHERE user_id = %(user_id)s LIMIT %(cap)s
+    ) AS held
+), taken AS (
+    INSERT INTO {IdempotencyRecord._meta.db_table}
+        (user_id, key, request_fingerprint, status_code, response_body, order_id, owner, created_at)
+    SELECT %(user_id)s, %(key)s, %(fingerprint)s, 0, '{{}}', NULL, %(owner)s, now() FROM live WHERE live.keys < %(cap)s
+    ON CONFLICT (user_id, key) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM taken), live.keys FROM live
 """
 
 
@@ -101,18 +109,24 @@ class KeyTakenOver(DomainError):
 def begin(*, user_id: int, key: str, fingerprint: str) -> Claim | PlacedOrder:
     """Take the key (a Claim: go ahead), or return the answer of the request that took it.
 
-    Raises IdempotencyKeyReused for another body, RememberedError for a recorded error, and
-    RequestInProgress if the first request is still running after IDEMPOTENCY_WAIT_SECONDS.
+    Raises IdempotencyKeyReused for another body, RememberedError for a recorded error,
+    RequestInProgress if the first request is still running after IDEMPOTENCY_WAIT_SECONDS, and
+    TooManyIdempotencyKeys for a new key while the user holds IDEMPOTENCY_KEYS_PER_USER.
     """
     claim = Claim(user_id=user_id, key=key, owner=uuid.uuid4())
+    cap = settings.IDEMPOTENCY_KEYS_PER_USER
+    params = {"user_id": user_id, "key": key, "fingerprint": fingerprint, "owner": claim.owner, "cap": cap}
     deadline = time.monotonic() + settings.IDEMPOTENCY_WAIT_SECONDS
     while True:
         with connection.cursor() as cursor:
-            cursor.execute(_TAKE_SQL, [user_id, key, fingerprint, claim.owner])
-            if cursor.fetchone() is not None:
-                return claim
+            cursor.execute(_TAKE_SQL, params)
+            taken, keys = cursor.fetchone()
+        if taken is not None:
+            return claim
         record = IdempotencyRecord.objects.filter(user_id=user_id, key=key).first()
         if record is None:
+            if keys >= cap:
+                raise TooManyIdempotencyKeys(details={"limit": cap, "ttlHours": settings.IDEMPOTENCY_KEY_TTL_HOURS})
             continue  # the holder gave the key up a moment ago: try to take it
         if record.request_fingerprint != fingerprint:
             raise IdempotencyKeyReused()

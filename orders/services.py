@@ -159,27 +159,30 @@ def _place(
     if usual and (not pay_now or any(quoted.values())):
         return _place_in_one_statement(user_id=user_id, lines=lines, quantities=quantities, prices=quoted,
                                        counters=counters, pay_now=pay_now)  # fmt: skip
-    prices = _prices_checked(lines, quantities)
     record = partial(
         _record_order,
         pay_now=pay_now,
         user_id=user_id,
         quantities=quantities,
-        prices=prices,
         coupon_code=coupon_code,
         claim=claim,
     )
     if settings.ORDER_STRATEGY == "old":  # the report's design, for comparison: no rate or purchase limits
+        prices = _prices_checked(lines, quantities)
         with product_locks(list(quantities)):
             return record(
+                prices=prices,
                 token=uuid.uuid4(),
                 take_stock=lambda reference: stock_take_locked(quantities=quantities, reference=reference),
                 payment_attempts=1,
             )
 
-    reservation = stock_reserve(quantities=quantities, holder=user_id, counters=counters)
+    # Reserved first, as the usual order is: the reservation counts the attempt against the rate
+    # limits, so an order refused for its prices or products is counted as every other one.
+    reservation = _reserve_or_name_the_product(lines=lines, quantities=quantities, user_id=user_id, counters=counters)
     try:
         return record(
+            prices=_prices_checked(lines, quantities),
             token=reservation.token,
             take_stock=lambda reference: stock_record_sale(
                 reservation=reservation, quantities=quantities, reference=reference
@@ -187,6 +190,18 @@ def _place(
         )
     except BaseException:
         _release_after_failure(reservation.token)
+        raise
+
+
+def _reserve_or_name_the_product(
+    *, lines: list[OrderLine], quantities: dict[int, int], user_id: int, counters: tuple[AdmissionCounter, ...]
+) -> Reservation:
+    """stock_reserve, its refusal for stock named as the other path names it: a product that is
+    missing, off sale or repriced before its stock (a product not for sale has no stock either)."""
+    try:
+        return stock_reserve(quantities=quantities, holder=user_id, counters=counters)
+    except OutOfStock:
+        _prices_checked(lines, quantities)
         raise
 
 
@@ -220,11 +235,7 @@ def _place_in_one_statement(
     quoted `prices` (checked there, not read before): any failure gives the reservation back.
     Errors keep the precedence of the other path: a product missing, off sale or repriced is
     named before its stock or the balance (looked up only once something failed)."""
-    try:
-        reservation = stock_reserve(quantities=quantities, holder=user_id, counters=counters)
-    except OutOfStock:
-        _prices_checked(lines, quantities)  # a product that is not for sale has no stock either
-        raise
+    reservation = _reserve_or_name_the_product(lines=lines, quantities=quantities, user_id=user_id, counters=counters)
     try:
         try:
             if pay_now:

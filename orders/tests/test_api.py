@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
+from accounts.services import account_change_balance
 from config.testing import client_for, make_product, make_user, order_body
 from coupons.models import Coupon, CouponRedemption
 from inventory import stock
@@ -406,12 +407,13 @@ def test_same_idempotency_key_replays_the_first_answer_and_orders_once(shop):
 
 def test_idempotency_key_replays_an_error_answer_too(shop):
     user, client, _, other = shop
-    body = order_body(user, (other, 6))
+    body = order_body(user, (other, 5))  # 1,250 against a balance of 1,000
     first = _post(client, body, HTTP_IDEMPOTENCY_KEY="k")
-    stock.add_available(product_id=other.id, quantity=10)  # stock arrives, but the key's answer stands
+    account_change_balance(user_id=user.id, amount=1_000, kind=BalanceEntry.Kind.TOP_UP)  # the key's answer stands
     second = _post(client, body, HTTP_IDEMPOTENCY_KEY="k")
 
     assert first.status_code == second.status_code == 409
+    assert first.json()["error"]["code"] == "INSUFFICIENT_BALANCE"
     assert first.json() == second.json()
     assert Order.objects.count() == 0
 

@@ -20,7 +20,7 @@ from inventory.errors import PurchaseLimitReached
 from inventory.models import StockMovement
 from inventory.services import inventory_reconcile, product_purchase_limit_set
 from orders import sales_counter
-from orders.models import Order, OrderItem, OrderStatus
+from orders.models import IdempotencyRecord, Order, OrderItem, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
 
@@ -150,6 +150,81 @@ def test_over_the_per_user_rate_limit_is_429_with_retry_after_and_reserves_nothi
     assert stock.available(product_ids=[product.id])[product.id] == 97  # nothing reserved
     assert Order.objects.filter(user=buyer).count() == 3
     assert client_for(other).post("/api/v1/orders", order_body(other, (product, 1)), format="json").status_code == 201
+
+
+@pytest.mark.parametrize(
+    "refused",
+    ["wrong price", "unknown product", "off sale", "wrong price with a coupon", "wrong price with a key",
+     "unknown product with a key"],
+)  # fmt: skip
+def test_every_order_attempt_counts_against_the_rate_limit_whatever_refuses_it(settings, refused):
+    """An attempt refused for its prices or products (or one with a coupon or an
+    Idempotency-Key, which take the longer path) is counted like any other: a burst of them
+    ends in 429, and leaves no key record behind."""
+    settings.ORDER_RATE_LIMIT_PER_USER = 5
+    settings.ORDER_RATE_LIMIT_WINDOW_SECONDS = 600
+    buyer = make_user(balance=10_000)
+    product = make_product(price=10)
+    Coupon.objects.create(code="TEN", kind=Coupon.Kind.PERCENT, value=10)
+    client = client_for(buyer)
+    body = order_body(buyer, (product, 1), coupon="TEN" if "coupon" in refused else None)
+    if "wrong price" in refused:
+        body["orderItems"][0]["price"] = 11
+    elif "unknown product" in refused:
+        body["orderItems"][0]["productId"] = product.id + 1_000
+    else:
+        type(product).objects.filter(pk=product.pk).update(active=False)
+    headers = {}
+
+    codes = []
+    for attempt in range(7):
+        if "with a key" in refused:
+            headers = {"HTTP_IDEMPOTENCY_KEY": f"burst-{attempt}"}
+        codes.append(client.post("/api/v1/orders", body, format="json", **headers).status_code)
+
+    first = 404 if "unknown" in refused else 409
+    assert codes == [first] * 5 + [429, 429]
+    assert stock.available(product_ids=[product.id])[product.id] == 100
+    assert not Order.objects.filter(user=buyer).exists()
+    assert IdempotencyRecord.objects.filter(user=buyer).count() == 0
+
+
+def test_a_refusal_before_anything_was_reserved_is_not_kept_for_the_key_so_its_retry_is_real():
+    buyer = make_user(balance=10_000)
+    product = make_product(price=10, stock_quantity=1)
+    client = client_for(buyer)
+    body = order_body(buyer, (product, 2))
+
+    first = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+    stock.add_available(product_id=product.id, quantity=5)
+    retry = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
+
+    assert first.json()["error"]["code"] == "OUT_OF_STOCK"
+    assert retry.status_code == 201 and "Idempotent-Replayed" not in retry.headers
+    assert Order.objects.filter(user=buyer).count() == 1
+
+
+def test_a_user_holds_at_most_the_cap_of_idempotency_keys_and_still_gets_its_replays(settings):
+    settings.IDEMPOTENCY_KEYS_PER_USER = 3
+    buyer, other = make_user(balance=10_000), make_user(balance=10_000)
+    product = make_product(price=1)
+    client = client_for(buyer)
+    body = order_body(buyer, (product, 1))
+    for n in range(3):
+        assert client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY=f"k{n}").status_code == 201
+
+    refused = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="k3")
+    replay = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="k1")
+    others = client_for(other).post("/api/v1/orders", order_body(other, (product, 1)), format="json",
+                                    HTTP_IDEMPOTENCY_KEY="k3")  # fmt: skip
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "TOO_MANY_IDEMPOTENCY_KEYS"
+    assert refused.json()["error"]["details"] == {"limit": 3, "ttlHours": settings.IDEMPOTENCY_KEY_TTL_HOURS}
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert others.status_code == 201
+    assert Order.objects.filter(user=buyer).count() == 3
+    assert IdempotencyRecord.objects.filter(user=buyer).count() == 3
 
 
 def test_the_per_address_limit_counts_every_user_from_that_address(settings):
