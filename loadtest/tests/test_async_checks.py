@@ -51,16 +51,15 @@ def test_after_seeded_history_the_checks_and_figures_are_of_the_runs_own_orders(
     assert (figures.orders, figures.paid, figures.cancelled) == (1, 1, 0)
 
 
-def test_waiting_for_the_drain_gives_up_at_once_when_no_settler_is_left():
+def test_waiting_for_the_drain_gives_up_when_no_settler_is_left_and_says_so_before_its_timeout():
     seed(SeedShape(users=1, products=1, stock=10, balance=10))
     order_place(user_id=1, lines=[OrderLine(1, 1, 1)], asynchronous=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     said = []
 
-    started = time.monotonic()
-    assert wait_until_settled(timeout=30, settlers=[dead], echo=said.append) is None
-    assert time.monotonic() - started < 5
+    assert wait_until_settled(timeout=600, settlers=[dead], echo=said.append) is None
+    # Only the dead settlers' message: waiting out the timeout would have said "still PENDING_PAYMENT after".
     assert said == ["  every settler has exited (codes 0) with 1 orders PENDING_PAYMENT; see their logs"]
 
 
