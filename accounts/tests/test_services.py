@@ -1,14 +1,16 @@
 """Balance changes: optimistic lock with bounded retry, and the ledger that proves them."""
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.db import connection
 
 from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account, User
 from accounts.selectors import ledger_balance
 from accounts.services import account_refund, account_withdraw
-from config.testing import CountedSince, make_user, race
+from config.testing import BalanceRowHeld, CountedSince, make_user, race, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -44,8 +46,37 @@ def test_60_concurrent_withdrawals_with_retry_lose_no_update():
     assert counted["balance_conflict_failures"] == 0
 
 
+def test_without_retry_a_withdrawal_whose_version_moved_meanwhile_fails_with_conflict():
+    user = make_user(balance=100)
+    counted = CountedSince()
+
+    def withdraw():
+        try:
+            return account_withdraw(user_id=user.id, amount=30, reference="t", max_attempts=1)
+        finally:
+            connection.close()
+
+    with BalanceRowHeld(user_id=user.id, amount=5) as held, ThreadPoolExecutor(max_workers=1) as pool:
+        outcome = pool.submit(withdraw)
+        wait_for(_waiting_on_a_row_lock, what="the withdrawal waiting behind the top-up")
+        held.release()
+        with pytest.raises(BalanceConflict):
+            outcome.result(timeout=60)
+
+    assert counted["balance_conflict_failures"] == 1
+    assert Account.objects.get(user=user).balance == 105 == ledger_balance(user_id=user.id)
+
+
+def _waiting_on_a_row_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
 @pytest.mark.slow
-def test_without_retry_concurrent_withdrawals_fail_instead_of_losing_updates():
+def test_without_retry_concurrent_withdrawals_lose_no_update_and_refuse_the_rest_cleanly():
     """The old design (one attempt): what fails is refused cleanly, and what succeeds is exact."""
     user = make_user(balance=10_000)
     counted = CountedSince()

@@ -65,12 +65,20 @@ def _error_code(status: int, headers: dict[str, str], body: bytes, expected_stat
 
 def test_a_10_kb_idempotency_key_gets_the_applications_json_431(server):
     request = _request("POST", "/api/v1/orders", headers={"Idempotency-Key": "k" * 10_000}, body=b"{}")
-    assert _error_code(*_exchange(server, request), 431) == "HEADER_TOO_LARGE"
+    status, headers, body = _exchange(server, request)
+    assert _error_code(status, headers, body, 431) == "HEADER_TOO_LARGE"
+    # Django's answer: through the middleware, which names the header and tags a request id.
+    assert json.loads(body)["error"]["message"].startswith("Header Idempotency-Key is larger than")
+    assert "x-request-id" in headers
 
 
 def test_a_header_past_gunicorns_own_limit_gets_a_json_431_from_gunicorn(server):
     request = _request("GET", "/api/v1/products", headers={"X-Padding": "p" * 40_000})
-    assert _error_code(*_exchange(server, request), 431) == "HEADER_TOO_LARGE"
+    status, headers, body = _exchange(server, request)
+    assert _error_code(status, headers, body, 431) == "HEADER_TOO_LARGE"
+    # gunicorn's answer (config/gunicorn_errors.py): it closes, and Django never tagged it.
+    assert "x-request-id" not in headers and headers["connection"] == "close"
+    assert not json.loads(body)["error"]["message"].startswith("Header ")
 
 
 def test_a_malformed_request_line_gets_a_json_400_from_gunicorn(server):

@@ -1,11 +1,22 @@
 """The old design (ORDER_STRATEGY=old), kept for comparison: correct, but it fails and waits."""
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from django.db import connection
 
 from accounts.models import Account
-from config.testing import CountedSince, client_for, make_product, make_user, order_body, race
+from config.testing import (
+    BalanceRowHeld,
+    CountedSince,
+    client_for,
+    make_product,
+    make_user,
+    order_body,
+    race,
+    wait_for,
+)
 from inventory import stock
 from inventory.legacy import LOCK_PREFIX
 from inventory.services import inventory_reconcile, on_hand_by_product
@@ -35,7 +46,42 @@ def test_old_design_never_oversells_and_leaves_redis_matching_the_database(old_d
     assert inventory_reconcile().drifted == []
 
 
-def test_old_design_without_balance_retry_refuses_a_users_concurrent_orders_with_conflict(old_design):
+def _waiting_on_a_row_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+def test_old_design_without_balance_retry_refuses_an_order_whose_balance_changed_meanwhile_with_conflict(
+    old_design,
+):
+    """The report's failure, forced: the order reads the balance's version, a top-up commits a
+    new one before the order's UPDATE, and with one attempt the order is refused."""
+    product = make_product(price=1, stock_quantity=10)
+    user = make_user(balance=100)
+    client = client_for(user)
+
+    def place():
+        try:
+            return client.post("/api/v1/orders", order_body(user, (product, 3)), format="json")
+        finally:
+            connection.close()
+
+    with BalanceRowHeld(user_id=user.id, amount=5) as held, ThreadPoolExecutor(max_workers=1) as pool:
+        answer = pool.submit(place)
+        wait_for(_waiting_on_a_row_lock, what="the order's balance update waiting behind the top-up")
+        held.release()
+        response = answer.result(timeout=60)
+
+    assert response.status_code == 409 and response.json()["error"]["code"] == "CONFLICT"
+    assert old_design["balance_conflict_failures"] == 1
+    assert Account.objects.get(user=user).balance == 105 and not Order.objects.exists()
+    assert on_hand_by_product()[product.id] == 10
+
+
+def test_old_design_without_balance_retry_loses_no_update_when_a_user_orders_concurrently(old_design):
     products = [make_product(price=1, stock_quantity=1_000) for _ in range(5)]
     user = make_user(balance=10_000)
     clients = [client_for(user) for _ in range(20)]

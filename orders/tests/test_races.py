@@ -121,7 +121,9 @@ def test_201s_equal_orders_and_money_and_stock_are_conserved_in_a_mixed_race():
     responses = race(80, order)
 
     created = [r for r in responses if r.status_code == 201]
-    assert {r.status_code for r in responses} <= {201, 409}
+    assert created, "some orders must get through"
+    refusals = {r.json()["error"]["code"] for r in responses if r.status_code != 201}
+    assert refusals <= {"OUT_OF_STOCK", "INSUFFICIENT_BALANCE"}  # never a lost race (CONFLICT)
     assert len(created) == Order.objects.count()
     sold = Counter()
     for item in OrderItem.objects.all():
