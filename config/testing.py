@@ -132,14 +132,20 @@ def run_in_django_process(code: str, *, timeout: float = 60) -> subprocess.Compl
     )
 
 
+def child_environment(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process a test starts: this test's database and Redis."""
+    env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1", LOG_LEVEL="INFO")
+    env["REDIS_TEST_URL"] = settings.REDIS_URL
+    env.update(extra_env or {})
+    return env
+
+
 class Settler:
     """A real settler process (manage.py settle_payments) on the test database and Redis,
     killable for crash tests. Its log (one line per batch) is at `log_path`."""
 
     def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "s1", batch_size: int | None = None):
-        env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1", LOG_LEVEL="INFO")
-        env["REDIS_TEST_URL"] = settings.REDIS_URL
-        env.update(extra_env or {})
+        env = child_environment(extra_env)
         log_dir = Path(settings.BASE_DIR) / "test-output"
         log_dir.mkdir(exist_ok=True)
         self.log_path = log_dir / f"settler-{name}.log"

@@ -130,7 +130,7 @@ def test_tests_redis_is_database_15_of_the_same_server(url, expected):
         ("postgres://shop@db:5432?service=orders", "postgres://shop@db:5432/test_shop?service=orders"),
     ],
 )
-def test_child_processes_get_the_configured_url_naming_the_test_database(configured, expected):
+def test_the_url_for_child_processes_is_the_configured_one_naming_the_test_database(configured, expected):
     assert database_url_naming(configured, "test_shop") == expected
 
 

@@ -33,13 +33,24 @@ def _call(method: str, path: str, *, body: bytes = b"", headers: dict[str, str] 
     return answer
 
 
+def _middleware_names(handler) -> list[str]:
+    """The dotted paths of the middleware a built handler runs, outermost first (each is wrapped
+    by Django's convert_exception_to_response, which keeps it as __wrapped__)."""
+    names, layer = [], handler._middleware_chain
+    while hasattr(layer := getattr(layer, "__wrapped__", layer), "get_response"):
+        names.append(f"{type(layer).__module__}.{type(layer).__qualname__}")
+        layer = layer.get_response
+    return names
+
+
 def test_the_api_chain_is_the_full_chain_without_what_only_pages_use():
     assert set(settings.API_MIDDLEWARE) < set(settings.MIDDLEWARE)
     assert [m for m in settings.MIDDLEWARE if m in settings.API_MIDDLEWARE] == settings.API_MIDDLEWARE
     assert not {m for m in settings.API_MIDDLEWARE if "sessions" in m or "csrf" in m or "messages" in m}
     chain = ApiHandler()
     assert settings.MIDDLEWARE != settings.API_MIDDLEWARE  # building it left the settings as they were
-    assert chain._middleware_chain is not None
+    # The chain it built runs exactly the API middleware, outermost first.
+    assert _middleware_names(chain) == settings.API_MIDDLEWARE
 
 
 def test_an_order_through_the_api_chain_is_placed_with_its_headers_and_no_cookie():

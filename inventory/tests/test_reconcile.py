@@ -286,8 +286,9 @@ def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_bac
 
 
 def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, settings):
-    """A restarted Redis replays its append-only file, which (fsync every second) may lack the
-    last writes; the ready flag it replays names the old run, so orders wait for a rebuild."""
+    """A restarted Redis replays its append-only file, which may lack the last writes (here it
+    is fsynced always, but the project's own Redis fsyncs every second, and a failover replica
+    may lag); the ready flag it replays names the old run, so orders wait for a rebuild."""
     port = free_port()
     own_redis = dict(settings.CACHES["default"], LOCATION=f"redis://127.0.0.1:{port}/15")
     process = start_redis_server(port, tmp_path)

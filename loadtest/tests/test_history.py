@@ -27,6 +27,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SHAPE = SeedShape(users=30, products=4, stock=10_000, balance=10_000, price=3, orders=2_000, history_days=20)
 
 
+@pytest.mark.slow
 def test_past_orders_hold_every_invariant_and_new_orders_go_on_after_them():
     seed(SHAPE)
 

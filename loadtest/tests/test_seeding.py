@@ -26,6 +26,7 @@ def test_people_added_after_a_seed_get_ids_outside_the_customers_and_a_bigger_re
     assert User.objects.create_user(username="next", password="x").id > staff.id
 
 
+@pytest.mark.slow
 def test_a_big_seed_then_the_default_one_round_trips():
     seed(SeedShape(users=70_000, products=300, stock=5))  # more rows than one statement may bind
     assert User.objects.filter(is_staff=False).count() == 70_000

@@ -26,6 +26,7 @@ def test_no_log_means_no_batches_not_a_division_by_zero():
     assert batch_stats([]).mean_batch == 0.0
 
 
+@pytest.mark.slow
 def test_benchmark_leaves_the_settlers_start_up_out_of_rate_and_cpu():
     result = BatchSizeResult(
         batch_size=100,

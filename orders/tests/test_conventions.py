@@ -30,7 +30,9 @@ def _schema() -> dict:
     return APIClient().get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+# Only the pages that name an API path at all: a case for a page that names none checks an
+# empty set (the next test guards the pattern itself).
+@pytest.mark.parametrize("page", [page for page in PAGES if _paths_named(page)], ids=lambda page: page.name)
 def test_every_path_a_page_names_is_in_the_schema_as_written(page):
     named = _paths_named(page)
     assert named <= set(_schema()["paths"]), sorted(named - set(_schema()["paths"]))

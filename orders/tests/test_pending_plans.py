@@ -24,6 +24,7 @@ def _generic_plan(sql: str) -> str:
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sql", [_OLDEST_PENDING_SQL, _BACKLOG_SQL, _CLAIM_SQL], ids=["backlog gate", "backlog gauge", "settler claim"]
 )
