@@ -13,6 +13,9 @@ def _registered(path: Path) -> Script:
     return get_redis_connection("default").register_script(path.read_text())
 
 
-def run_lua(path: Path, *, keys: list[str], args: list[object]):
+def run_lua(path: Path, *, keys: list[str], args: list[object], client=None):
+    """Run the script; `client` a pipeline to queue it on (redis-py loads its scripts before the
+    pipeline runs), else the default connection."""
     # The client is passed on every call so the script follows the current connection settings.
-    return _registered(path)(keys=keys, args=args, client=get_redis_connection("default"))
+    client = get_redis_connection("default") if client is None else client
+    return _registered(path)(keys=keys, args=args, client=client)

@@ -44,13 +44,39 @@ class StockMovement(models.Model):
     # The user whose order sold or returned the units (a user id, not a key: inventory does not
     # depend on accounts); purchase limits are counted from it. None for restocks and adjustments.
     holder = models.BigIntegerField(null=True, blank=True)
+    # The move these rows belong to, when it puts units in (a return, a restock): Redis applies a
+    # move at most once by this token (inventory/lua/move.lua), and reconciliation tells a move
+    # not yet applied there from drift by it (PendingMove). None for sales and removals, which
+    # go through a reservation instead.
+    move_token = models.UUIDField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [models.Index(fields=["product", "kind"])]
+        indexes = [
+            models.Index(fields=["product", "kind"]),
+            # Reconciliation looks up the moves Redis reports applied (a handful each run); only
+            # the rows that put units in have a token, so the index stays small.
+            models.Index(
+                fields=["move_token"], name="stockmovement_move_token", condition=models.Q(move_token__isnull=False)
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.quantity:+d} of product {self.product_id}"
+
+
+class PendingMove(models.Model):
+    """A move that put units in (a return, a restock), committed with its ledger rows, that
+    reconciliation has not yet seen applied in Redis: until then a count short of it is pending,
+    not drift. Reconciliation deletes the row once a snapshot showed both (the acknowledgement,
+    committed before Redis forgets the move's marker), so the table holds only the last minute's
+    moves and needs no trim."""
+
+    token = models.UUIDField(primary_key=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"move {self.token}"
 
 
 class StockReservation(models.Model):

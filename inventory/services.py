@@ -6,6 +6,8 @@ What is the record, what is derived, when they meet:
   order has not committed yet. Orders reserve there first (one Lua script, all or nothing).
 - `StockReservation` settles each reservation for good: SOLD (inserted by the order's own
   transaction) or RELEASED (inserted by reconciliation when it gives up on an order).
+- Units coming in (returns, restocks) reach Redis after their commit, each move at most once by
+  its token; `PendingMove` lists those reconciliation has not yet seen applied.
 - `inventory_reconcile` compares the two, gives back abandoned reservations and repairs drift.
 """
 
@@ -17,7 +19,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -38,7 +40,7 @@ from inventory.errors import (
     ReservationLost,
     StockNotLoaded,
 )
-from inventory.models import Product, StockMovement, StockReservation
+from inventory.models import PendingMove, Product, StockMovement, StockReservation
 
 logger = logging.getLogger(__name__)
 
@@ -238,26 +240,50 @@ def stock_epoch() -> int:
 
 def stock_return(*, quantities: dict[int, int], reference: str, holder: int | None = None) -> None:
     """Put sold units back (an order was cancelled): ledger now, Redis once the caller commits,
-    the units then leaving `holder`'s purchase-limit holdings too.
+    the units then leaving `holder`'s purchase-limit holdings too (_stock_move_in)."""
+    _stock_move_in(quantities=quantities, kind=StockMovement.Kind.RETURN, reference=reference, holder=holder)
 
-    A crash between the commit and the Redis increment leaves Redis short (never over) and the
-    holder's holdings high (a limit refusing too early, never too late): reconciliation repairs
-    both.
+
+def _stock_move_in(
+    *, quantities: dict[int, int], kind: str, reference: str = "", reason: str = "", holder: int | None = None
+) -> None:
+    """Units coming in (a return, a restock): the ledger rows and the move's PendingMove row,
+    in the caller's transaction, then the units into Redis (and off `holder`'s holdings) once it
+    commits.
+
+    Safe because the rows share one token, which move.lua applies at most once: this step after
+    the commit and reconciliation's repair may both try it, and reconciliation counts a move
+    committed but not yet applied (or applied but not yet in its database snapshot) as pending,
+    not drift. A crash between the commit and the Redis step leaves Redis short (never over) and
+    the holder's holdings high (a limit refusing too early, never too late) until reconciliation
+    applies the move.
     """
-    StockMovement.objects.bulk_create(
-        StockMovement(product_id=pid, quantity=qty, kind=StockMovement.Kind.RETURN, reference=reference, holder=holder)
-        for pid, qty in quantities.items()
-    )
-
-    transaction.on_commit(lambda: stock.give_back(quantities=quantities, holder=holder), robust=True)
+    token = uuid.uuid4()
+    with transaction.atomic(savepoint=False):  # the rows and the pending move commit together
+        StockMovement.objects.bulk_create(
+            StockMovement(
+                product_id=pid,
+                quantity=qty,
+                kind=kind,
+                reference=reference,
+                reason=reason,
+                holder=holder,
+                move_token=token,
+            )
+            for pid, qty in quantities.items()
+        )
+        PendingMove.objects.create(token=token)
+        move = {str(token): stock.Units(items=dict(quantities), holder=holder)}
+        transaction.on_commit(lambda: stock.apply_moves(moves=move), robust=True)
 
 
 def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
     """Add (or with a negative quantity, remove) units: ledger and Redis in one step.
 
     Removing only succeeds if Redis has that many units available, so an adjustment can never
-    take units that orders already hold. Redis first for removals, database first for additions:
-    a crash in between leaves Redis short, which reconciliation repairs.
+    take units that orders already hold. Redis first for removals (a crash before the commit
+    leaves a reservation reconciliation gives back), database first for additions (a move
+    applied once: _stock_move_in).
     """
     if quantity == 0:
         return
@@ -271,9 +297,7 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
             stock_release(token=reservation.token)
             raise
         return
-    with transaction.atomic():
-        StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reason=reason)
-        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity), robust=True)
+    _stock_move_in(quantities={product.id: quantity}, kind=kind, reason=reason)
 
 
 def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:
@@ -296,13 +320,14 @@ def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:
 
 
 def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bool = True) -> Product:
+    """A product and its initial stock (a restock, applied once: _stock_move_in)."""
     with transaction.atomic():
         product = Product.objects.create(name=name, price=price, active=active)
         if stock_quantity:
-            StockMovement.objects.create(
-                product=product, quantity=stock_quantity, kind=StockMovement.Kind.RESTOCK, reason="initial stock"
-            )
-        transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=stock_quantity), robust=True)
+            _stock_move_in(quantities={product.id: stock_quantity}, kind=StockMovement.Kind.RESTOCK,
+                           reason="initial stock")  # fmt: skip
+        else:  # its count exists, at 0 (adding 0 twice is harmless)
+            transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=0), robust=True)
     return product
 
 
@@ -314,8 +339,14 @@ class ProductDrift:
     product_id: int
     on_hand: int
     in_flight: int
-    expected: int
     redis: int | None
+    unapplied: int = 0  # units of committed moves (returns, restocks) Redis had not applied yet
+    unrecorded: int = 0  # units of moves Redis had applied that committed after the database snapshot
+
+    @property
+    def expected(self) -> int:
+        """What Redis should say at its snapshot."""
+        return self.on_hand - self.in_flight - self.unapplied + self.unrecorded
 
     @property
     def drift(self) -> int:
@@ -329,11 +360,13 @@ class ReconcileReport:
     forgotten_tokens: int = 0
     products: list[ProductDrift] = field(default_factory=list)
     holding_drifts: dict[tuple[int, int], int] = field(default_factory=dict)  # purchase limits
+    pending_moves: int = 0  # moves between the snapshots: committed or applied, not yet both
     repaired: bool = False
 
     @property
     def drifted(self) -> list[ProductDrift]:
-        return [p for p in self.products if p.drift != 0 or p.redis is None]
+        # A count missing from Redis is drift, unless a move not yet applied will create it.
+        return [p for p in self.products if p.drift != 0 or (p.redis is None and not p.unapplied)]
 
 
 def purchase_limits() -> dict[int, int | None]:
@@ -350,6 +383,56 @@ def holdings_by_holder(*, product_ids: list[int]) -> dict[tuple[int, int], int]:
         .values_list("product_id", "holder", "units")
     )
     return {(pid, holder): -units for pid, holder, units in rows if units}
+
+
+def pending_moves() -> dict[str, stock.Units]:
+    """Moves that put units in (returns, restocks), committed and not yet acknowledged as applied
+    in Redis: token -> their units and holder."""
+    # move_token IS NOT NULL said outright, so that the planner may use the partial index.
+    rows = StockMovement.objects.filter(
+        move_token__isnull=False, move_token__in=PendingMove.objects.values("token")
+    ).values_list("move_token", "product_id", "quantity", "holder")
+    moves: dict[str, stock.Units] = {}
+    for token, pid, quantity, holder in rows:
+        move = moves.setdefault(str(token), stock.Units(items={}, holder=holder))
+        move.items[pid] = move.items.get(pid, 0) + quantity
+    return moves
+
+
+def _recorded_moves(tokens: list[str]) -> set[str]:
+    """The moves among `tokens` whose ledger rows this transaction sees (the partial index on
+    move_token)."""
+    recorded: set[str] = set()
+    for chunk in _chunks(tokens):
+        found = StockMovement.objects.filter(move_token__in=chunk).values_list("move_token", flat=True).distinct()
+        recorded.update(str(token) for token in found)
+    return recorded
+
+
+def _acknowledge_moves(tokens: list[str]) -> None:
+    """The moves a snapshot showed both committed and applied are no longer pending (each chunk
+    committed on its own: deleting again is harmless)."""
+    for chunk in _chunks(tokens):
+        PendingMove.objects.filter(token__in=chunk).delete()
+
+
+def _count_units(
+    units: Iterable[stock.Units], *, holdings: dict[tuple[int, int], int], holding_sign: int, limited: Container[int]
+) -> dict[int, int]:
+    """The units of `units` by product; each also added (times `holding_sign`) to its holder's
+    entry in `holdings`, for the products in `limited`."""
+    by_product: dict[int, int] = {}
+    for each in units:
+        for pid, quantity in each.items.items():
+            by_product[pid] = by_product.get(pid, 0) + quantity
+            if each.holder is not None and pid in limited:
+                holdings[pid, each.holder] = holdings.get((pid, each.holder), 0) + holding_sign * quantity
+    return by_product
+
+
+def _chunks(tokens: list[str], size: int = 5_000) -> Iterator[list[str]]:
+    for start in range(0, len(tokens), size):
+        yield tokens[start : start + size]
 
 
 def on_hand_by_product() -> dict[int, int]:
@@ -381,12 +464,12 @@ def _settle_abandoned(*, grace_seconds: float) -> list[str]:
     return released
 
 
-def _sold_tokens(tokens: list[str], *, chunk: int = 5_000) -> set[str]:
+def _sold_tokens(tokens: list[str]) -> set[str]:
     sold: set[str] = set()
-    for start in range(0, len(tokens), chunk):
-        found = StockReservation.objects.filter(
-            token__in=tokens[start : start + chunk], state=StockReservation.State.SOLD
-        ).values_list("token", flat=True)
+    for chunk in _chunks(tokens):
+        found = StockReservation.objects.filter(token__in=chunk, state=StockReservation.State.SOLD).values_list(
+            "token", flat=True
+        )
         sold.update(str(token) for token in found)
     return sold
 
@@ -418,7 +501,10 @@ def inventory_reconcile(
 
     Exact under live traffic: the database snapshot (REPEATABLE READ) is taken before the Redis
     snapshot, a reservation tracked in Redis counts as in flight unless that same database
-    snapshot shows it SOLD, and the repair shifts counts by the drift rather than setting them.
+    snapshot shows it SOLD, a move that puts units in (a return, a restock) counts as pending
+    while only one side shows it (committed and not yet applied, or applied and committed after
+    the database snapshot), and the repair shifts counts by the drift rather than setting them,
+    then applies the committed moves Redis had not (each at most once: move.lua).
     With `repair=False` it only reports. Only one reconciler runs at a time (advisory lock).
     """
     grace = settings.STOCK_RESERVATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
@@ -464,29 +550,40 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
         limits = purchase_limits()
         limited = sorted(pid for pid, limit in limits.items() if limit)
         held_for_good = holdings_by_holder(product_ids=limited)
+        pending = pending_moves()
         snap = stock.snapshot(product_ids=list(on_hand), limited_ids=limited)
         sold = _sold_tokens(list(snap.reservations))
-    in_flight: dict[int, int] = {}
+        recorded = _recorded_moves(list(snap.moves))
+    # Reservations in flight are in Redis' counts and holdings, not in the ledger.
     expected_held = dict(held_for_good)
-    for token, tracked in snap.reservations.items():
-        if token not in sold:
-            for pid, qty in tracked.items.items():
-                in_flight[pid] = in_flight.get(pid, 0) + qty
-                if tracked.holder is not None and pid in snap.holdings:
-                    expected_held[pid, tracked.holder] = expected_held.get((pid, tracked.holder), 0) + qty
+    in_flight = _count_units(
+        (tracked for token, tracked in snap.reservations.items() if token not in sold),
+        holdings=expected_held, holding_sign=1, limited=snap.holdings,
+    )  # fmt: skip
+    # Moves between the two snapshots: committed but not applied in Redis yet (the repair applies
+    # them, unless their own step gets there first), or applied but committed after the database
+    # snapshot. Either way they are pending, not drift: Redis is expected without the first and
+    # with the second.
+    unapplied = {token: move for token, move in pending.items() if token not in snap.moves}
+    unrecorded = {token: move for token, move in snap.moves.items() if token not in recorded}
+    not_applied = _count_units(unapplied.values(), holdings=expected_held, holding_sign=1, limited=snap.holdings)
+    not_recorded = _count_units(unrecorded.values(), holdings=expected_held, holding_sign=-1, limited=snap.holdings)
     report.holding_drifts = _holding_drifts(expected_held, snap.holdings)
-    for pid, units in on_hand.items():
-        held = in_flight.get(pid, 0)
-        report.products.append(
-            ProductDrift(
-                product_id=pid, on_hand=units, in_flight=held, expected=units - held, redis=snap.available[pid]
-            )
-        )
+    report.products = [
+        ProductDrift(product_id=pid, on_hand=units, in_flight=in_flight.get(pid, 0), redis=snap.available[pid],
+                     unapplied=not_applied.get(pid, 0), unrecorded=not_recorded.get(pid, 0))
+        for pid, units in on_hand.items()
+    ]  # fmt: skip
     report.forgotten_tokens = len(sold)
+    report.pending_moves = len(unapplied) + len(unrecorded)
     if repair:
+        # Acknowledged (committed) before Redis forgets the markers: a crash in between leaves a
+        # marker whose move the next snapshot shows recorded, and it is forgotten then.
+        _acknowledge_moves(sorted(recorded))
         report.repaired = stock.repair(
             drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
-            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts,
+            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts, apply=unapplied,
+            forget_moves=sorted(recorded),
         )  # fmt: skip
     drifted = [] if report.rebuilt else report.drifted
     metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
@@ -494,12 +591,15 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
         metrics.STOCK_DRIFT_REPAIRED.inc(len(drifted))
     for product in drifted:
         logger.warning(
-            "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s)%s",
+            "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s, moves not yet applied %s,"
+            " applied but not yet in the snapshot %s)%s",
             product.product_id,
             product.redis,
             product.expected,
             product.on_hand,
             product.in_flight,
+            product.unapplied,
+            product.unrecorded,
             " - repaired" if repair else "",
         )
     if report.holding_drifts and not report.rebuilt:

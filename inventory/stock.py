@@ -10,12 +10,18 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:limit:{product_id}   the product's purchase limit per holder (absent: none)
     inv:held:{product_id}    hash holder (user id) -> units held (paid or in flight), for a
                              product with a limit
+    inv:move:{token}         hash product_id -> units of one move that put units in (a return,
+                             a restock), u -> its holder: the marker that it was applied (move.lua)
+    inv:moves                set of the applied moves reconciliation has not yet seen the
+                             database acknowledge; a move leaves it, and its marker expires a
+                             MOVE_MARKER_TTL_SECONDS later, once the database has
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,12 @@ READY_KEY = "inv:ready"
 EPOCH_KEY = "inv:epoch"
 LIMIT_PREFIX = "inv:limit:"
 HELD_PREFIX = "inv:held:"
+MOVE_PREFIX = "inv:move:"
+MOVES_KEY = "inv:moves"
+# How long a move's marker outlives its acknowledgement. The step that applies a move is sent
+# right after its commit; a copy of it arriving later than this (a process frozen between its
+# commit and its Redis call for a day) would find no marker and apply the move again.
+MOVE_MARKER_TTL_SECONDS = 24 * 3600
 _LUA_DIR = Path(__file__).parent / "lua"
 
 
@@ -62,8 +74,8 @@ def redis_client():
     return get_redis_connection("default")
 
 
-def run_script(name: str, *, keys: list[str], args: list[object]):
-    return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args)
+def run_script(name: str, *, keys: list[str], args: list[object], client=None):
+    return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args, client=client)
 
 
 def reservation_key(token: uuid.UUID | str) -> str:
@@ -118,13 +130,24 @@ def shift_available(*, quantities: dict[int, int]) -> None:
     pipe.execute()
 
 
-def give_back(*, quantities: dict[int, int], holder: int | None) -> None:
-    """A cancelled order's units: back into the counts, and off `holder`'s holdings of the
-    products with a purchase limit, in one round trip (return.lua)."""
-    args: list[object] = [STOCK_PREFIX, LIMIT_PREFIX, HELD_PREFIX, "" if holder is None else holder]
-    for product_id, quantity in quantities.items():
-        args += [product_id, quantity]
-    run_script("return", keys=[], args=args)
+def move_key(token: uuid.UUID | str) -> str:
+    return f"{MOVE_PREFIX}{token}"
+
+
+def apply_moves(*, moves: dict[str, Units]) -> int:
+    """Put the units of each move (token -> units and holder) into the counts, and off the
+    holder's holdings of the products with a purchase limit, each move at most once (move.lua).
+    Returns how many were applied now (not before)."""
+    return int(run_script("move", keys=[MOVES_KEY], args=_move_args(moves)))
+
+
+def _move_args(moves: dict[str, Units]) -> list[object]:
+    args: list[object] = [STOCK_PREFIX, MOVE_PREFIX, LIMIT_PREFIX, HELD_PREFIX]
+    for token, move in moves.items():
+        args += [token, "" if move.holder is None else move.holder, len(move.items)]
+        for product_id, quantity in move.items.items():
+            args += [product_id, quantity]
+    return args
 
 
 def set_purchase_limit(*, product_id: int, limit: int | None) -> None:
@@ -190,7 +213,9 @@ def forget(*, tokens: list[str]) -> int:
 
 
 @dataclass(frozen=True)
-class TrackedReservation:
+class Units:
+    """Units of products and whose they are: a tracked reservation's, or a move's."""
+
     items: dict[int, int]  # product id -> units
     holder: int | None
 
@@ -198,11 +223,12 @@ class TrackedReservation:
 @dataclass(frozen=True)
 class Snapshot:
     available: dict[int, int | None]
-    reservations: dict[str, TrackedReservation]
+    reservations: dict[str, Units]
     holdings: dict[int, dict[int, int]]  # product id -> holder -> units, for the products asked
+    moves: dict[str, Units]  # applied moves not yet acknowledged by the database
 
 
-def _tracked(fields: list[bytes]) -> TrackedReservation:
+def _units(fields: list[bytes]) -> Units:
     items: dict[int, int] = {}
     holder = None
     for j in range(0, len(fields), 2):
@@ -211,16 +237,20 @@ def _tracked(fields: list[bytes]) -> TrackedReservation:
             holder = int(fields[j + 1])
         elif name.isdigit():  # not h:{pid}, what the reservation added to the holder's holdings
             items[int(name)] = int(fields[j + 1])
-    return TrackedReservation(items=items, holder=holder)
+    return Units(items=items, holder=holder)
+
+
+def _by_token(flat: list) -> dict[str, Units]:
+    return {flat[i].decode(): _units(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def snapshot(*, product_ids: list[int], limited_ids: list[int] = ()) -> Snapshot:
-    args = [STOCK_PREFIX, RESERVATION_PREFIX, HELD_PREFIX, len(product_ids), *product_ids, *limited_ids]
-    stock, flat, held = run_script("snapshot", keys=[RESERVATIONS_KEY], args=args)
-    reservations = {flat[i].decode(): _tracked(flat[i + 1]) for i in range(0, len(flat), 2)}
+    args = [STOCK_PREFIX, RESERVATION_PREFIX, HELD_PREFIX, MOVE_PREFIX, len(product_ids), *product_ids, *limited_ids]
+    stock, reservations, held, moves = run_script("snapshot", keys=[RESERVATIONS_KEY, MOVES_KEY], args=args)
     return Snapshot(
         available={pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, stock, strict=True)},
-        reservations=reservations,
+        reservations=_by_token(reservations),
+        moves=_by_token(moves),
         holdings={
             pid: {int(fields[j]): int(fields[j + 1]) for j in range(0, len(fields), 2)}
             for pid, fields in zip(limited_ids, held, strict=True)
@@ -236,11 +266,20 @@ def repair(
     epoch: int,
     limits: dict[int, int | None] | None = None,
     holding_drifts: dict[tuple[int, int], int] | None = None,
+    apply: dict[str, Units] | None = None,
+    forget_moves: Sequence[str] = (),
 ) -> bool:
     """Apply reconciliation's result; stock counts as loaded (under `epoch`) afterwards unless
     the server restarted since `run_id` was read (then False). `limits`: product id -> its
     purchase limit (None: none, its holdings dropped); `holding_drifts`: (product id, holder)
-    -> units to add."""
+    -> units to add; `apply`: committed moves the snapshot did not show applied, to apply unless
+    their own step got there first (move.lua); `forget_moves`: moves the database has
+    acknowledged.
+
+    One MULTI/EXEC: no order runs between the shift by the drift and the moves it left out,
+    and the moves find the limits loaded; a connection lost before EXEC changes nothing, and the
+    next reconciliation computes it all again. Moves are applied after the holdings' drift, since
+    a holding clipped at zero would not add up the other way round."""
     limits, holding_drifts = limits or {}, holding_drifts or {}
     args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id, epoch, LIMIT_PREFIX, HELD_PREFIX,
                           len(limits), len(holding_drifts)]  # fmt: skip
@@ -251,4 +290,12 @@ def repair(
     for (product_id, holder), drift in holding_drifts.items():
         args += [product_id, holder, drift]
     args += forget_tokens
-    return bool(run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY, EPOCH_KEY], args=args))
+    pipe = redis_client().pipeline(transaction=True)
+    run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY, EPOCH_KEY], args=args, client=pipe)
+    if apply:
+        run_script("move", keys=[MOVES_KEY], args=_move_args(apply), client=pipe)
+    if forget_moves:
+        pipe.srem(MOVES_KEY, *forget_moves)
+        for token in forget_moves:  # the marker stays a while: a late copy of its step finds it
+            pipe.expire(move_key(token), MOVE_MARKER_TTL_SECONDS)
+    return bool(pipe.execute()[0])

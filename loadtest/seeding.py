@@ -36,6 +36,7 @@ _RESET_TABLES = [
     "coupons_couponredemption",
     "coupons_coupon",
     "inventory_stockreservation",
+    "inventory_pendingmove",
     "inventory_stockmovement",
     "inventory_product",
     "accounts_balanceentry",

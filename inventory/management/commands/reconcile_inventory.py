@@ -30,6 +30,10 @@ class Command(BaseCommand):
             )
         if report.released_tokens:
             self.stdout.write(f"released {len(report.released_tokens)} abandoned reservations")
+        if report.pending_moves:
+            self.stdout.write(
+                f"{report.pending_moves} returns or restocks were between the two snapshots: pending, not drift"
+            )
         self.stdout.write(
             f"{'product':>8} {'on hand':>10} {'in flight':>10} {'expected':>10} {'redis':>10} {'drift':>8}"
         )
