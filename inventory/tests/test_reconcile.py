@@ -19,6 +19,7 @@ from config.testing import (
     race,
     run_in_django_process,
     start_redis_server,
+    wait_for,
 )
 from inventory import services as inventory_services
 from inventory import stock
@@ -29,6 +30,7 @@ from inventory.services import (
     inventory_forget_sold,
     inventory_reconcile,
     on_hand_by_product,
+    stock_epoch,
     stock_record_sale,
     stock_release,
     stock_reserve,
@@ -200,23 +202,42 @@ def test_an_async_order_whose_reservation_redis_lost_is_refused_and_writes_nothi
 def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted():
     product = make_product(price=10, stock_quantity=10)
     reservation = stock_reserve(quantities={product.id: 2})
-    sold, rebuilt = threading.Event(), []
+    epoch_before = stock_epoch()
+    sold, may_commit, committed = threading.Event(), threading.Event(), threading.Event()
+    rebuilt = []
 
     def sell_slowly():
-        with transaction.atomic():
-            stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="slow")
-            sold.set()
-            time.sleep(0.5)  # committed only after the rebuild started: it must wait for this
-        connection.close()
+        try:
+            with transaction.atomic():
+                stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="slow")
+                sold.set()
+                may_commit.wait(60)
+            committed.set()
+        finally:
+            connection.close()
+
+    def rebuild():
+        try:
+            report = inventory_reconcile()
+            rebuilt.append((report, committed.is_set()))
+        finally:
+            connection.close()
 
     seller = threading.Thread(target=sell_slowly)
     seller.start()
-    sold.wait(10)
+    assert sold.wait(30)
     stock.redis_client().flushdb()
-    rebuilt.append(inventory_reconcile())
-    seller.join()
+    rebuilder = threading.Thread(target=rebuild)
+    rebuilder.start()
+    # The rebuild has bumped the epoch (its fence) and now waits for the open sale: they overlap.
+    wait_for(lambda: stock_epoch() > epoch_before, what="the rebuild's epoch bump")
+    assert rebuilder.is_alive() and not committed.is_set()
+    may_commit.set()
+    seller.join(60)
+    rebuilder.join(60)
 
-    assert rebuilt[0].rebuilt
+    report, finished_after_the_sale = rebuilt[0]
+    assert report.rebuilt and finished_after_the_sale  # it waited for the sale's commit
     assert on_hand_by_product() == {product.id: 8}
     assert stock.available(product_ids=[product.id]) == {product.id: 8}
 
