@@ -404,10 +404,10 @@ def settler_run(
                 totals.retried += len(batch.retried)
                 totals.set_aside += len(batch.set_aside)
                 logger.info(
-                    "settled batch: %d paid, %d cancelled, %d retried, %d set aside in %.1f ms; orders paid %s, "
-                    "cancelled %s", len(batch.paid), len(batch.cancelled), len(batch.retried), len(batch.set_aside),
-                    (time.monotonic() - started) * 1000, id_ranges(batch.paid),
-                    id_ranges(batch.cancelled + batch.set_aside),
+                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms; orders paid %s, cancelled %s, "
+                    "set aside %s", len(batch.paid), len(batch.cancelled), len(batch.retried),
+                    (time.monotonic() - started) * 1000, id_ranges(batch.paid), id_ranges(batch.cancelled),
+                    id_ranges(batch.set_aside),
                 )  # fmt: skip
             if batch.claimed >= limit or batch.retried:
                 continue  # more is waiting
