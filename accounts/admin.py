@@ -4,7 +4,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from accounts.models import Account, ApiToken, BalanceEntry, User
-from accounts.services import account_change_balance, token_caches_clear, token_revoke_many
+from accounts.services import balance_adjust, token_caches_clear, token_revoke_many
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 
 
@@ -56,9 +56,8 @@ class AccountAdmin(AdjustLinkMixin, ReadOnlyAdmin):
         return format_html('<a href="{}">Top up / adjust</a>', url)
 
     def get_urls(self):
-        def apply(account, amount, reason):
-            kind = BalanceEntry.Kind.TOP_UP if amount > 0 else BalanceEntry.Kind.ADJUSTMENT
-            account_change_balance(user_id=account.pk, amount=amount, kind=kind, reference=f"admin: {reason}"[:64])
+        def apply(account, amount, reason, admin_user):
+            balance_adjust(user_id=account.pk, amount=amount, reason=reason, admin=admin_user)
             return f"Balance of user {account.pk} changed by {amount:+d}."
 
         view = adjust_view(
@@ -66,6 +65,7 @@ class AccountAdmin(AdjustLinkMixin, ReadOnlyAdmin):
             title="Top up or adjust balance",
             help_text="Goes through the same optimistic lock and ledger as payments.",
             permission=self.adjust_permission,
+            max_setting="ADMIN_BALANCE_ADJUST_MAX",
             apply=apply,
         )
         return [adjust_url(self, "adjust", view), *super().get_urls()]

@@ -22,6 +22,7 @@ from accounts.login_limits import login_attempt_count
 from accounts.models import Account, ApiToken, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
+from config.actors import admin_reference
 from config.database import sql_all, sql_execute, sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
@@ -264,6 +265,14 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
         metrics.BALANCE_CONFLICT_FAILURES.inc(len(waiting))
         logger.warning("batch balance update gave up on %d accounts after %s attempts", len(waiting), exc.attempts)
     return [outcome or WithdrawalOutcome.CONFLICT for outcome in outcomes]
+
+
+def balance_adjust(*, user_id: int, amount: int, reason: str, admin: User) -> BalanceChange:
+    """An admin's top-up (amount > 0) or adjustment of a balance; its ledger row names the admin
+    and the reason. Raises InsufficientBalance, BalanceConflict."""
+    kind = BalanceEntry.Kind.TOP_UP if amount > 0 else BalanceEntry.Kind.ADJUSTMENT
+    reference = f"{admin_reference(admin)}: {reason}"[: BalanceEntry._meta.get_field("reference").max_length]
+    return account_change_balance(user_id=user_id, amount=amount, kind=kind, reference=reference)
 
 
 @transaction.atomic

@@ -208,6 +208,11 @@ TOKEN_LIFETIME_DAYS = env.int("TOKEN_LIFETIME_DAYS", default=30)
 LOGIN_RATE_LIMIT_WINDOW_SECONDS = env.int("LOGIN_RATE_LIMIT_WINDOW_SECONDS", default=60)
 LOGIN_RATE_LIMIT_PER_USERNAME = env.int("LOGIN_RATE_LIMIT_PER_USERNAME", default=10)
 LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)
+# Admin changes of money and stock (docs/security.md "Admin"): the most one change may move,
+# either way (balances in minor units: 100,000.00; stock in units). A change past it is a form
+# error: three zeros too many are refused, not booked.
+ADMIN_BALANCE_ADJUST_MAX = env.int("ADMIN_BALANCE_ADJUST_MAX", default=10_000_000)
+ADMIN_STOCK_ADJUST_MAX = env.int("ADMIN_STOCK_ADJUST_MAX", default=1_000_000)
 # POST /api/v1/orders (orders/limits.py, docs/security.md "Limits"): orders per fixed window, per
 # user and per client address, counted in the reservation's own Redis call; 0 turns one off.
 # The seed's load test (500 users, ~650 orders/s, all from 127.0.0.1) averages 13 orders per

@@ -41,6 +41,18 @@ def make_user(*, balance: int = 1_000, username: str | None = None) -> User:
     return user_create(username=username or next(_usernames), balance=balance)
 
 
+def make_staff(*, username: str, permissions: tuple[str, ...] = ()) -> User:
+    """A staff user holding exactly `permissions` ("app_label.codename"), with no usable password
+    (sign in with Client.force_login)."""
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user(username=username, is_staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
 def make_product(*, price: int = 100, stock_quantity: int = 100, name: str = "Widget") -> Product:
     return product_create(name=name, price=price, stock_quantity=stock_quantity)
 

@@ -37,6 +37,7 @@ from inventory.errors import (
     RateLimited,
     ReservationLost,
     StockNotLoaded,
+    StockTotalTooLarge,
 )
 from inventory.models import Product, StockMovement, StockReservation
 
@@ -252,12 +253,23 @@ def stock_return(*, quantities: dict[int, int], reference: str, holder: int | No
     transaction.on_commit(lambda: stock.give_back(quantities=quantities, holder=holder), robust=True)
 
 
-def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
+# The most stock a product may have. Redis's scripts count in Lua's doubles, exact only up to
+# 2**53, and reconciliation's repair of a drift past about 10**17 fails (Lua writes it "1e+17",
+# which INCRBY refuses), at every run after; Redis's counter itself overflows at 2**63 - 1, after
+# the ledger row committed. A thousand trillion units is far past any real stock, and a drift of
+# twice it is still counted exactly.
+STOCK_TOTAL_MAX = 10**15
+
+
+def stock_adjust(
+    *, product: Product, quantity: int, reason: str, reference: str = "admin", kind: str = StockMovement.Kind.ADJUSTMENT
+) -> None:
     """Add (or with a negative quantity, remove) units: ledger and Redis in one step.
 
     Removing only succeeds if Redis has that many units available, so an adjustment can never
     take units that orders already hold. Redis first for removals, database first for additions:
-    a crash in between leaves Redis short, which reconciliation repairs.
+    a crash in between leaves Redis short, which reconciliation repairs. Raises OutOfStock (a
+    removal), StockTotalTooLarge (an addition past STOCK_TOTAL_MAX).
     """
     if quantity == 0:
         return
@@ -266,13 +278,24 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
         try:
             with transaction.atomic():
                 _record_reserved_units(reservation=reservation, quantities={product.id: -quantity}, kind=kind,
-                                       reference="admin", reason=reason)  # fmt: skip
+                                       reference=reference, reason=reason)  # fmt: skip
         except Exception:
             stock_release(token=reservation.token)
             raise
         return
     with transaction.atomic():
-        StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reason=reason)
+        # Two additions at once would each see room for itself: the product's row, locked FOR NO
+        # KEY UPDATE, puts them one after the other. Orders never wait for it (the key share lock
+        # their ledger rows take does not conflict with it). Nothing else raises stock past what
+        # it was: a return gives back units sold before.
+        Product.objects.select_for_update(no_key=True).get(pk=product.pk)
+        on_hand = StockMovement.objects.filter(product=product).aggregate(total=Sum("quantity"))["total"] or 0
+        if on_hand + quantity > STOCK_TOTAL_MAX:
+            raise StockTotalTooLarge(
+                f"A product holds at most {STOCK_TOTAL_MAX:,} units; {product} has {on_hand:,}. Nothing was changed.",
+                details={"productId": product.id, "onHand": on_hand, "max": STOCK_TOTAL_MAX},
+            )
+        StockMovement.objects.create(product=product, quantity=quantity, kind=kind, reference=reference, reason=reason)
         transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=quantity), robust=True)
 
 
