@@ -17,9 +17,15 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from accounts.errors import BalanceConflict, InsufficientBalance, InvalidCredentials
+from accounts.errors import (
+    AdjustmentNotPending,
+    BalanceConflict,
+    InsufficientBalance,
+    InvalidCredentials,
+    OwnAdjustment,
+)
 from accounts.login_limits import login_attempt_count
-from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
 from config.actors import admin_reference
@@ -267,12 +273,67 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
     return [outcome or WithdrawalOutcome.CONFLICT for outcome in outcomes]
 
 
-def balance_adjust(*, user_id: int, amount: int, reason: str, admin: User) -> BalanceChange:
+_REFERENCE_CHARS = BalanceEntry._meta.get_field("reference").max_length
+
+
+def balance_adjust(*, user_id: int, amount: int, reason: str, admin: User) -> BalanceChange | BalanceAdjustmentRequest:
     """An admin's top-up (amount > 0) or adjustment of a balance; its ledger row names the admin
-    and the reason. Raises InsufficientBalance, BalanceConflict."""
+    and the reason. A credit above ADMIN_CREDIT_APPROVAL_THRESHOLD is not applied but stored as
+    a pending request for a second admin (balance_adjustment_approve), and returned: one admin's
+    mistake or bad day does not make money appear. Debits need no second admin: they take
+    money out of a customer's reach, not into it.
+
+    Raises InsufficientBalance, BalanceConflict.
+    """
+    if amount > settings.ADMIN_CREDIT_APPROVAL_THRESHOLD:
+        return BalanceAdjustmentRequest.objects.create(
+            account_id=user_id, amount=amount, reason=reason, requested_by=admin
+        )
     kind = BalanceEntry.Kind.TOP_UP if amount > 0 else BalanceEntry.Kind.ADJUSTMENT
-    reference = f"{admin_reference(admin)}: {reason}"[: BalanceEntry._meta.get_field("reference").max_length]
+    reference = f"{admin_reference(admin)}: {reason}"[:_REFERENCE_CHARS]
     return account_change_balance(user_id=user_id, amount=amount, kind=kind, reference=reference)
+
+
+def balance_adjustment_approve(*, request_id: int, approved_by: User) -> BalanceChange:
+    """Apply a pending credit, approved by an admin other than the one who asked for it.
+
+    Exactly once, however many approve at the same moment: the request goes from PENDING to
+    APPLIED in one compare-and-set UPDATE, in the transaction that credits the balance. A second
+    approval's UPDATE waits for the first one's row lock and then matches nothing (READ
+    COMMITTED re-reads the status); if the first rolls back, the second applies it. A crash
+    leaves both the status and the credit, or neither. A table constraint refuses an APPLIED
+    row decided by its requester, too.
+
+    Raises OwnAdjustment, AdjustmentNotPending, BalanceConflict.
+    """
+    with transaction.atomic():
+        request = BalanceAdjustmentRequest.objects.select_related("requested_by").get(pk=request_id)
+        if request.requested_by_id == approved_by.pk:
+            raise OwnAdjustment()
+        _decide(request_id=request_id, status=BalanceAdjustmentRequest.Status.APPLIED, decided_by=approved_by)
+        # The request's own row keeps the reason; the ledger's 64 characters name both admins.
+        requester = request.requested_by
+        reference = (
+            f"admin request {request.pk}: {requester.get_username()} (id {requester.pk}), "
+            f"approved by {approved_by.get_username()} (id {approved_by.pk})"
+        )[:_REFERENCE_CHARS]
+        return account_change_balance(
+            user_id=request.account_id, amount=request.amount, kind=BalanceEntry.Kind.TOP_UP, reference=reference
+        )
+
+
+def balance_adjustment_reject(*, request_id: int, rejected_by: User) -> None:
+    """Turn a pending credit down (its requester may withdraw it too). Raises AdjustmentNotPending."""
+    _decide(request_id=request_id, status=BalanceAdjustmentRequest.Status.REJECTED, decided_by=rejected_by)
+
+
+def _decide(*, request_id: int, status: str, decided_by: User) -> None:
+    """The compare-and-set: PENDING to `status`, or AdjustmentNotPending if it was not PENDING."""
+    decided = BalanceAdjustmentRequest.objects.filter(
+        pk=request_id, status=BalanceAdjustmentRequest.Status.PENDING
+    ).update(status=status, decided_by=decided_by, decided_at=Now())
+    if not decided:
+        raise AdjustmentNotPending()
 
 
 @transaction.atomic

@@ -213,6 +213,8 @@ LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)
 # error: three zeros too many are refused, not booked.
 ADMIN_BALANCE_ADJUST_MAX = env.int("ADMIN_BALANCE_ADJUST_MAX", default=10_000_000)
 ADMIN_STOCK_ADJUST_MAX = env.int("ADMIN_STOCK_ADJUST_MAX", default=1_000_000)
+# A credit above this (minor units: 1,000.00) waits for a second admin's approval; 0: every one.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env.int("ADMIN_CREDIT_APPROVAL_THRESHOLD", default=100_000)
 # POST /api/v1/orders (orders/limits.py, docs/security.md "Limits"): orders per fixed window, per
 # user and per client address, counted in the reservation's own Redis call; 0 turns one off.
 # The seed's load test (500 users, ~650 orders/s, all from 127.0.0.1) averages 13 orders per
