@@ -4,6 +4,7 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from accounts.forms import AdminLoginForm
 from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.services import (
     balance_adjust,
@@ -14,6 +15,9 @@ from accounts.services import (
 )
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 from config.errors import DomainError
+
+# The admin's login is limited as the API's is (accounts/login_limits.py).
+admin.site.login_form = AdminLoginForm
 
 
 @admin.register(User)

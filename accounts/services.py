@@ -391,19 +391,27 @@ def token_create_many(*, user_ids: list[int]) -> dict[int, str]:
     return {user_id: key for user_id, (key, _) in issued.items()}
 
 
-def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
-    """A new token for whoever proves username and password: one password check per attempt.
+def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
+    """The user who proves username and password, for the API's login and the admin's alike: one
+    password check per attempt, the attempt limited first.
 
     Raises LoginRateLimited (before any password check) when the username or the client address
     made too many attempts in this window, InvalidCredentials when the pair does not match an
     active user (the same answer for an unknown user, a wrong password and an inactive user;
     Django's backend hashes the password for an unknown user too, so the time does not tell).
+    A RedisError when the attempt cannot be counted: no unlimited guessing while Redis is away.
     """
     login_attempt_count(username=username, client_ip=client_ip)
     user = authenticate(username=username, password=password)
     if user is None:
         raise InvalidCredentials()
-    return token_create(user=user)
+    return user
+
+
+def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
+    """A new token for whoever proves username and password (user_authenticate, whose errors it
+    raises)."""
+    return token_create(user=user_authenticate(username=username, password=password, client_ip=client_ip))
 
 
 def token_caches_clear() -> None:

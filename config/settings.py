@@ -110,6 +110,17 @@ _PAGES_ONLY_MIDDLEWARE = {
 }
 API_MIDDLEWARE = [path for path in MIDDLEWARE if path not in _PAGES_ONLY_MIDDLEWARE]
 
+# Django's standard four: not like the username, at least 8 characters, not one of 20,000 common
+# passwords, not all digits. They apply where a person picks a password (the admin's forms,
+# `manage.py changepassword` and `createsuperuser`); code that sets one directly (make run's
+# generated admin password, test factories) is not checked.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
