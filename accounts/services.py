@@ -442,6 +442,17 @@ def token_revoke(*, key: str, user_id: int) -> bool:
 
 
 @transaction.atomic
+def token_revoke_all(*, user_id: int) -> int:
+    """Revoke every live token of `user_id` (their "sign out everywhere", and a password change);
+    returns how many were live. Every worker refuses them within TOKEN_REVOCATION_CHECK_SECONDS
+    of the commit."""
+    revoked = ApiToken.objects.filter(user_id=user_id, revoked_at__isnull=True).update(revoked_at=Now())
+    if revoked:
+        token_caches_clear()
+    return revoked
+
+
+@transaction.atomic
 def token_revoke_many(*, token_ids: list[int]) -> int:
     """Revoke the given tokens (the admin's action); returns how many were live."""
     revoked = ApiToken.objects.filter(id__in=token_ids, revoked_at__isnull=True).update(revoked_at=Now())
