@@ -33,8 +33,9 @@ class TokenApi(APIView):
             400: OpenApiResponse(description="`VALIDATION_ERROR`: not JSON, or a field missing or too long."),
             401: OpenApiResponse(description="`INVALID_CREDENTIALS`: the pair matches no active user."),
             429: OpenApiResponse(
-                description="`RATE_LIMITED`: too many attempts for this username or address; "
-                "`Retry-After` says when the window ends."
+                description="`RATE_LIMITED`: too many attempts for this username or address (an IPv6 /64 "
+                "counts as one), or too many failed logins site-wide (`details.scope`: `username`, `ip`, "
+                "`global`); `Retry-After` says when the window ends."
             ),
         },
         auth=[],

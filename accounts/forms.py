@@ -19,6 +19,8 @@ class AdminLoginForm(AdminAuthenticationForm):
         **AdminAuthenticationForm.error_messages,
         "rate_limited": "Too many login attempts for this username or from this address. Try again in "
         "%(seconds)s seconds.",
+        "rate_limited_global": "Too many failed logins on this site right now: logins are paused for everyone. "
+        "Try again in %(seconds)s seconds.",
         "limiter_away": "Logins are paused: the attempt counter (Redis) does not answer. Try again shortly.",
     }
 
@@ -32,8 +34,9 @@ class AdminLoginForm(AdminAuthenticationForm):
                 username=username, password=password, client_ip=self.request.META.get("REMOTE_ADDR", "")
             )
         except LoginRateLimited as limited:
+            code = "rate_limited_global" if limited.details["scope"] == "global" else "rate_limited"
             raise ValidationError(
-                self.error_messages["rate_limited"], code="rate_limited", params={"seconds": limited.retry_after}
+                self.error_messages[code], code=code, params={"seconds": limited.retry_after}
             ) from limited
         except InvalidCredentials as refused:
             raise self.get_invalid_login_error() from refused

@@ -24,7 +24,7 @@ from accounts.errors import (
     InvalidCredentials,
     OwnAdjustment,
 )
-from accounts.login_limits import login_attempt_count
+from accounts.login_limits import login_attempt_count, login_failure_count
 from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
@@ -396,7 +396,8 @@ def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
     password check per attempt, the attempt limited first.
 
     Raises LoginRateLimited (before any password check) when the username or the client address
-    made too many attempts in this window, InvalidCredentials when the pair does not match an
+    made too many attempts in this window, or everyone together failed LOGIN_FAILED_GLOBAL_LIMIT
+    times in it, InvalidCredentials when the pair does not match an
     active user (the same answer for an unknown user, a wrong password and an inactive user;
     Django's backend hashes the password for an unknown user too, so the time does not tell).
     A RedisError when the attempt cannot be counted: no unlimited guessing while Redis is away.
@@ -404,6 +405,7 @@ def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
     login_attempt_count(username=username, client_ip=client_ip)
     user = authenticate(username=username, password=password)
     if user is None:
+        login_failure_count()  # for the global cap (LOGIN_FAILED_GLOBAL_LIMIT)
         raise InvalidCredentials()
     return user
 

@@ -215,10 +215,15 @@ BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
 TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
 TOKEN_REVOCATION_CHECK_SECONDS = env.float("TOKEN_REVOCATION_CHECK_SECONDS", default=1.0)
 TOKEN_LIFETIME_DAYS = env.int("TOKEN_LIFETIME_DAYS", default=30)
-# POST /api/v1/auth/token: attempts per fixed window, per username and per client address.
+# Logins (POST /api/v1/auth/token and the admin's): attempts per fixed window, per username and
+# per client address.
 LOGIN_RATE_LIMIT_WINDOW_SECONDS = env.int("LOGIN_RATE_LIMIT_WINDOW_SECONDS", default=60)
 LOGIN_RATE_LIMIT_PER_USERNAME = env.int("LOGIN_RATE_LIMIT_PER_USERNAME", default=10)
-LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)
+LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)  # an IPv6 /64 is one address
+# Failed logins of everyone together per window, API and admin (docs/security.md "Tokens"): past
+# it every login is refused until the window ends; 0 turns it off. A credential-stuffing wave
+# tries each username once from ever new addresses, which the two limits above do not see.
+LOGIN_FAILED_GLOBAL_LIMIT = env.int("LOGIN_FAILED_GLOBAL_LIMIT", default=1_000)
 # Admin changes of money and stock (docs/security.md "Admin"): the most one change may move,
 # either way (balances in minor units: 100,000.00; stock in units). A change past it is a form
 # error: three zeros too many are refused, not booked.
