@@ -397,10 +397,10 @@ def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
 
     Raises LoginRateLimited (before any password check) when the username or the client address
     made too many attempts in this window, or everyone together failed LOGIN_FAILED_GLOBAL_LIMIT
-    times in it, InvalidCredentials when the pair does not match an
-    active user (the same answer for an unknown user, a wrong password and an inactive user;
-    Django's backend hashes the password for an unknown user too, so the time does not tell).
-    A RedisError when the attempt cannot be counted: no unlimited guessing while Redis is away.
+    times in it; InvalidCredentials when the pair does not match an active user (the same answer
+    for an unknown user, a wrong password and an inactive user; Django's backend hashes the
+    password for an unknown user too, so the time does not tell). Lets a RedisError through when
+    the attempt cannot be counted: no unlimited guessing while Redis is away.
     """
     login_attempt_count(username=username, client_ip=client_ip)
     user = authenticate(username=username, password=password)
