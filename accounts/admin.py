@@ -1,11 +1,23 @@
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.urls import reverse
 from django.utils.html import format_html
 
-from accounts.models import Account, ApiToken, BalanceEntry, User
-from accounts.services import account_change_balance, token_caches_clear, token_revoke_many
+from accounts.forms import AdminLoginForm
+from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
+from accounts.services import (
+    balance_adjust,
+    balance_adjustment_approve,
+    balance_adjustment_reject,
+    token_caches_clear,
+    token_revoke_many,
+)
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
+from config.errors import DomainError
+
+# The admin's login is limited as the API's is (accounts/login_limits.py).
+admin.site.login_form = AdminLoginForm
 
 
 @admin.register(User)
@@ -56,19 +68,66 @@ class AccountAdmin(AdjustLinkMixin, ReadOnlyAdmin):
         return format_html('<a href="{}">Top up / adjust</a>', url)
 
     def get_urls(self):
-        def apply(account, amount, reason):
-            kind = BalanceEntry.Kind.TOP_UP if amount > 0 else BalanceEntry.Kind.ADJUSTMENT
-            account_change_balance(user_id=account.pk, amount=amount, kind=kind, reference=f"admin: {reason}"[:64])
+        def apply(account, amount, reason, admin_user):
+            outcome = balance_adjust(user_id=account.pk, amount=amount, reason=reason, admin=admin_user)
+            if isinstance(outcome, BalanceAdjustmentRequest):
+                return f"Credit of {amount:+d} awaits a second admin's approval (request {outcome.pk})."
             return f"Balance of user {account.pk} changed by {amount:+d}."
 
         view = adjust_view(
             self,
             title="Top up or adjust balance",
-            help_text="Goes through the same optimistic lock and ledger as payments.",
+            help_text="Goes through the same optimistic lock and ledger as payments. A credit above "
+            f"{settings.ADMIN_CREDIT_APPROVAL_THRESHOLD:,} waits for another admin's approval "
+            "(Balance adjustment requests).",
             permission=self.adjust_permission,
+            max_setting="ADMIN_BALANCE_ADJUST_MAX",
             apply=apply,
         )
         return [adjust_url(self, "adjust", view), *super().get_urls()]
+
+
+@admin.register(BalanceAdjustmentRequest)
+class BalanceAdjustmentRequestAdmin(ReadOnlyAdmin):
+    """Credits above ADMIN_CREDIT_APPROVAL_THRESHOLD, asked for on an account's "Top up / adjust"
+    page. Those with accounts.adjust_balance see them and approve or reject them; a request is
+    approved by an admin other than its requester, and applied then, once."""
+
+    list_display = ["id", "account", "amount", "reason", "status", "requested_by", "requested_at", "decided_by",
+                    "decided_at"]  # fmt: skip
+    list_filter = ["status"]
+    list_select_related = ["account", "requested_by", "decided_by"]
+    ordering = ["-id"]
+    actions = ["approve", "reject"]
+
+    def has_view_permission(self, request, obj=None):
+        return self.has_adjust_permission(request) or super().has_view_permission(request, obj)
+
+    def has_adjust_permission(self, request):
+        return request.user.has_perm("accounts.adjust_balance")
+
+    @admin.action(description="Approve selected requests (credits the balance)", permissions=["adjust"])
+    def approve(self, request, queryset):
+        for pending in queryset:
+            try:
+                change = balance_adjustment_approve(request_id=pending.pk, approved_by=request.user)
+            except DomainError as refused:
+                self.message_user(request, f"Request {pending.pk}: {refused.message}", messages.ERROR)
+                continue
+            done = f"Approved: {change.amount:+d} credited to user {pending.account_id}."
+            self.log_change(request, pending, done)
+            self.message_user(request, f"Request {pending.pk}: {done}", messages.SUCCESS)
+
+    @admin.action(description="Reject selected requests", permissions=["adjust"])
+    def reject(self, request, queryset):
+        for pending in queryset:
+            try:
+                balance_adjustment_reject(request_id=pending.pk, rejected_by=request.user)
+            except DomainError as refused:
+                self.message_user(request, f"Request {pending.pk}: {refused.message}", messages.ERROR)
+                continue
+            self.log_change(request, pending, "Rejected.")
+            self.message_user(request, f"Request {pending.pk}: rejected.", messages.SUCCESS)
 
 
 @admin.register(BalanceEntry)

@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from accounts.selectors import account_get
 from accounts.serializers import AccountOutputSerializer, TokenLoginInputSerializer, TokenOutputSerializer
-from accounts.services import token_login, token_revoke
+from accounts.services import token_login, token_revoke, token_revoke_all
 
 
 class MeApi(APIView):
@@ -33,8 +33,9 @@ class TokenApi(APIView):
             400: OpenApiResponse(description="`VALIDATION_ERROR`: not JSON, or a field missing or too long."),
             401: OpenApiResponse(description="`INVALID_CREDENTIALS`: the pair matches no active user."),
             429: OpenApiResponse(
-                description="`RATE_LIMITED`: too many attempts for this username or address; "
-                "`Retry-After` says when the window ends."
+                description="`RATE_LIMITED`: too many attempts for this username or address (an IPv6 /64 "
+                "counts as one), or too many failed logins site-wide (`details.scope`: `username`, `ip`, "
+                "`global`); `Retry-After` says when the window ends."
             ),
         },
         auth=[],
@@ -56,4 +57,19 @@ class TokenApi(APIView):
     )
     def delete(self, request):
         token_revoke(key=request.auth, user_id=request.user.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokensApi(APIView):
+    """DELETE revokes every token of the caller: signing out everywhere."""
+
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        summary="Revoke all of the caller's tokens",
+        description="Every token of the caller, this one included, is refused by every server within a second "
+        "of this answer. A password change does the same.",
+    )
+    def delete(self, request):
+        token_revoke_all(user_id=request.user.id)
         return Response(status=status.HTTP_204_NO_CONTENT)

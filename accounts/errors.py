@@ -11,6 +11,8 @@ class AccountErrorCode(StrEnum):
     CONFLICT = ErrorCode.CONFLICT
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
     RATE_LIMITED = ErrorCode.RATE_LIMITED
+    ADJUSTMENT_NOT_PENDING = "ADJUSTMENT_NOT_PENDING"
+    OWN_ADJUSTMENT = "OWN_ADJUSTMENT"
 
 
 class InsufficientBalance(DomainError):
@@ -48,3 +50,20 @@ class LoginRateLimited(DomainError):
     code = AccountErrorCode.RATE_LIMITED
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_message = "Too many login attempts; try again after Retry-After seconds."
+
+
+class AdjustmentNotPending(DomainError):
+    """The balance adjustment request was approved or rejected already (maybe a moment ago, by
+    another admin)."""
+
+    code = AccountErrorCode.ADJUSTMENT_NOT_PENDING
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "This request was decided already; nothing was changed."
+
+
+class OwnAdjustment(DomainError):
+    """An admin approving the credit they asked for: it takes a second admin."""
+
+    code = AccountErrorCode.OWN_ADJUSTMENT
+    status_code = status.HTTP_403_FORBIDDEN
+    default_message = "A credit you asked for needs another admin's approval."

@@ -67,3 +67,36 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"token …{self.key_hash[-8:]} of user {self.user_id}"
+
+
+class BalanceAdjustmentRequest(models.Model):
+    """A credit an admin asked for above ADMIN_CREDIT_APPROVAL_THRESHOLD: applied only when a
+    second admin approves it (accounts.services.balance_adjustment_approve), exactly once."""
+
+    class Status(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        APPLIED = "APPLIED", "Approved and applied"
+        REJECTED = "REJECTED", "Rejected"
+
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="adjustment_requests")
+    amount = models.BigIntegerField(help_text="In minor units; always a credit.")
+    reason = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    requested_by = models.ForeignKey(User, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(User, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="balanceadjustmentrequest_credit"),
+            # The second pair of eyes, in the table too: whoever asked never applies it.
+            models.CheckConstraint(
+                condition=~models.Q(status="APPLIED")
+                | (models.Q(decided_by__isnull=False) & ~models.Q(decided_by=models.F("requested_by"))),
+                name="balanceadjustmentrequest_applied_by_another",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"request {self.pk}: {self.amount:+d} to user {self.account_id} ({self.status})"

@@ -17,11 +17,19 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from accounts.errors import AccountMissing, BalanceConflict, InsufficientBalance, InvalidCredentials
-from accounts.login_limits import login_attempt_count
-from accounts.models import Account, ApiToken, BalanceEntry, User
+from accounts.errors import (
+    AccountMissing,
+    AdjustmentNotPending,
+    BalanceConflict,
+    InsufficientBalance,
+    InvalidCredentials,
+    OwnAdjustment,
+)
+from accounts.login_limits import login_attempt_count, login_failure_count
+from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
 from config import metrics
+from config.actors import admin_reference
 from config.database import sql_all, sql_execute, sql_one
 from config.retry import Backoff, RetryExhausted, retry_on_conflict
 
@@ -276,6 +284,69 @@ def account_open(*, user_id: int) -> None:
     Account.objects.get_or_create(user_id=user_id)
 
 
+_REFERENCE_CHARS = BalanceEntry._meta.get_field("reference").max_length
+
+
+def balance_adjust(*, user_id: int, amount: int, reason: str, admin: User) -> BalanceChange | BalanceAdjustmentRequest:
+    """An admin's top-up (amount > 0) or adjustment of a balance; its ledger row names the admin
+    and the reason. A credit above ADMIN_CREDIT_APPROVAL_THRESHOLD is not applied but stored as
+    a pending request for a second admin (balance_adjustment_approve), and returned: one admin's
+    mistake or bad day does not make money appear. Debits need no second admin: they take
+    money out of a customer's reach, not into it.
+
+    Raises InsufficientBalance, BalanceConflict.
+    """
+    if amount > settings.ADMIN_CREDIT_APPROVAL_THRESHOLD:
+        return BalanceAdjustmentRequest.objects.create(
+            account_id=user_id, amount=amount, reason=reason, requested_by=admin
+        )
+    kind = BalanceEntry.Kind.TOP_UP if amount > 0 else BalanceEntry.Kind.ADJUSTMENT
+    reference = f"{admin_reference(admin)}: {reason}"[:_REFERENCE_CHARS]
+    return account_change_balance(user_id=user_id, amount=amount, kind=kind, reference=reference)
+
+
+def balance_adjustment_approve(*, request_id: int, approved_by: User) -> BalanceChange:
+    """Apply a pending credit, approved by an admin other than the one who asked for it.
+
+    Exactly once, however many approve at the same moment: the request goes from PENDING to
+    APPLIED in one compare-and-set UPDATE, in the transaction that credits the balance. A second
+    approval's UPDATE waits for the first one's row lock and then matches nothing (READ
+    COMMITTED re-reads the status); if the first rolls back, the second applies it. A crash
+    leaves both the status and the credit, or neither. A table constraint refuses an APPLIED
+    row decided by its requester, too.
+
+    Raises OwnAdjustment, AdjustmentNotPending, BalanceConflict.
+    """
+    with transaction.atomic():
+        request = BalanceAdjustmentRequest.objects.select_related("requested_by").get(pk=request_id)
+        if request.requested_by_id == approved_by.pk:
+            raise OwnAdjustment()
+        _decide(request_id=request_id, status=BalanceAdjustmentRequest.Status.APPLIED, decided_by=approved_by)
+        # The request's own row keeps the reason; the ledger's 64 characters name both admins.
+        requester = request.requested_by
+        reference = (
+            f"admin request {request.pk}: {requester.get_username()} (id {requester.pk}), "
+            f"approved by {approved_by.get_username()} (id {approved_by.pk})"
+        )[:_REFERENCE_CHARS]
+        return account_change_balance(
+            user_id=request.account_id, amount=request.amount, kind=BalanceEntry.Kind.TOP_UP, reference=reference
+        )
+
+
+def balance_adjustment_reject(*, request_id: int, rejected_by: User) -> None:
+    """Turn a pending credit down (its requester may withdraw it too). Raises AdjustmentNotPending."""
+    _decide(request_id=request_id, status=BalanceAdjustmentRequest.Status.REJECTED, decided_by=rejected_by)
+
+
+def _decide(*, request_id: int, status: str, decided_by: User) -> None:
+    """The compare-and-set: PENDING to `status`, or AdjustmentNotPending if it was not PENDING."""
+    decided = BalanceAdjustmentRequest.objects.filter(
+        pk=request_id, status=BalanceAdjustmentRequest.Status.PENDING
+    ).update(status=status, decided_by=decided_by, decided_at=Now())
+    if not decided:
+        raise AdjustmentNotPending()
+
+
 @transaction.atomic
 def user_create(*, username: str, balance: int = 0, user_id: int | None = None, **extra) -> User:
     """Create a customer with an account (opened by account_open as the user is saved); an
@@ -331,19 +402,29 @@ def token_create_many(*, user_ids: list[int]) -> dict[int, str]:
     return {user_id: key for user_id, (key, _) in issued.items()}
 
 
-def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
-    """A new token for whoever proves username and password: one password check per attempt.
+def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
+    """The user who proves username and password, for the API's login and the admin's alike: one
+    password check per attempt, the attempt limited first.
 
     Raises LoginRateLimited (before any password check) when the username or the client address
-    made too many attempts in this window, InvalidCredentials when the pair does not match an
-    active user (the same answer for an unknown user, a wrong password and an inactive user;
-    Django's backend hashes the password for an unknown user too, so the time does not tell).
+    made too many attempts in this window, or everyone together failed LOGIN_FAILED_GLOBAL_LIMIT
+    times in it; InvalidCredentials when the pair does not match an active user (the same answer
+    for an unknown user, a wrong password and an inactive user; Django's backend hashes the
+    password for an unknown user too, so the time does not tell). Lets a RedisError through when
+    the attempt cannot be counted: no unlimited guessing while Redis is away.
     """
     login_attempt_count(username=username, client_ip=client_ip)
     user = authenticate(username=username, password=password)
     if user is None:
+        login_failure_count()  # for the global cap (LOGIN_FAILED_GLOBAL_LIMIT)
         raise InvalidCredentials()
-    return token_create(user=user)
+    return user
+
+
+def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
+    """A new token for whoever proves username and password (user_authenticate, whose errors it
+    raises)."""
+    return token_create(user=user_authenticate(username=username, password=password, client_ip=client_ip))
 
 
 def token_caches_clear() -> None:
@@ -368,6 +449,17 @@ def token_revoke(*, key: str, user_id: int) -> bool:
     Every worker refuses it within TOKEN_REVOCATION_CHECK_SECONDS of the commit."""
     live = ApiToken.objects.filter(key_hash=token_hash(key), user_id=user_id, revoked_at__isnull=True)
     revoked = live.update(revoked_at=Now()) > 0
+    if revoked:
+        token_caches_clear()
+    return revoked
+
+
+@transaction.atomic
+def token_revoke_all(*, user_id: int) -> int:
+    """Revoke every live token of `user_id` (their "sign out everywhere", and a password change);
+    returns how many were live. Every worker refuses them within TOKEN_REVOCATION_CHECK_SECONDS
+    of the commit."""
+    revoked = ApiToken.objects.filter(user_id=user_id, revoked_at__isnull=True).update(revoked_at=Now())
     if revoked:
         token_caches_clear()
     return revoked

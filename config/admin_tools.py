@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect
@@ -13,15 +14,30 @@ from django.urls import path, reverse
 
 from config.errors import DomainError
 
+# Every ledger column is a PostgreSQL bigint: no setting lets a change past it (a 500 before).
+_BIGINT_MAX = 2**63 - 1
+
 
 class AdjustForm(forms.Form):
-    amount = forms.IntegerField(help_text="Positive adds, negative takes away.")
+    """Amount and reason of one change, the amount at most the setting `max_setting` either way:
+    a slip of the finger (three zeros too many) is a form error, not a booking."""
+
+    amount = forms.IntegerField()
     reason = forms.CharField(max_length=200)
 
+    def __init__(self, *args, max_setting: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_setting = max_setting
+        self.max_amount = min(getattr(settings, max_setting), _BIGINT_MAX)  # read per request
+        self.fields["amount"].help_text = f"Positive adds, negative takes away; at most {self.max_amount:,} either way."
+
     def clean_amount(self):
-        if self.cleaned_data["amount"] == 0:
+        amount = self.cleaned_data["amount"]
+        if amount == 0:
             raise forms.ValidationError("Zero changes nothing.")
-        return self.cleaned_data["amount"]
+        if abs(amount) > self.max_amount:
+            raise forms.ValidationError(f"At most {self.max_amount:,} either way in one change ({self.max_setting}).")
+        return amount
 
 
 def adjust_view(
@@ -30,9 +46,12 @@ def adjust_view(
     title: str,
     help_text: str,
     permission: str,
-    apply: Callable[[object, int, str], str],
+    max_setting: str,
+    apply: Callable[[object, int, str, object], str],
 ) -> Callable:
-    """An admin view: a form with amount and reason, `apply(obj, amount, reason)` does the change.
+    """An admin view: a form with amount (bounded by the setting `max_setting`) and reason;
+    `apply(obj, amount, reason, admin_user)` does the change and says what it did, which goes
+    into the admin's history of `obj` under the admin's name.
 
     Only for users with `permission` ("app_label.codename"), on GET as on POST: being staff
     lets one into the admin, not move stock or money.
@@ -44,13 +63,17 @@ def adjust_view(
         obj = get_object_or_404(model_admin.model, pk=object_id)
         opts = model_admin.model._meta
         back_url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
-        form = AdjustForm(request.POST or None)
+        form = AdjustForm(request.POST or None, max_setting=max_setting)
         if request.method == "POST" and form.is_valid():
+            reason = form.cleaned_data["reason"]
             try:
-                done = apply(obj, form.cleaned_data["amount"], form.cleaned_data["reason"])
+                done = apply(obj, form.cleaned_data["amount"], reason, request.user)
             except DomainError as error:
                 form.add_error(None, f"{error.code}: {error.message}")
             else:
+                # Written once the service's own transaction has committed (and done what it
+                # does after its commit, in Redis): the ledger row names the admin in any case.
+                model_admin.log_change(request, obj, f"{done} Reason: {reason}")
                 model_admin.message_user(request, done, messages.SUCCESS)
                 return redirect(back_url)
         context = {

@@ -110,6 +110,17 @@ _PAGES_ONLY_MIDDLEWARE = {
 }
 API_MIDDLEWARE = [path for path in MIDDLEWARE if path not in _PAGES_ONLY_MIDDLEWARE]
 
+# Django's standard four: not like the username, at least 8 characters, not one of 20,000 common
+# passwords, not all digits. They apply where a person picks a password (the admin's forms,
+# `manage.py changepassword` and `createsuperuser`); code that sets one directly (make run's
+# generated admin password, test factories) is not checked.
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
@@ -204,10 +215,22 @@ BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
 TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
 TOKEN_REVOCATION_CHECK_SECONDS = env.float("TOKEN_REVOCATION_CHECK_SECONDS", default=1.0)
 TOKEN_LIFETIME_DAYS = env.int("TOKEN_LIFETIME_DAYS", default=30)
-# POST /api/v1/auth/token: attempts per fixed window, per username and per client address.
+# Logins (POST /api/v1/auth/token and the admin's): attempts per fixed window, per username and
+# per client address.
 LOGIN_RATE_LIMIT_WINDOW_SECONDS = env.int("LOGIN_RATE_LIMIT_WINDOW_SECONDS", default=60)
 LOGIN_RATE_LIMIT_PER_USERNAME = env.int("LOGIN_RATE_LIMIT_PER_USERNAME", default=10)
-LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)
+LOGIN_RATE_LIMIT_PER_IP = env.int("LOGIN_RATE_LIMIT_PER_IP", default=30)  # an IPv6 /64 is one address
+# Failed logins of everyone together per window, API and admin (docs/security.md "Tokens"): past
+# it every login is refused until the window ends; 0 turns it off. A credential-stuffing wave
+# tries each username once from ever new addresses, which the two limits above do not see.
+LOGIN_FAILED_GLOBAL_LIMIT = env.int("LOGIN_FAILED_GLOBAL_LIMIT", default=1_000)
+# Admin changes of money and stock (docs/security.md "Admin"): the most one change may move,
+# either way (balances in minor units: 100,000.00; stock in units). A change past it is a form
+# error: three zeros too many are refused, not booked.
+ADMIN_BALANCE_ADJUST_MAX = env.int("ADMIN_BALANCE_ADJUST_MAX", default=10_000_000)
+ADMIN_STOCK_ADJUST_MAX = env.int("ADMIN_STOCK_ADJUST_MAX", default=1_000_000)
+# A credit above this (minor units: 1,000.00) waits for a second admin's approval; 0: every one.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env.int("ADMIN_CREDIT_APPROVAL_THRESHOLD", default=100_000)
 # POST /api/v1/orders (orders/limits.py, docs/security.md "Limits"): orders per fixed window, per
 # user and per client address, counted in the reservation's own Redis call; 0 turns one off.
 # The seed's load test (500 users, ~650 orders/s, all from 127.0.0.1) averages 13 orders per

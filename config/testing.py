@@ -41,6 +41,18 @@ def make_user(*, balance: int = 1_000, username: str | None = None) -> User:
     return user_create(username=username or next(_usernames), balance=balance)
 
 
+def make_staff(*, username: str, permissions: tuple[str, ...] = ()) -> User:
+    """A staff user holding exactly `permissions` ("app_label.codename"), with no usable password
+    (sign in with Client.force_login)."""
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user(username=username, is_staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
 def make_product(*, price: int = 100, stock_quantity: int = 100, name: str = "Widget") -> Product:
     return product_create(name=name, price=price, stock_quantity=stock_quantity)
 
@@ -117,10 +129,13 @@ def race(count: int, action: Callable[[int], object]) -> list[object]:
         return list(pool.map(run, range(count)))
 
 
-def run_in_django_process(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh Python process with Django set up on the test database and Redis."""
+def run_in_django_process(
+    code: str, *, timeout: float = 60, redis_url: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python process with Django set up on the test database and Redis (or
+    the Redis at `redis_url`)."""
     env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1")
-    env["REDIS_TEST_URL"] = settings.REDIS_URL
+    env["REDIS_TEST_URL"] = redis_url or settings.REDIS_URL
     script = "import django, os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings')\ndjango.setup()\n"
     return subprocess.run(
         [sys.executable, "-c", script + textwrap.dedent(code)],
@@ -223,6 +238,15 @@ def start_redis_server(port: int, data_dir: Path) -> subprocess.Popen:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"redis-server did not answer on port {port}")
+
+
+def fresh_login_window(*, at_least: float = 10) -> None:
+    """The login attempts of a test all fall in one fixed window (LOGIN_RATE_LIMIT_WINDOW_SECONDS):
+    if the current one ends within `at_least` seconds, wait for the next to begin."""
+    window = settings.LOGIN_RATE_LIMIT_WINDOW_SECONDS
+    left = window - time.time() % window
+    if left < at_least:
+        time.sleep(left + 0.01)
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str = "condition") -> object:

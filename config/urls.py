@@ -6,7 +6,7 @@ from django.urls import include, path, register_converter
 from django.views.generic import RedirectView, TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
-from accounts.api import MeApi, TokenApi
+from accounts.api import MeApi, TokenApi, TokensApi
 from config import health, operator
 from config.metrics_api import metrics_view
 from inventory.api import ProductDetailApi, ProductListApi
@@ -42,6 +42,7 @@ api_v1 = [
     path("products/<id:productId>", ProductDetailApi.as_view(), name="product-detail"),
     path("accounts/me", MeApi.as_view(), name="accounts-me"),
     path("auth/token", TokenApi.as_view(), name="auth-token"),
+    path("auth/tokens", TokensApi.as_view(), name="auth-tokens"),
 ]
 
 urlpatterns = [

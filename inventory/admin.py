@@ -3,6 +3,7 @@ from django.db.models import OuterRef, Subquery, Sum
 from django.urls import reverse
 from django.utils.html import format_html
 
+from config.actors import admin_reference
 from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 from inventory import stock
 from inventory.models import Product, StockMovement
@@ -52,16 +53,18 @@ class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
         )
 
     def get_urls(self):
+        def apply(product, amount, reason, admin_user):
+            stock_adjust(product=product, quantity=amount, reason=reason, reference=admin_reference(admin_user))
+            return f"Stock of {product} changed by {amount:+d}."
+
         view = adjust_view(
             self,
             title="Restock or adjust stock",
             help_text="Writes the stock ledger and the live Redis count in one step. Units held by "
             "orders in flight can not be taken away.",
             permission=self.adjust_permission,
-            apply=lambda product, amount, reason: (
-                stock_adjust(product=product, quantity=amount, reason=reason)
-                or f"Stock of {product} changed by {amount:+d}."
-            ),
+            max_setting="ADMIN_STOCK_ADJUST_MAX",
+            apply=apply,
         )
         return [adjust_url(self, "adjust", view), *super().get_urls()]
 

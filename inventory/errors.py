@@ -9,6 +9,7 @@ class InventoryErrorCode(StrEnum):
     OUT_OF_STOCK = "OUT_OF_STOCK"
     PRODUCT_UNAVAILABLE = "PRODUCT_UNAVAILABLE"
     PURCHASE_LIMIT_REACHED = "PURCHASE_LIMIT_REACHED"
+    STOCK_TOTAL_TOO_LARGE = "STOCK_TOTAL_TOO_LARGE"
     NOT_FOUND = ErrorCode.NOT_FOUND
 
 
@@ -16,6 +17,14 @@ class OutOfStock(DomainError):
     code = InventoryErrorCode.OUT_OF_STOCK
     status_code = status.HTTP_409_CONFLICT
     default_message = "Not enough stock for one of the items; nothing was reserved."
+
+
+class StockTotalTooLarge(DomainError):
+    """An addition would take a product's stock past STOCK_TOTAL_MAX (inventory/services.py)."""
+
+    code = InventoryErrorCode.STOCK_TOTAL_TOO_LARGE
+    status_code = status.HTTP_409_CONFLICT
+    default_message = "That would take the product's stock past the most it may hold; nothing was changed."
 
 
 class ProductNotFound(DomainError):

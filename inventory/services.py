@@ -39,6 +39,7 @@ from inventory.errors import (
     RateLimited,
     ReservationLost,
     StockNotLoaded,
+    StockTotalTooLarge,
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
 
@@ -277,13 +278,24 @@ def _stock_move_in(
         transaction.on_commit(lambda: stock.apply_moves(moves=move), robust=True)
 
 
-def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = StockMovement.Kind.ADJUSTMENT) -> None:
+# The most stock a product may have. Redis's scripts count in Lua's doubles, exact only up to
+# 2**53, and reconciliation's repair of a drift past about 10**17 fails (Lua writes it "1e+17",
+# which INCRBY refuses), at every run after; Redis's counter itself overflows at 2**63 - 1, after
+# the ledger row committed. A thousand trillion units is far past any real stock, and a drift of
+# twice it is still counted exactly.
+STOCK_TOTAL_MAX = 10**15
+
+
+def stock_adjust(
+    *, product: Product, quantity: int, reason: str, reference: str = "admin", kind: str = StockMovement.Kind.ADJUSTMENT
+) -> None:
     """Add (or with a negative quantity, remove) units: ledger and Redis in one step.
 
     Removing only succeeds if Redis has that many units available, so an adjustment can never
     take units that orders already hold. Redis first for removals (a crash before the commit
     leaves a reservation reconciliation gives back), database first for additions (a move
-    applied once: _stock_move_in).
+    applied once: _stock_move_in). Raises OutOfStock (a removal), StockTotalTooLarge (an
+    addition past STOCK_TOTAL_MAX).
     """
     if quantity == 0:
         return
@@ -292,12 +304,24 @@ def stock_adjust(*, product: Product, quantity: int, reason: str, kind: str = St
         try:
             with transaction.atomic():
                 _record_reserved_units(reservation=reservation, quantities={product.id: -quantity}, kind=kind,
-                                       reference="admin", reason=reason)  # fmt: skip
+                                       reference=reference, reason=reason)  # fmt: skip
         except Exception:
             stock_release(token=reservation.token)
             raise
         return
-    _stock_move_in(quantities={product.id: quantity}, kind=kind, reason=reason)
+    with transaction.atomic():
+        # Two additions at once would each see room for itself: the product's row, locked FOR NO
+        # KEY UPDATE, puts them one after the other. Orders never wait for it (the key share lock
+        # their ledger rows take does not conflict with it). Nothing else raises stock past what
+        # it was: a return gives back units sold before.
+        Product.objects.select_for_update(no_key=True).get(pk=product.pk)
+        on_hand = StockMovement.objects.filter(product=product).aggregate(total=Sum("quantity"))["total"] or 0
+        if on_hand + quantity > STOCK_TOTAL_MAX:
+            raise StockTotalTooLarge(
+                f"A product holds at most {STOCK_TOTAL_MAX:,} units; {product} has {on_hand:,}. Nothing was changed.",
+                details={"productId": product.id, "onHand": on_hand, "max": STOCK_TOTAL_MAX},
+            )
+        _stock_move_in(quantities={product.id: quantity}, kind=kind, reference=reference, reason=reason)
 
 
 def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:

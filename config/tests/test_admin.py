@@ -142,7 +142,10 @@ def test_the_adjust_permission_lets_money_and_stock_move_through_the_ledgers():
     )
 
     assert Account.objects.get(user=user).balance == 150 == ledger_balance(user_id=user.id)
-    assert BalanceEntry.objects.filter(account_id=user.id, reference="admin: goodwill", amount=50).exists()
+    # The row names the staff member who made it (issue 19: it said only "admin: goodwill").
+    assert BalanceEntry.objects.filter(
+        account_id=user.id, reference__regex=r"^admin:staff\d+ \(id \d+\): goodwill$", amount=50
+    ).exists()
     assert on_hand_by_product()[product.id] == 12 and stock.available(product_ids=[product.id]) == {product.id: 12}
     assert StockMovement.objects.filter(product=product, reason="delivery", quantity=7).exists()
     assert b"Top up / adjust" in money.get("/admin/accounts/account/").content
