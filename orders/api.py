@@ -5,8 +5,8 @@ import orjson
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from config import metrics
@@ -50,6 +50,8 @@ def request_fingerprint(data: dict) -> str:
 
 
 class OrderListCreateApi(APIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
+
     @extend_schema(
         request=OrderInputSerializer,
         responses={201: OrderOutputSerializer, 202: OrderOutputSerializer},
@@ -87,7 +89,7 @@ class OrderListCreateApi(APIView):
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
     def get(self, request):
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
         return paginator.get_paginated_response([order_to_dict(order) for order in page])
 
