@@ -37,4 +37,5 @@ class InvalidCredentials(DomainError):
 class LoginRateLimited(DomainError):
     code = AccountErrorCode.RATE_LIMITED
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 1  # the login limit says when its window ends
     default_message = "Too many login attempts; try again after Retry-After seconds."

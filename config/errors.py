@@ -118,18 +118,11 @@ def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
         return _drf_error(exc)
     if isinstance(exc, (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)):
         logger.warning("backing service unavailable: %s: %s", type(exc).__name__, exc)
-        unavailable = ServiceUnavailable()
-        return Response(
-            error_body(unavailable.code, unavailable.message),
-            status=unavailable.status_code,
-            headers={"Retry-After": "1"},
-        )
+        return _error_response(ServiceUnavailable(), context)
     if isinstance(exc, DatabaseError):
         logger.exception("database error on %s", context.get("request") and context["request"].path)
-        return Response(
-            error_body(ErrorCode.SERVICE_UNAVAILABLE, "The database refused the request; nothing was changed."),
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+        # A 503 like any other (Retry-After too, as the schema says of every 503).
+        return _error_response(ServiceUnavailable("The database refused the request; nothing was changed."), context)
     return None
 
 

@@ -56,4 +56,5 @@ class RateLimited(DomainError):
 
     code = ErrorCode.RATE_LIMITED
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 1  # the reservation says when the counter's window ends
     default_message = "Too many orders; nothing was reserved. Try again after Retry-After seconds."

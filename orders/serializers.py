@@ -19,7 +19,8 @@ class OrderItemInputSerializer(serializers.Serializer):
 class OrderInputSerializer(serializers.Serializer):
     userId = StrictIntegerField(min_value=1, max_value=MAX_ID, help_text="Must be the authenticated caller.")
     orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=MAX_ORDER_ITEMS)
-    couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
+    # Matched as sent: a code is not trimmed (the schema could not say which whitespace a trim drops).
+    couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1, trim_whitespace=False)
 
     def validate_orderItems(self, items: list[dict]) -> list[dict]:
         over = _products_over_quantity_limit(items)
