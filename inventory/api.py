@@ -3,6 +3,8 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from config.schema import raises
+from inventory.errors import ProductNotFound
 from inventory.selectors import product_get, product_list, with_live_stock
 from inventory.serializers import ProductOutputSerializer
 
@@ -19,6 +21,7 @@ class ProductListApi(APIView):
 
 class ProductDetailApi(APIView):
     @extend_schema(responses={200: ProductOutputSerializer}, summary="One product, with live stock")
+    @raises(ProductNotFound)
     def get(self, request, productId: int):  # the URL names it as the API does
         product = with_live_stock([product_get(product_id=productId)])[0]
         return Response(ProductOutputSerializer(product).data)
