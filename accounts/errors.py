@@ -49,6 +49,7 @@ class InvalidCredentials(DomainError):
 class LoginRateLimited(DomainError):
     code = AccountErrorCode.RATE_LIMITED
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 1  # the login limit says when its window ends
     default_message = "Too many login attempts; try again after Retry-After seconds."
 
 
@@ -56,6 +57,7 @@ class AdjustmentNotPending(DomainError):
     """The balance adjustment request was approved or rejected already (maybe a moment ago, by
     another admin)."""
 
+    admin_only = True
     code = AccountErrorCode.ADJUSTMENT_NOT_PENDING
     status_code = status.HTTP_409_CONFLICT
     default_message = "This request was decided already; nothing was changed."
@@ -64,6 +66,7 @@ class AdjustmentNotPending(DomainError):
 class OwnAdjustment(DomainError):
     """An admin approving the credit they asked for: it takes a second admin."""
 
+    admin_only = True
     code = AccountErrorCode.OWN_ADJUSTMENT
     status_code = status.HTTP_403_FORBIDDEN
     default_message = "A credit you asked for needs another admin's approval."

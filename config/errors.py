@@ -49,6 +49,7 @@ class DomainError(Exception):
     status_code: int = status.HTTP_409_CONFLICT
     default_message: str = "The request conflicts with the current state."
     retry_after: int | None = None  # seconds, sent as Retry-After: the request may simply be repeated then
+    admin_only: bool = False  # raised only by what the admin calls: no API operation answers it
 
     def __init__(
         self, message: str | None = None, *, details: dict[str, Any] | None = None, retry_after: int | None = None
@@ -118,18 +119,11 @@ def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
         return _drf_error(exc)
     if isinstance(exc, (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)):
         logger.warning("backing service unavailable: %s: %s", type(exc).__name__, exc)
-        unavailable = ServiceUnavailable()
-        return Response(
-            error_body(unavailable.code, unavailable.message),
-            status=unavailable.status_code,
-            headers={"Retry-After": "1"},
-        )
+        return _error_response(ServiceUnavailable(), context)
     if isinstance(exc, DatabaseError):
         logger.exception("database error on %s", context.get("request") and context["request"].path)
-        return Response(
-            error_body(ErrorCode.SERVICE_UNAVAILABLE, "The database refused the request; nothing was changed."),
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+        # A 503 like any other (Retry-After too, as the schema says of every 503).
+        return _error_response(ServiceUnavailable("The database refused the request; nothing was changed."), context)
     return None
 
 

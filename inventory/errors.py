@@ -22,6 +22,7 @@ class OutOfStock(DomainError):
 class StockTotalTooLarge(DomainError):
     """An addition would take a product's stock past STOCK_TOTAL_MAX (inventory/services.py)."""
 
+    admin_only = True
     code = InventoryErrorCode.STOCK_TOTAL_TOO_LARGE
     status_code = status.HTTP_409_CONFLICT
     default_message = "That would take the product's stock past the most it may hold; nothing was changed."
@@ -65,4 +66,5 @@ class RateLimited(DomainError):
 
     code = ErrorCode.RATE_LIMITED
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 1  # the reservation says when the counter's window ends
     default_message = "Too many orders; nothing was reserved. Try again after Retry-After seconds."

@@ -5,12 +5,36 @@ import orjson
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from accounts.errors import AccountMissing, BalanceConflict, InsufficientBalance
 from config import metrics
-from orders.errors import NotYourOrder
+from config.schema import raises
+from coupons.errors import CouponInvalid
+from inventory.errors import (
+    OutOfStock,
+    ProductNotFound,
+    ProductUnavailable,
+    PurchaseLimitReached,
+    RateLimited,
+    ReservationLost,
+    StockNotLoaded,
+)
+from inventory.legacy import LockTimeout
+from orders.errors import (
+    CancelWindowClosed,
+    IdempotencyKeyReused,
+    InvalidStatusTransition,
+    NotYourOrder,
+    OrderNotFound,
+    PaymentBacklogFull,
+    PriceChanged,
+    TooManyIdempotencyKeys,
+    TooManyUnpaidOrders,
+)
+from orders.idempotency import KeyTakenOver, RequestInProgress
 from orders.selectors import order_get, order_list
 from orders.serializers import (
     OrderDetailOutputSerializer,
@@ -22,8 +46,10 @@ from orders.serializers import (
 )
 from orders.services import OrderLine, order_cancel, order_place
 
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key", {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH}, OpenApiParameter.HEADER,
+    required=False,
     description="Same key from the same user: the first answer is replayed, nothing is ordered twice.",
 )  # fmt: skip
 
@@ -31,6 +57,20 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
 PREFER_HEADER = OpenApiParameter(
     "Prefer", str, OpenApiParameter.HEADER, required=False,
     description="`respond-async`: answer 202 once stock is reserved; a settler pays it in its next batch.",
+)  # fmt: skip
+
+# What the answers of an order carry beside the body.
+REPLAYED_HEADER = OpenApiParameter(
+    "Idempotent-Replayed", {"type": "string", "enum": ["true"]}, OpenApiParameter.HEADER, response=[201, 202],
+    description="Present when this is the answer an earlier request with the same Idempotency-Key got.",
+)  # fmt: skip
+LOCATION_HEADER = OpenApiParameter(
+    "Location", {"type": "string", "format": "uri-reference"}, OpenApiParameter.HEADER, response=[202],
+    required=True, description="The order (`/api/v1/orders/{orderId}`): poll it for its progress.",
+)  # fmt: skip
+PREFERENCE_APPLIED_HEADER = OpenApiParameter(
+    "Preference-Applied", {"type": "string", "enum": ["respond-async"]}, OpenApiParameter.HEADER, response=[202],
+    required=True, description="The order is paid after this answer (RFC 7240).",
 )  # fmt: skip
 
 
@@ -50,21 +90,29 @@ def request_fingerprint(data: dict) -> str:
 
 
 class OrderListCreateApi(APIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
+
     @extend_schema(
         request=OrderInputSerializer,
         responses={201: OrderOutputSerializer, 202: OrderOutputSerializer},
-        parameters=[IDEMPOTENCY_HEADER, PREFER_HEADER],
+        parameters=[IDEMPOTENCY_HEADER, PREFER_HEADER, REPLAYED_HEADER, LOCATION_HEADER, PREFERENCE_APPLIED_HEADER],
         summary="Place an order: reserve stock, apply the coupon, pay from the balance",
         description="201 with the paid order; with `Prefer: respond-async`, 202 with the order PENDING_PAYMENT "
         "for a settler to pay in its next batch (follow `Location` to watch its progress).",
     )
+    @raises(
+        NotYourOrder, IdempotencyKeyReused, RequestInProgress, KeyTakenOver, TooManyIdempotencyKeys,  # the key's
+        ProductNotFound, ProductUnavailable, PriceChanged, RateLimited, OutOfStock, PurchaseLimitReached,
+        TooManyUnpaidOrders, CouponInvalid, InsufficientBalance, AccountMissing, BalanceConflict, LockTimeout,
+        PaymentBacklogFull, ReservationLost, StockNotLoaded,
+    )  # fmt: skip
     def post(self, request):
         data = order_input_validate(request.data)
         if data["userId"] != request.user.id:
             raise NotYourOrder()
         key = request.META.get("HTTP_IDEMPOTENCY_KEY") or None
-        if key is not None and len(key) > 255:
-            raise ValidationError({"Idempotency-Key": ["At most 255 characters."]})
+        if key is not None and len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise ValidationError({"Idempotency-Key": [f"At most {IDEMPOTENCY_KEY_MAX_LENGTH} characters."]})
         placed = order_place(
             asynchronous=_prefers_async(request),
             user_id=request.user.id,
@@ -87,13 +135,14 @@ class OrderListCreateApi(APIView):
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
     def get(self, request):
-        paginator = PageNumberPagination()
+        paginator = self.pagination_class()
         page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
         return paginator.get_paginated_response([order_to_dict(order) for order in page])
 
 
 class OrderDetailApi(APIView):
     @extend_schema(responses={200: OrderDetailOutputSerializer}, summary="One of the caller's orders, with progress")
+    @raises(OrderNotFound)
     def get(self, request, orderId: int):  # the URL names it as the API does
         return Response(order_detail_to_dict(order_get(order_id=orderId, user_id=request.user.id)))
 
@@ -102,5 +151,6 @@ class OrderCancelApi(APIView):
     @extend_schema(
         request=None, responses={200: OrderOutputSerializer}, summary="Cancel: refund, release stock and coupon"
     )
+    @raises(OrderNotFound, InvalidStatusTransition, CancelWindowClosed)
     def post(self, request, orderId: int):
         return Response(order_to_dict(order_cancel(order_id=orderId, user_id=request.user.id)))

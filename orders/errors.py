@@ -46,6 +46,7 @@ class TooManyIdempotencyKeys(DomainError):
 
     code = OrderErrorCode.TOO_MANY_IDEMPOTENCY_KEYS
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after = 3600  # raised with the time until the caller's oldest key is purged
     default_message = (
         "This account holds too many recent Idempotency-Keys; order without one, or reuse the key of a retry."
     )

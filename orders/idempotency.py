@@ -19,6 +19,7 @@ inside its order's transaction, so its order never commits and only the retry's 
 from __future__ import annotations
 
 import datetime
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def begin(*, user_id: int, key: str, fingerprint: str) -> Claim | PlacedOrder:
         record = IdempotencyRecord.objects.filter(user_id=user_id, key=key).first()
         if record is None:
             if keys >= cap:
-                raise TooManyIdempotencyKeys(details={"limit": cap, "ttlHours": settings.IDEMPOTENCY_KEY_TTL_HOURS})
+                raise TooManyIdempotencyKeys(details={"limit": cap, "ttlHours": settings.IDEMPOTENCY_KEY_TTL_HOURS},
+                                             retry_after=_until_a_key_expires(user_id))  # fmt: skip
             continue  # the holder gave the key up a moment ago: try to take it
         if record.request_fingerprint != fingerprint:
             raise IdempotencyKeyReused()
@@ -137,6 +139,21 @@ def begin(*, user_id: int, key: str, fingerprint: str) -> Claim | PlacedOrder:
         if time.monotonic() >= deadline:
             raise RequestInProgress()
         time.sleep(0.02)
+
+
+def _until_a_key_expires(user_id: int) -> int:
+    """Seconds until the user's oldest key is past its TTL and purged (beat's purge runs hourly)."""
+    oldest = (
+        IdempotencyRecord.objects.filter(user_id=user_id)
+        .order_by("created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if oldest is None:  # purged a moment ago
+        return 1
+    purge_every = settings.CELERY_BEAT_SCHEDULE["purge-idempotency-keys"]["schedule"]
+    expires = oldest + datetime.timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS, seconds=purge_every)
+    return max(1, math.ceil((expires - timezone.now()).total_seconds()))
 
 
 def _take_over_if_stale(record: IdempotencyRecord, claim: Claim) -> bool:

@@ -18,8 +18,15 @@ class OrderItemInputSerializer(serializers.Serializer):
 
 class OrderInputSerializer(serializers.Serializer):
     userId = StrictIntegerField(min_value=1, max_value=MAX_ID, help_text="Must be the authenticated caller.")
-    orderItems = OrderItemInputSerializer(many=True, min_length=1, max_length=MAX_ORDER_ITEMS)
-    couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1)
+    orderItems = OrderItemInputSerializer(
+        many=True,
+        min_length=1,
+        max_length=MAX_ORDER_ITEMS,
+        help_text=f"A product may stand on several lines: its quantities add up, to at most {MAX_ITEM_QUANTITY} "
+        "over all its lines (else 400).",
+    )
+    # Matched as sent: a code is not trimmed (the schema could not say which whitespace a trim drops).
+    couponCode = StrictCharField(required=False, allow_null=True, max_length=64, min_length=1, trim_whitespace=False)
 
     def validate_orderItems(self, items: list[dict]) -> list[dict]:
         over = _products_over_quantity_limit(items)
@@ -95,7 +102,7 @@ class OrderItemOutputSerializer(serializers.Serializer):
 
 class OrderOutputSerializer(serializers.Serializer):
     orderId = serializers.IntegerField(source="id")
-    status = serializers.CharField()
+    status = serializers.ChoiceField(choices=OrderStatus.choices)
     totalAmount = serializers.IntegerField(source="total_amount")
     discountAmount = serializers.IntegerField(source="discount_amount")
     paidAmount = serializers.IntegerField(source="paid_amount")

@@ -10,7 +10,7 @@ import sys
 from django.conf import settings
 
 ROOT = settings.BASE_DIR
-DEV_ONLY = ("pytest", "pytest_django", "playwright", "matplotlib", "numpy", "k6", "ruff")
+DEV_ONLY = ("pytest", "pytest_django", "playwright", "matplotlib", "numpy", "k6", "ruff", "schemathesis", "hypothesis")
 
 
 def _names(path) -> set[str]:
@@ -34,7 +34,7 @@ def test_every_requirement_is_pinned_in_the_constraints():
 def test_serving_requirements_leave_the_test_and_load_tools_out():
     serving = _names("requirements.txt")
     assert not serving & {name.replace("_", "-") for name in DEV_ONLY}
-    assert {"pytest", "playwright", "k6", "matplotlib", "ruff"} <= _names("requirements-dev.txt")
+    assert {"pytest", "playwright", "k6", "matplotlib", "ruff", "schemathesis"} <= _names("requirements-dev.txt")
 
 
 def test_the_server_starts_without_the_test_and_load_tools():

@@ -183,6 +183,7 @@ def _post(client, body, **extra):
         ("coupon_unknown", 409, "COUPON_INVALID"),
         ("coupon_expired", 409, "COUPON_INVALID"),
         ("coupon_min_amount", 409, "COUPON_INVALID"),
+        ("coupon_only_whitespace", 409, "COUPON_INVALID"),  # a code as sent, as the schema says; not a 400
         ("price_changed", 409, "PRICE_CHANGED"),
         ("unknown_product", 404, "NOT_FOUND"),
         ("inactive_product", 409, "PRODUCT_UNAVAILABLE"),
@@ -208,6 +209,8 @@ def test_business_errors_have_stable_codes_and_change_nothing(shop, case, expect
         body["couponCode"] = "OLD"
     elif case == "coupon_min_amount":
         body["couponCode"] = "BIG"
+    elif case == "coupon_only_whitespace":
+        body["couponCode"] = "  "
     elif case == "price_changed":
         body["orderItems"][0]["price"] = 99
     elif case == "unknown_product":

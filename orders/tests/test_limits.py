@@ -223,6 +223,8 @@ def test_a_user_holds_at_most_the_cap_of_idempotency_keys_and_still_gets_its_rep
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "TOO_MANY_IDEMPOTENCY_KEYS"
     assert refused.json()["error"]["details"] == {"limit": 3, "ttlHours": settings.IDEMPOTENCY_KEY_TTL_HOURS}
+    ttl_and_purge = settings.IDEMPOTENCY_KEY_TTL_HOURS * 3600 + 3600  # the oldest key's, made moments ago
+    assert ttl_and_purge - 60 <= int(refused["Retry-After"]) <= ttl_and_purge
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert others.status_code == 201
     assert Order.objects.filter(user=buyer).count() == 3
