@@ -27,6 +27,8 @@ HTTPS = {
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
     "SECURE_HSTS_PRELOAD": "true",
 }
+# /metrics for the token's holder alone, not for whoever is on loopback (a proxy on the host)
+METRICS = {"METRICS_TOKEN": secrets.token_urlsafe(32), "METRICS_ALLOW_LOOPBACK": "false"}
 
 
 @pytest.fixture(autouse=True)
@@ -103,11 +105,14 @@ def test_tests_start_without_a_key_and_check_deploy_fails_on_theirs():
     assert deploy.returncode != 0 and "config.E001" in deploy.stderr
 
 
-def test_check_deploy_is_clean_once_the_key_and_https_settings_are_set():
-    child = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS)
+def test_check_deploy_is_clean_once_the_key_https_and_metrics_settings_are_set():
+    child = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS, METRICS)
     assert child.returncode == 0, child.stderr
     assert "System check identified no issues" in child.stdout
     assert child.stderr == ""
+
+    open_metrics = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS)  # a warning, not a refusal
+    assert open_metrics.returncode == 0 and "config.W003" in open_metrics.stderr
 
 
 def test_https_settings_default_to_plain_http_and_follow_the_environment():

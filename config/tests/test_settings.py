@@ -139,3 +139,14 @@ def test_deploy_check_refuses_the_development_secret_key(settings, development_k
     settings.SECRET_KEY_IS_DEVELOPMENT = development_key
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
     assert ("config.E001" in ids) is refused
+
+
+@pytest.mark.parametrize(
+    "allow_loopback, token, warned",
+    [(True, "", True), (True, "s3cret", False), (False, "", False), (False, "s3cret", False)],
+)
+def test_deploy_check_warns_when_loopback_alone_guards_the_metrics(settings, allow_loopback, token, warned):
+    """Behind a proxy on the same host every caller comes from loopback: /metrics is public."""
+    settings.METRICS_ALLOW_LOOPBACK, settings.METRICS_TOKEN = allow_loopback, token
+    ids = {message.id for message in run_checks(include_deployment_checks=True)}
+    assert ("config.W003" in ids) is warned
