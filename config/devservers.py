@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from config.env import BASE_DIR, env  # reads .env first: SHOP_* and *_URL may be set there
+from config.private_files import private_file_read_or_create
 
 # A relative SHOP_DATA_DIR is under the project, whatever the current directory (PostgreSQL
 # itself resolves relative paths from its data directory, which would break its socket).
@@ -246,22 +247,12 @@ def uses_own_database() -> bool:
 
 
 def development_secret_key() -> str:
-    """A SECRET_KEY for this checkout alone, made once under the data directory (0600).
+    """A SECRET_KEY for this checkout alone, made once under the data directory (private from
+    its first byte, config/private_files.py), one for every process of the checkout.
 
     Random, unlike a key written in the code, which anyone could read and sign sessions with.
-    Several processes may start at once (gunicorn workers, Celery): the file appears whole or
-    not at all (a hard link of a finished file), and whoever loses the race reads the winner's.
     """
-    path = DATA_DIR / "secret-key.txt"
-    if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        draft.write_text(secrets.token_urlsafe(50))
-        draft.chmod(0o600)
-        with contextlib.suppress(FileExistsError):
-            os.link(draft, path)
-        draft.unlink()
-    return path.read_text().strip()
+    return private_file_read_or_create(DATA_DIR / "secret-key.txt", make=lambda: secrets.token_urlsafe(50))
 
 
 def start() -> None:

@@ -98,6 +98,22 @@ def test_a_developers_machine_gets_a_random_key_of_its_own_and_check_deploy_fail
     assert "config.E001" in deploy.stderr
 
 
+def test_the_development_key_file_is_never_readable_by_other_users(tmp_path):
+    program = (
+        "import django; django.setup()\n"
+        "from pathlib import Path\n"
+        "from config import devservers\n"
+        "from config.testing import files_open_to_others\n"
+        f"with files_open_to_others(Path({str(tmp_path)!r})) as exposed:\n"
+        "    devservers.development_secret_key()\n"
+        "print(sorted(exposed))"
+    )
+    child = _child(["-c", program], {"SHOP_TESTING": "1", "SHOP_DATA_DIR": str(tmp_path)})  # tests make no key
+
+    assert (child.returncode, child.stdout.strip()) == (0, "[]"), child.stderr
+    assert stat.S_IMODE((tmp_path / "secret-key.txt").stat().st_mode) == 0o600
+
+
 def test_tests_start_without_a_key_and_check_deploy_fails_on_theirs():
     child = _setup_and_print("settings.SECRET_KEY_IS_DEVELOPMENT", CLEAN, {"SHOP_TESTING": "1"})
     assert (child.returncode, child.stdout.strip()) == (0, "True"), child.stderr
