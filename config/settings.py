@@ -168,7 +168,7 @@ DATABASES["default"]["TEST"] = {"NAME": "test_shop"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default=devservers.DEFAULT_REDIS_URL)
+REDIS_URL = env.str("REDIS_URL", default="") or devservers.default_redis_url()
 TEST_REDIS_DB = 15
 LOADTEST_REDIS_DB = 14
 if TESTING:

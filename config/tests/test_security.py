@@ -169,10 +169,11 @@ def test_the_projects_redis_never_evicts_and_check_deploy_refuses_one_that_does(
         {"REDIS_URL": ""},
     )
     assert started.returncode == 0, started.stderr
-    server = redis.Redis(host="127.0.0.1", port=port)
+    password = (tmp_path / "redis-password.txt").read_text().strip()
+    server = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         assert server.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-        env = {**CLEAN, "SECRET_KEY": STRONG_KEY, **HTTPS, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        env = {**CLEAN, "SECRET_KEY": STRONG_KEY, **HTTPS, "REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0"}
         assert _check_deploy(env).returncode == 0
 
         server.config_set("maxmemory-policy", "allkeys-lru")

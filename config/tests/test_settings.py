@@ -33,7 +33,7 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         (
             {"DATABASE_URL": "", "REDIS_URL": "", "SHOP_TESTING": ""},
             "settings.DATABASES['default']['PORT'], settings.REDIS_URL",
-            f"{devservers.PG_PORT} {devservers.DEFAULT_REDIS_URL}",
+            f"{devservers.PG_PORT} {devservers.default_redis_url()}",
         ),
         (
             {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
@@ -43,7 +43,8 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         ),
         ({"ALLOWED_HOSTS": "shop.example, api.example"}, "settings.ALLOWED_HOSTS", "['shop.example', 'api.example']"),
         (
-            {"SHOP_DATA_DIR": "elsewhere/data"},
+            # (both URLs set: the own servers' password files would be made in that directory)
+            {"SHOP_DATA_DIR": "elsewhere/data", "DATABASE_URL": "postgres://unused/x", "REDIS_URL": "redis://unused/0"},
             "__import__('config.devservers').devservers.DATA_DIR",
             str(settings.BASE_DIR / "elsewhere" / "data"),
         ),
