@@ -312,6 +312,7 @@ def start_redis() -> None:
         ],
         input=f"requirepass {password}\n",
         text=True,
+        stdout=subprocess.DEVNULL,  # "Reading config from stdin", before it daemonizes
         check=True,
     )  # fmt: skip
     _wait_for_port(REDIS_PORT, "Redis")
