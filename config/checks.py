@@ -1,4 +1,5 @@
-"""`manage.py check --deploy` fails on what a deployment must not run with."""
+"""`manage.py check --deploy` fails on what a deployment must not run with, and warns about what
+it should not."""
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
@@ -14,6 +15,22 @@ def development_secret_key(app_configs, **kwargs) -> list[Error]:
             "SECRET_KEY is not set: a development key made for this checkout signs admin sessions and CSRF tokens.",
             hint="Set SECRET_KEY in the environment or in .env.",
             id="config.E001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def metrics_guarded_by_more_than_loopback(app_configs, **kwargs) -> list[Warning]:
+    """/metrics (stock levels, order rates, error counts) answers loopback callers without a
+    token; behind a reverse proxy on the same host, every client is a loopback caller."""
+    if not settings.METRICS_ALLOW_LOOPBACK or settings.METRICS_TOKEN:
+        return []
+    return [
+        Warning(
+            "/metrics answers every caller on loopback and METRICS_TOKEN is not set: behind a proxy on "
+            "this host, every client comes from loopback and can read the metrics.",
+            hint="Set METRICS_TOKEN and METRICS_ALLOW_LOOPBACK=false, or keep /metrics off the proxy.",
+            id="config.W003",
         )
     ]
 

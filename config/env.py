@@ -57,7 +57,7 @@ def configured_database_url() -> str:
     """DATABASE_URL, or the project's own PostgreSQL when it is unset or blank."""
     from config import devservers
 
-    return env.str("DATABASE_URL", default=devservers.DEFAULT_DATABASE_URL)
+    return env.str("DATABASE_URL", default="") or devservers.default_database_url()
 
 
 def database_url_naming(url: str, name: str) -> str:

@@ -45,7 +45,9 @@ def _allowed(request) -> bool:
         return True
     token = settings.METRICS_TOKEN
     scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500 to
+    # whoever sends one), and a header may carry any.
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def metrics_view(request):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from config import devservers
 from config.env import env
+from config.private_files import private_file_read_or_create
 
 BASE_DIR = devservers.BASE_DIR
 LOG_DIR = devservers.DATA_DIR / "logs"
@@ -58,8 +59,9 @@ def _prepare() -> None:
 
 
 def _ensure_admin() -> None:
-    """Create the admin user once, with a generated password kept in ADMIN_PASSWORD_FILE. An
-    admin that exists is left alone: a password changed in the admin stays changed."""
+    """Create the admin user once, with a generated password kept in ADMIN_PASSWORD_FILE (private
+    from its first byte). An admin that exists is left alone: a password changed in the admin
+    stays changed."""
     from accounts.models import User
 
     url = "http://127.0.0.1:8080/admin/"
@@ -71,10 +73,7 @@ def _ensure_admin() -> None:
         else:
             _say(f"admin: {url}  user 'admin'  password as changed in the admin (not {ADMIN_PASSWORD_FILE})")
         return
-    if not ADMIN_PASSWORD_FILE.exists():
-        ADMIN_PASSWORD_FILE.write_text(secrets.token_urlsafe(12))
-        ADMIN_PASSWORD_FILE.chmod(0o600)
-    password = ADMIN_PASSWORD_FILE.read_text().strip()
+    password = private_file_read_or_create(ADMIN_PASSWORD_FILE, make=lambda: secrets.token_urlsafe(12))
     User.objects.create_superuser(id=ADMIN_USER_ID, username="admin", password=password)
     _say(f"admin: {url}  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE}), created")
 

@@ -179,7 +179,7 @@ DATABASES["default"]["TEST"] = {"NAME": "test_shop"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default=devservers.DEFAULT_REDIS_URL)
+REDIS_URL = env.str("REDIS_URL", default="") or devservers.default_redis_url()
 TEST_REDIS_DB = 15
 LOADTEST_REDIS_DB = 14
 if TESTING:
@@ -411,7 +411,7 @@ PROMETHEUS_MULTIPROC_DIR = str(devservers.metrics_dir())
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
 # /metrics answers loopback callers, and others that send `Authorization: Bearer <token>`.
 # Behind a proxy on the same host every caller looks like loopback: set the token and turn
-# METRICS_ALLOW_LOOPBACK off.
+# METRICS_ALLOW_LOOPBACK off (check --deploy warns while loopback alone guards it, config.W003).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 METRICS_ALLOW_LOOPBACK = env.bool("METRICS_ALLOW_LOOPBACK", default=True)
 # Gauges read at scrape time (state, not events), each app's own.

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -247,6 +249,43 @@ def fresh_login_window(*, at_least: float = 10) -> None:
     left = window - time.time() % window
     if left < at_least:
         time.sleep(left + 0.01)
+
+
+# Python's audit events for what creates, opens, renames or changes the mode of a file
+_FILE_EVENTS = frozenset({"open", "os.chmod", "os.chown", "os.link", "os.rename", "os.remove", "os.symlink"})
+_watched: dict[Path, set[str]] = {}
+
+
+def _look_at_watched_directories(event: str, args: tuple) -> None:
+    if not _watched or event not in _FILE_EVENTS:
+        return
+    for directory, seen in list(_watched.items()):
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(directory):  # its own audit event, not a file event
+                with contextlib.suppress(FileNotFoundError):
+                    mode = os.lstat(directory / name).st_mode
+                    if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
+                        seen.add(name)
+
+
+@contextlib.contextmanager
+def files_open_to_others(directory: Path) -> Iterator[set[str]]:
+    """The names of the regular files in `directory` that anyone but their owner could read or write at
+    some moment of the block: looked at before every file operation this process makes (an
+    audit hook: the moment between a write and a chmod included) and at the end. The usual
+    umask (022) meanwhile, as on a shared host. Not thread-safe as to the umask."""
+    if not getattr(files_open_to_others, "hooked", False):
+        sys.addaudithook(_look_at_watched_directories)  # for the process's lifetime; idle unless watching
+        files_open_to_others.hooked = True
+    seen: set[str] = set()
+    umask = os.umask(0o022)
+    _watched[directory] = seen
+    try:
+        yield seen
+        _look_at_watched_directories("open", ())
+    finally:
+        del _watched[directory]
+        os.umask(umask)
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str = "condition") -> object:

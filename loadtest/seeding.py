@@ -13,6 +13,7 @@ from django.db import connection, transaction
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import token_create_many
+from config.private_files import private_file_write
 from coupons.models import Coupon
 from inventory import stock
 from inventory.models import Product, StockMovement
@@ -149,8 +150,9 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
         redis.delete(*keys[i : i + 1000])
     inventory_reconcile()
 
-    TOKENS_PATH.parent.mkdir(parents=True, exist_ok=True)  # .data/ is not there with both servers configured
-    TOKENS_PATH.write_text(json.dumps(tokens))
+    # Bearer tokens: private from the first byte, replacing the last seed's file whole (and the
+    # directory made if missing: .data/ is not there with both servers configured)
+    private_file_write(TOKENS_PATH, json.dumps(tokens))
     progress(f"wrote {len(tokens)} tokens to {TOKENS_PATH}")
     return tokens
 

@@ -221,6 +221,9 @@ def test_a_forced_balance_version_conflict_is_counted_once_and_retried():
         ("203.0.113.7", "Bearer ", "", True, 403),  # no token configured: an empty one opens nothing
         ("127.0.0.1", "", "s3cret", False, 403),  # behind a local proxy: loopback is not enough
         ("127.0.0.1", "Bearer s3cret", "s3cret", False, 200),
+        # Not ASCII: a wrong token like any other (compared as bytes), not a 500
+        ("203.0.113.7", "Bearer s3crét", "s3cret", True, 403),
+        ("203.0.113.7", "Bearer пароль", "s3cret", True, 403),
     ],
 )
 def test_metrics_answer_loopback_or_the_bearer_token_only(
@@ -235,8 +238,8 @@ def test_metrics_answer_loopback_or_the_bearer_token_only(
     if status == 403:
         assert json.loads(response.content)["error"]["code"] == "FORBIDDEN"
         assert b"shop_" not in response.content
-    else:
-        assert b"shop_orders_total" in response.content
+    else:  # the scrape's own gauge: counters appear only once something counted them
+        assert b"shop_scrape_collector_up" in response.content
 
 
 # --- Request ids ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ HTTPS = {
     "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
     "SECURE_HSTS_PRELOAD": "true",
 }
+# /metrics for the token's holder alone, not for whoever is on loopback (a proxy on the host)
+METRICS = {"METRICS_TOKEN": secrets.token_urlsafe(32), "METRICS_ALLOW_LOOPBACK": "false"}
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +98,22 @@ def test_a_developers_machine_gets_a_random_key_of_its_own_and_check_deploy_fail
     assert "config.E001" in deploy.stderr
 
 
+def test_the_development_key_file_is_never_readable_by_other_users(tmp_path):
+    program = (
+        "import django; django.setup()\n"
+        "from pathlib import Path\n"
+        "from config import devservers\n"
+        "from config.testing import files_open_to_others\n"
+        f"with files_open_to_others(Path({str(tmp_path)!r})) as exposed:\n"
+        "    devservers.development_secret_key()\n"
+        "print(sorted(exposed))"
+    )
+    child = _child(["-c", program], {"SHOP_TESTING": "1", "SHOP_DATA_DIR": str(tmp_path)})  # tests make no key
+
+    assert (child.returncode, child.stdout.strip()) == (0, "[]"), child.stderr
+    assert stat.S_IMODE((tmp_path / "secret-key.txt").stat().st_mode) == 0o600
+
+
 def test_tests_start_without_a_key_and_check_deploy_fails_on_theirs():
     child = _setup_and_print("settings.SECRET_KEY_IS_DEVELOPMENT", CLEAN, {"SHOP_TESTING": "1"})
     assert (child.returncode, child.stdout.strip()) == (0, "True"), child.stderr
@@ -103,11 +121,14 @@ def test_tests_start_without_a_key_and_check_deploy_fails_on_theirs():
     assert deploy.returncode != 0 and "config.E001" in deploy.stderr
 
 
-def test_check_deploy_is_clean_once_the_key_and_https_settings_are_set():
-    child = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS)
+def test_check_deploy_is_clean_once_the_key_https_and_metrics_settings_are_set():
+    child = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS, METRICS)
     assert child.returncode == 0, child.stderr
     assert "System check identified no issues" in child.stdout
     assert child.stderr == ""
+
+    open_metrics = _check_deploy(CLEAN, {"SECRET_KEY": STRONG_KEY}, HTTPS)  # a warning, not a refusal
+    assert open_metrics.returncode == 0 and "config.W003" in open_metrics.stderr
 
 
 def test_https_settings_default_to_plain_http_and_follow_the_environment():
@@ -148,10 +169,11 @@ def test_the_projects_redis_never_evicts_and_check_deploy_refuses_one_that_does(
         {"REDIS_URL": ""},
     )
     assert started.returncode == 0, started.stderr
-    server = redis.Redis(host="127.0.0.1", port=port)
+    password = (tmp_path / "redis-password.txt").read_text().strip()
+    server = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         assert server.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-        env = {**CLEAN, "SECRET_KEY": STRONG_KEY, **HTTPS, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}
+        env = {**CLEAN, "SECRET_KEY": STRONG_KEY, **HTTPS, "REDIS_URL": f"redis://:{password}@127.0.0.1:{port}/0"}
         assert _check_deploy(env).returncode == 0
 
         server.config_set("maxmemory-policy", "allkeys-lru")

@@ -2,13 +2,14 @@
 
 import os
 import signal
+import stat
 import sys
 
 import pytest
 
 from accounts.models import User
 from config import serve
-from config.testing import wait_for
+from config.testing import files_open_to_others, wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +28,14 @@ def test_the_admin_is_created_once_with_the_generated_password(password_file, ca
     admin = User.objects.get(username="admin")
     assert admin.is_superuser and admin.is_staff and admin.check_password(first)
     assert f"password '{first}'" in capsys.readouterr().out
+
+
+def test_the_admin_password_file_is_never_readable_by_other_users(password_file):
+    with files_open_to_others(password_file.parent) as exposed:
+        serve._ensure_admin()
+
+    assert exposed == set()
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
 
 
 def test_a_password_changed_in_the_admin_survives_the_next_start(password_file, capsys):

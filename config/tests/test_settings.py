@@ -33,7 +33,7 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         (
             {"DATABASE_URL": "", "REDIS_URL": "", "SHOP_TESTING": ""},
             "settings.DATABASES['default']['PORT'], settings.REDIS_URL",
-            f"{devservers.PG_PORT} {devservers.DEFAULT_REDIS_URL}",
+            f"{devservers.PG_PORT} {devservers.default_redis_url()}",
         ),
         (
             {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
@@ -43,7 +43,8 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         ),
         ({"ALLOWED_HOSTS": "shop.example, api.example"}, "settings.ALLOWED_HOSTS", "['shop.example', 'api.example']"),
         (
-            {"SHOP_DATA_DIR": "elsewhere/data"},
+            # (both URLs set: the own servers' password files would be made in that directory)
+            {"SHOP_DATA_DIR": "elsewhere/data", "DATABASE_URL": "postgres://unused/x", "REDIS_URL": "redis://unused/0"},
             "__import__('config.devservers').devservers.DATA_DIR",
             str(settings.BASE_DIR / "elsewhere" / "data"),
         ),
@@ -139,3 +140,14 @@ def test_deploy_check_refuses_the_development_secret_key(settings, development_k
     settings.SECRET_KEY_IS_DEVELOPMENT = development_key
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
     assert ("config.E001" in ids) is refused
+
+
+@pytest.mark.parametrize(
+    "allow_loopback, token, warned",
+    [(True, "", True), (True, "s3cret", False), (False, "", False), (False, "s3cret", False)],
+)
+def test_deploy_check_warns_when_loopback_alone_guards_the_metrics(settings, allow_loopback, token, warned):
+    """Behind a proxy on the same host every caller comes from loopback: /metrics is public."""
+    settings.METRICS_ALLOW_LOOPBACK, settings.METRICS_TOKEN = allow_loopback, token
+    ids = {message.id for message in run_checks(include_deployment_checks=True)}
+    assert ("config.W003" in ids) is warned

@@ -11,6 +11,8 @@
 -- Returns {1, epoch} reserved | {0, product id, available} out of stock | {-1} stock not loaded
 --   | {-2, counter index (1-based), ms until its window ends} a counter is over its limit
 --   | {-3, product id, limit, units already held} the holder's purchase limit
+-- A product id goes back as the string it came as: a Lua number is a double, exact only up to
+-- 2^53, and ids are bigints.
 -- Admission counters are fixed windows: INCR, and PEXPIRE on the window's first count. Each
 -- attempt counts, admitted or not, so a client that keeps hammering stays refused until the
 -- window ends. They run here, in the reservation's own call, so that limiting costs an order no
@@ -50,7 +52,7 @@ local first = 8 + 2 * counters
 for i = first, #ARGV, 2 do
   local available = tonumber(redis.call('GET', prefix .. ARGV[i]) or '0')
   if available < tonumber(ARGV[i + 1]) then
-    return {0, tonumber(ARGV[i]), available}
+    return {0, ARGV[i], available}
   end
 end
 local limited = {}
@@ -60,7 +62,7 @@ if holder ~= '' then
     if limit then
       local held = tonumber(redis.call('HGET', ARGV[6] .. ARGV[i], holder) or '0')
       if held + tonumber(ARGV[i + 1]) > tonumber(limit) then
-        return {-3, tonumber(ARGV[i]), tonumber(limit), held}
+        return {-3, ARGV[i], tonumber(limit), held}
       end
       limited[#limited + 1] = i
     end

@@ -4,7 +4,7 @@ import pytest
 
 from config.testing import make_product
 from inventory import stock
-from inventory.errors import OutOfStock, StockNotLoaded
+from inventory.errors import OutOfStock, PurchaseLimitReached, StockNotLoaded
 from inventory.services import on_hand_by_product, stock_adjust, stock_epoch, stock_release, stock_reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -20,6 +20,20 @@ def test_a_reservation_takes_every_item_or_none_and_names_the_one_that_failed():
     assert stock.available(product_ids=[a.id, b.id]) == {a.id: 5, b.id: 2}
     stock_reserve(quantities={a.id: 3, b.id: 2})
     assert stock.available(product_ids=[a.id, b.id]) == {a.id: 2, b.id: 0}
+
+
+@pytest.mark.parametrize("product_id", [2**53 + 1, 2**63 - 1])
+def test_a_refusal_names_a_bigint_product_id_exactly(product_id):
+    """Ids past 2**53 are not exact as Lua numbers (doubles): the script answers them as sent."""
+    with pytest.raises(OutOfStock) as out:
+        stock_reserve(quantities={product_id: 1})
+    stock.add_available(product_id=product_id, quantity=5)
+    stock.set_purchase_limit(product_id=product_id, limit=1)
+    with pytest.raises(PurchaseLimitReached) as limited:
+        stock_reserve(quantities={product_id: 2}, holder=7)
+
+    assert out.value.details == {"productId": product_id, "requested": 1, "available": 0}
+    assert limited.value.details == {"productId": product_id, "limit": 1, "alreadyHeld": 0, "requested": 2}
 
 
 def test_releasing_twice_gives_the_units_back_once():

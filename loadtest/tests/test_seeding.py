@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import stat
+
 import pytest
 
 from accounts.models import User
 from accounts.services import user_create
+from config.testing import files_open_to_others
 from loadtest.seeding import CUSTOMER_ID_LIMIT, SeedRefused, SeedShape, seed
 from orders.models import Order
 
@@ -24,6 +27,17 @@ def test_people_added_after_a_seed_get_ids_outside_the_customers_and_a_bigger_re
     assert User.objects.filter(pk=staff.pk, is_staff=True).exists()
     assert not User.objects.filter(pk=someone.pk).exists()  # customers are replaced, whoever made them
     assert User.objects.create_user(username="next", password="x").id > staff.id
+
+
+def test_the_tokens_file_is_never_readable_by_other_users(tokens_path):
+    with files_open_to_others(tokens_path.parent) as exposed:
+        seed(SeedShape(users=3, products=1, stock=10))
+    assert exposed == set()
+    assert stat.S_IMODE(tokens_path.stat().st_mode) == 0o600
+
+    tokens_path.chmod(0o644)  # a file from before this rule is replaced by a private one
+    seed(SeedShape(users=3, products=1, stock=10))
+    assert stat.S_IMODE(tokens_path.stat().st_mode) == 0o600
 
 
 @pytest.mark.slow

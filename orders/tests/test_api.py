@@ -326,6 +326,10 @@ BAD_INPUT = [
     ("missing price", {"drop_item": "price"}, None, 400, "VALIDATION_ERROR"),
     ("unknown product id", {"productId": 424242}, None, 404, "NOT_FOUND"),
     ("product id zero", {"productId": 0}, None, 400, "VALIDATION_ERROR"),
+    # Past 2**53 a Lua number (a double) no longer holds every integer: no id may go through one
+    ("product id past doubles", {"productId": 2**53 + 1}, None, 404, "NOT_FOUND"),
+    ("largest bigint product id", {"productId": 2**63 - 1}, None, 404, "NOT_FOUND"),
+    ("product id just past bigint", {"productId": 2**63}, None, 400, "VALIDATION_ERROR"),
     ("product id beyond bigint", {"productId": 2**64}, None, 400, "VALIDATION_ERROR"),
     ("userId beyond bigint", {"userId": 2**70}, None, 400, "VALIDATION_ERROR"),
     ("coupon not a string", {"couponCode": 12}, None, 400, "VALIDATION_ERROR"),
@@ -357,14 +361,18 @@ def _bad_body(user, product, spec):
 
 
 @pytest.mark.parametrize("name, spec, content_type, expected_status, expected_code", BAD_INPUT)
+@pytest.mark.parametrize("prefer", [None, "respond-async"])
 def test_bad_input_is_a_4xx_with_its_code_and_changes_nothing(
-    shop, name, spec, content_type, expected_status, expected_code
+    shop, name, spec, content_type, expected_status, expected_code, prefer
 ):
     user, client, product, _ = shop
     before = state_fingerprint()
 
     response = client.post(
-        "/api/v1/orders", _bad_body(user, product, spec), content_type=content_type or "application/json"
+        "/api/v1/orders",
+        _bad_body(user, product, spec),
+        content_type=content_type or "application/json",
+        **({"HTTP_PREFER": prefer} if prefer else {}),
     )
 
     assert response.status_code == expected_status, (name, response.content)

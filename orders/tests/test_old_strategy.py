@@ -3,10 +3,12 @@
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 from django.db import connection
 
 from accounts.models import Account
+from config.database import current_database_url
 from config.testing import (
     BalanceRowHeld,
     CountedSince,
@@ -107,3 +109,47 @@ def test_old_design_gives_up_with_lock_timeout_when_a_product_stays_locked(old_d
     assert response.status_code == 409 and response.json()["error"]["code"] == "LOCK_TIMEOUT"
     assert old_design["lock_timeouts"] == 1
     assert Order.objects.count() == 0 and on_hand_by_product()[product.id] == 10
+
+
+def _orders_waiting_on_a_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_lock_that_expires_mid_transaction_keeps_the_next_holder_out_until_the_first_commits(old_design, settings):
+    """The last unit, two buyers. The first holds its product lock past the lock's TTL: the test
+    holds the first buyer's account row, so that order waits at its payment with the unit taken
+    in its open transaction. Once the lock has expired the second order takes it; it must not
+    read the stock before the first order is over."""
+    settings.LEGACY_LOCK_TTL_MS = 200  # shortened: the first order holds its lock for much longer
+    product = make_product(price=1, stock_quantity=1)
+    first, second = make_user(balance=10), make_user(balance=10)
+    clients = {first: client_for(first), second: client_for(second)}
+
+    def post(user):
+        try:
+            return clients[user].post("/api/v1/orders", order_body(user, (product, 1)), format="json")
+        finally:
+            connection.close()
+
+    blocker = psycopg.connect(current_database_url())
+    try:
+        blocker.execute("SELECT 1 FROM accounts_account WHERE user_id = %s FOR UPDATE", [first.id])
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            first_order = pool.submit(post, first)
+            wait_for(lambda: _orders_waiting_on_a_lock() == 1, what="the first order to wait at its payment")
+            wait_for(lambda: not stock.redis_client().exists(f"{LOCK_PREFIX}{product.id}"), what="its lock to expire")
+            second_order = pool.submit(post, second)
+            wait_for(lambda: second_order.done() or _orders_waiting_on_a_lock() == 2, what="the second order")
+            blocker.rollback()  # the first order pays and commits
+            answers = [first_order.result(timeout=60), second_order.result(timeout=60)]
+    finally:
+        blocker.close()
+
+    assert [answer.status_code for answer in answers] == [201, 409], [a.content for a in answers]
+    assert answers[1].json()["error"]["code"] == "OUT_OF_STOCK"
+    assert Order.objects.count() == 1 and on_hand_by_product()[product.id] == 0
+    assert Account.objects.get(user=second).balance == 10

@@ -11,7 +11,6 @@ from django.test import override_settings
 from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config import devservers
-from config.env import configured_database_url
 from config.testing import (
     Settler,
     free_port,
@@ -47,7 +46,7 @@ def _all_settled(orders: list[Order]) -> bool:
 
 
 @pytest.mark.skipif(
-    configured_database_url() != devservers.DEFAULT_DATABASE_URL,
+    not devservers.uses_own_database(),
     reason="restarts PostgreSQL: only the project's own server (DATABASE_URL unset)",
 )
 def test_postgresql_crashing_mid_batch_loses_no_accepted_order_and_charges_each_once():
