@@ -22,14 +22,14 @@ $(BIN)/.installed-dev: $(BIN)/.installed-serve requirements-dev.txt constraints.
 	touch $@
 
 run: $(BIN)/.installed-serve  ## serve on 127.0.0.1:8080 (starts PostgreSQL and Redis, migrates, seeds)
-	$(BIN)/python -m config.serve
+	$(BIN)/python -m devtools.serve
 
 test: $(BIN)/.installed-dev  ## run every test against real PostgreSQL and Redis (and Chromium)
-	$(BIN)/python -m config.browser
+	$(BIN)/python -m devtools.browser
 	$(BIN)/python -m pytest
 
 stop: $(BIN)/.installed-serve  ## stop gunicorn, the Celery worker and beat, PostgreSQL and Redis
-	$(BIN)/python -m config.serve stop
+	$(BIN)/python -m devtools.serve stop
 
 loadtest: $(BIN)/.installed-dev  ## e.g. make loadtest ARGS="--scenario load --compare"
 	$(BIN)/python manage.py loadtest $(ARGS)

@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL and Redis (see config/pytest_plugin.py)."""
+"""Shared fixtures: real PostgreSQL and Redis (see devtools/pytest_plugin.py)."""
 
 import pytest
 from redis.connection import parse_url

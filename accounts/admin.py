@@ -13,8 +13,8 @@ from accounts.services import (
     token_caches_clear,
     token_revoke_many,
 )
-from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
-from config.errors import DomainError
+from kernel.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
+from kernel.errors import DomainError
 
 # The admin's login is limited as the API's is (accounts/login_limits.py).
 admin.site.login_form = AdminLoginForm

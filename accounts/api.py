@@ -8,7 +8,7 @@ from accounts.errors import InvalidCredentials, LoginRateLimited
 from accounts.selectors import account_get
 from accounts.serializers import AccountOutputSerializer, TokenLoginInputSerializer, TokenOutputSerializer
 from accounts.services import token_login, token_revoke, token_revoke_all
-from config.schema import raises
+from kernel.schema import raises
 
 
 class MeApi(APIView):

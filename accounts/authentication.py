@@ -37,7 +37,7 @@ from rest_framework.exceptions import AuthenticationFailed
 
 from accounts import tokens
 from accounts.models import ApiToken, User
-from config.database import sql_one
+from kernel.database import sql_one
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@ from enum import StrEnum
 
 from rest_framework import status
 
-from config.errors import DomainError, ErrorCode
+from kernel.errors import DomainError, ErrorCode
 
 
 class AccountErrorCode(StrEnum):

@@ -28,10 +28,10 @@ from accounts.errors import (
 from accounts.login_limits import login_attempt_count, login_failure_count
 from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.tokens import generation_bump, token_generate, token_hash
-from config import metrics
-from config.actors import admin_reference
-from config.database import sql_all, sql_execute, sql_one
-from config.retry import Backoff, RetryExhausted, retry_on_conflict
+from kernel import metrics
+from kernel.actors import admin_reference
+from kernel.database import sql_all, sql_execute, sql_one
+from kernel.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
 

@@ -53,13 +53,6 @@ class _Env(environ.Env):
 env = _Env()
 
 
-def configured_database_url() -> str:
-    """DATABASE_URL, or the project's own PostgreSQL when it is unset or blank."""
-    from config import devservers
-
-    return env.str("DATABASE_URL", default="") or devservers.default_database_url()
-
-
 def database_url_naming(url: str, name: str) -> str:
     """`url` with its database name replaced, everything else as written: host or socket
     directory, credentials, options. By hand, not urlunsplit, which would read

@@ -19,8 +19,8 @@ from pathlib import Path
 _PROJECT_DIR = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_DIR not in sys.path:
     sys.path.insert(0, _PROJECT_DIR)
-from config.devservers import metrics_dir  # noqa: E402
 from config.env import env  # noqa: E402
+from config.local import metrics_dir  # noqa: E402
 
 bind = env.str("BIND", default="127.0.0.1:8080")
 workers = env.int("GUNICORN_WORKERS", default=multiprocessing.cpu_count() * 2)
@@ -50,7 +50,7 @@ def post_worker_init(worker):
     gunicorn_errors.install()
 
 
-# Prometheus multiprocess mode (config/metrics.py): the workers inherit the directory from here.
+# Prometheus multiprocess mode (kernel/metrics.py): the workers inherit the directory from here.
 _METRICS_DIR = str(metrics_dir())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-# The stable codes of config.errors.ErrorCode (a test checks that they are among them).
+# The stable codes of kernel.errors.ErrorCode (a test checks that they are among them).
 CODES = {
     400: "MALFORMED_REQUEST",
     403: "FORBIDDEN",

@@ -1,6 +1,7 @@
 """Settings, all from the environment (django-environ), with defaults for development.
 
-Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/devservers.py).
+Unset DATABASE_URL / REDIS_URL mean "the project's own servers" (config/local.py; started by
+devtools/devservers.py).
 """
 
 import logging
@@ -10,8 +11,8 @@ from csp.constants import NONE as CSP_NONE
 from csp.constants import SELF as CSP_SELF
 from django.core.exceptions import ImproperlyConfigured
 
-from config import devservers
-from config.env import BASE_DIR, configured_database_url, env, redis_url_with_db
+from config import local
+from config.env import BASE_DIR, env, redis_url_with_db
 
 TESTING = env.bool("SHOP_TESTING", default=False)
 # The process of a load run that starts its own servers (`manage.py loadtest` without --url sets
@@ -30,13 +31,13 @@ SECRET_KEY_IS_DEVELOPMENT = not SECRET_KEY
 if SECRET_KEY_IS_DEVELOPMENT and TESTING:
     SECRET_KEY = "tests-only-secret-key-never-deployed"
 elif SECRET_KEY_IS_DEVELOPMENT:
-    if not (DEBUG or devservers.uses_own_database()):
+    if not (DEBUG or local.uses_own_database()):
         raise ImproperlyConfigured(
             "SECRET_KEY is not set. Set it in the environment or in .env (for example the output of "
             "`python -c 'import secrets; print(secrets.token_urlsafe(50))'`); it signs sessions and CSRF tokens. "
             "Only DEBUG, tests or the project's own development PostgreSQL (DATABASE_URL unset) start without it."
         )
-    SECRET_KEY = devservers.development_secret_key()
+    SECRET_KEY = local.development_secret_key()
 ALLOWED_HOSTS = [
     host.strip() for host in env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver", "[::1]"])
 ]
@@ -77,6 +78,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "csp",
     "config",
+    "ops",  # the operator page's static files and its beat task
     "accounts",
     "inventory",
     "coupons",
@@ -86,12 +88,12 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "config.request_id.RequestIdMiddleware",
-    "config.metrics_api.HttpMetricsMiddleware",
+    "kernel.request_id.RequestIdMiddleware",
+    "ops.metrics_api.HttpMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "config.middleware.ContentSecurityPolicyMiddleware",
-    "config.middleware.RequestSizeLimitMiddleware",
+    "kernel.middleware.ContentSecurityPolicyMiddleware",
+    "kernel.middleware.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -147,8 +149,8 @@ def _prepare_threshold(value: str) -> int | None:
     return None if value.strip().lower() in ("none", "off") else int(value)
 
 
-# An empty DATABASE_URL / REDIS_URL means unset, as for the launcher (config/devservers.py).
-DATABASES = {"default": env.db_url_config(configured_database_url())}
+# An empty DATABASE_URL / REDIS_URL means unset, as for the launcher (devtools/local.py).
+DATABASES = {"default": env.db_url_config(local.configured_database_url())}
 if LOADTEST:
     # Read here, in the runner's process alone: what it starts gets DATABASE_URL naming this
     # database and no SHOP_LOADTEST (loadtest/server.py), so no suffix is added twice.
@@ -179,7 +181,7 @@ DATABASES["default"]["TEST"] = {"NAME": "test_shop"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis ------------------------------------------------------------------------------
-REDIS_URL = env.str("REDIS_URL", default="") or devservers.default_redis_url()
+REDIS_URL = env.str("REDIS_URL", default="") or local.default_redis_url()
 TEST_REDIS_DB = 15
 LOADTEST_REDIS_DB = 14
 if TESTING:
@@ -273,14 +275,14 @@ STOCK_RESERVATION_RETENTION_SECONDS = max(
     3600, 10 * STOCK_RESERVATION_GRACE_SECONDS, env.int("STOCK_RESERVATION_RETENTION_SECONDS", default=24 * 3600)
 )
 # Each trimming statement deletes at most this many rows (its own short transaction); a run
-# stops after the budget and leaves the rest to the next run (config/retention.py).
+# stops after the budget and leaves the rest to the next run (kernel/retention.py).
 RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", default=5_000)
 RETENTION_TIME_BUDGET_SECONDS = env.float("RETENTION_TIME_BUDGET_SECONDS", default=60.0)
 MAX_ORDER_ITEMS = env.int("MAX_ORDER_ITEMS", default=100)
 MAX_ITEM_QUANTITY = env.int("MAX_ITEM_QUANTITY", default=10_000)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 # An oversized body is read and dropped up to this many bytes before its 413, so the client is
-# sure to read the answer (config/middleware.py); one header may be at most MAX_REQUEST_HEADER_BYTES
+# sure to read the answer (kernel/middleware.py); one header may be at most MAX_REQUEST_HEADER_BYTES
 # (gunicorn lets larger ones through to be answered here: GUNICORN_LIMIT_REQUEST_FIELD_SIZE).
 MAX_DRAINED_REQUEST_BYTES = env.int("MAX_DRAINED_REQUEST_BYTES", default=10 * 1024 * 1024)
 MAX_REQUEST_HEADER_BYTES = env.int("MAX_REQUEST_HEADER_BYTES", default=8 * 1024)
@@ -293,13 +295,11 @@ if ORDER_STRATEGY not in ("new", "old"):
 # k6 run by hand against it); a load run of its own, and tests, each write a file of their own.
 if LOADTEST:
     # Not LOADTEST_TOKENS_PATH, which may name `make run`'s file.
-    LOADTEST_TOKENS_PATH = env.path(
-        "LOADTEST_RUN_TOKENS_PATH", default=str(devservers.DATA_DIR / "loadtest-tokens.json")
-    )
+    LOADTEST_TOKENS_PATH = env.path("LOADTEST_RUN_TOKENS_PATH", default=str(local.DATA_DIR / "loadtest-tokens.json"))
 else:
     LOADTEST_TOKENS_PATH = env.path(
         "LOADTEST_TOKENS_PATH",
-        default=str(devservers.DATA_DIR / "test-tokens.json" if TESTING else BASE_DIR / "loadtest" / "tokens.json"),
+        default=str(local.DATA_DIR / "test-tokens.json" if TESTING else BASE_DIR / "loadtest" / "tokens.json"),
     )
 LEGACY_LOCK_RETRY_MS = env.int("LEGACY_LOCK_RETRY_MS", default=100)
 LEGACY_LOCK_WAIT_MS = env.int("LEGACY_LOCK_WAIT_MS", default=3_000)
@@ -355,18 +355,18 @@ CELERY_BEAT_SCHEDULE = {
 # The operator page's chart starts from the last OPERATOR_HISTORY_POINTS snapshots beat recorded
 # (10 minutes at one every 5 s; each costs one scrape of the metrics in the beat worker).
 OPERATOR_HISTORY_POINTS = env.int("OPERATOR_HISTORY_POINTS", default=120)
-CELERY_BEAT_SCHEDULE_FILENAME = str(devservers.DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE_FILENAME = str(local.DATA_DIR / "celerybeat-schedule")
 
 # --- API --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.BearerTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_RENDERER_CLASSES": ["config.json.OrjsonRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["config.json.OrjsonParser"],
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.json.JsonContentNegotiation",
-    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",  # every answer documented, errors too
-    "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "config.pagination.PageNumbers",
+    "DEFAULT_RENDERER_CLASSES": ["kernel.json.OrjsonRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["kernel.json.OrjsonParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "kernel.json.JsonContentNegotiation",
+    "DEFAULT_SCHEMA_CLASS": "kernel.schema.AutoSchema",  # every answer documented, errors too
+    "EXCEPTION_HANDLER": "kernel.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "kernel.pagination.PageNumbers",
     "PAGE_SIZE": 20,
     "UNAUTHENTICATED_USER": None,
 }
@@ -388,7 +388,7 @@ SPECTACULAR_SETTINGS = {
 # Every page (the shop, the admin) runs only scripts and styles served from this origin's static
 # files: no inline script, no inline style, no eval. An injected <img onerror> or <script> in a
 # product name does nothing even if some code ever put it into markup. The API docs pages get a
-# little more (config/urls.py), the JSON API a policy that allows nothing (config/middleware.py).
+# little more (config/urls.py), the JSON API a policy that allows nothing (kernel/middleware.py).
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": [CSP_SELF],
@@ -403,10 +403,10 @@ CONTENT_SECURITY_POLICY = {
     },
 }
 
-# --- Metrics (config/metrics.py, GET /metrics) -------------------------------------------
+# --- Metrics (kernel/metrics.py, GET /metrics) -------------------------------------------
 # Every process's values live in this directory (prometheus_client's multiprocess mode). Set
 # in the environment here, before anything imports the client, so the children inherit it.
-PROMETHEUS_MULTIPROC_DIR = str(devservers.metrics_dir())
+PROMETHEUS_MULTIPROC_DIR = str(local.metrics_dir())
 # The per-request counters and latency histogram; off to measure what they cost.
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=True)
 # /metrics answers loopback callers, and others that send `Authorization: Bearer <token>`.
@@ -445,17 +445,17 @@ USE_TZ = True
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").strip().upper()
 if not isinstance(logging.getLevelName(LOG_LEVEL), int):
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
-# LOG_FORMAT=json: one JSON object per line (config/request_id.py); plain text otherwise.
+# LOG_FORMAT=json: one JSON object per line (kernel/request_id.py); plain text otherwise.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain").strip().lower()
 if LOG_FORMAT not in ("plain", "json"):
     raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.request_id.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "kernel.request_id.RequestIdFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(process)d %(name)s [%(request_id)s]: %(message)s"},
-        "json": {"()": "config.request_id.JsonFormatter"},
+        "json": {"()": "kernel.request_id.JsonFormatter"},
     },
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},

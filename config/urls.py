@@ -7,9 +7,9 @@ from django.views.generic import RedirectView, TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from accounts.api import MeApi, TokenApi, TokensApi
-from config import health, operator
-from config.metrics_api import metrics_view
 from inventory.api import ProductDetailApi, ProductListApi
+from ops import health, operator
+from ops.metrics_api import metrics_view
 from orders.api import OrderCancelApi, OrderDetailApi, OrderListCreateApi
 
 
@@ -60,7 +60,7 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
 ]
 
-handler400 = "config.errors.handler400"
-handler403 = "config.errors.handler403"
-handler404 = "config.errors.handler404"
-handler500 = "config.errors.handler500"
+handler400 = "kernel.errors.handler400"
+handler403 = "kernel.errors.handler403"
+handler404 = "kernel.errors.handler404"
+handler500 = "kernel.errors.handler500"

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from config.admin_tools import ReadOnlyAdmin
 from coupons.models import Coupon, CouponRedemption
+from kernel.admin_tools import ReadOnlyAdmin
 
 
 @admin.register(Coupon)

@@ -2,7 +2,7 @@ from enum import StrEnum
 
 from rest_framework import status
 
-from config.errors import DomainError
+from kernel.errors import DomainError
 
 
 class CouponErrorCode(StrEnum):

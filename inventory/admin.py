@@ -3,11 +3,11 @@ from django.db.models import OuterRef, Subquery, Sum
 from django.urls import reverse
 from django.utils.html import format_html
 
-from config.actors import admin_reference
-from config.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 from inventory import stock
 from inventory.models import Product, StockMovement
 from inventory.services import product_purchase_limit_set, stock_adjust
+from kernel.actors import admin_reference
+from kernel.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 
 
 @admin.register(Product)

@@ -3,10 +3,10 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from config.schema import raises
 from inventory.errors import ProductNotFound
 from inventory.selectors import product_get, product_list, with_live_stock
 from inventory.serializers import ProductOutputSerializer
+from kernel.schema import raises
 
 
 class ProductListApi(APIView):

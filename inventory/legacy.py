@@ -28,11 +28,11 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from rest_framework import status
 
-from config import metrics
-from config.errors import DomainError
 from inventory import stock
 from inventory.errors import OutOfStock
 from inventory.models import StockMovement
+from kernel import metrics
+from kernel.errors import DomainError
 
 logger = logging.getLogger(__name__)
 LOCK_PREFIX = "lock:product:"

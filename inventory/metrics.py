@@ -1,4 +1,4 @@
-"""Stock gauges for /metrics, read at scrape time (config/metrics_api.py): Redis' live count
+"""Stock gauges for /metrics, read at scrape time (ops/metrics_api.py): Redis' live count
 beside the ledger's for the products with the fewest units left, and the reservations Redis
 tracks. One MGET and one ZCARD per
 scrape, and the ledger's grouped sum at most once per STOCK_LEDGER_GAUGE_SECONDS for all

@@ -27,9 +27,6 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
-from config import metrics
-from config.database import sql_all, sql_one
-from config.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from inventory import stock
 from inventory.errors import (
     OutOfStock,
@@ -42,6 +39,9 @@ from inventory.errors import (
     StockTotalTooLarge,
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
+from kernel import metrics
+from kernel.database import sql_all, sql_one
+from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 
 logger = logging.getLogger(__name__)
 

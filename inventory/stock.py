@@ -27,7 +27,7 @@ from pathlib import Path
 
 from django_redis import get_redis_connection
 
-from config.redis_scripts import run_lua
+from kernel.redis_scripts import run_lua
 
 STOCK_PREFIX = "inv:stock:"
 RESERVATION_PREFIX = "inv:resv:"

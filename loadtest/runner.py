@@ -34,8 +34,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from config import devservers, metrics
-from config.database import current_database_url
+from config.local import current_database_url
+from devtools import devservers
+from kernel import metrics
 from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
@@ -396,7 +397,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
 
 
 def _server_counters(base_url: str, echo: Echo) -> dict[str, int]:
-    """The server's own counters (config.metrics.REPORT_COUNTERS) from its /metrics; the report
+    """The server's own counters (kernel.metrics.REPORT_COUNTERS) from its /metrics; the report
     shows what the run added. Empty, with a word, if the server does not let us read them."""
     try:
         return metrics.report_counters(metrics.scrape(base_url, token=settings.METRICS_TOKEN or None))

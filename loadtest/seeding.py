@@ -13,11 +13,11 @@ from django.db import connection, transaction
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import token_create_many
-from config.private_files import private_file_write
 from coupons.models import Coupon
 from inventory import stock
 from inventory.models import Product, StockMovement
 from inventory.services import inventory_reconcile
+from kernel.private_files import private_file_write
 from loadtest.history import History, HistoryRefused, history_vacuum, history_write
 
 # Tests seed too: they write their tokens elsewhere, never over the development server's.
@@ -47,7 +47,7 @@ _RESET_TABLES = [
 
 
 # Seeded customers are users 1..N (the seed's k6 script picks user ids in that range), below
-# CUSTOMER_ID_LIMIT; the limit itself is the admin `make run` creates (config/serve.py's
+# CUSTOMER_ID_LIMIT; the limit itself is the admin `make run` creates (devtools/serve.py's
 # ADMIN_USER_ID), and ids above it are everyone else's (staff, accounts made in the admin or by
 # the API), so reseeding any shape never meets one of them.
 CUSTOMER_ID_LIMIT = 1_000_000

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from config.database import current_database_url
+from config.local import current_database_url
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0  # gunicorn's graceful_timeout is 10 s
@@ -58,7 +58,7 @@ def server_environment(*, strategy: str, port: int | None = None) -> dict[str, s
 
 
 def metrics_dir() -> Path:
-    """The run's own Prometheus directory (config/metrics.py), beside the one `make run` uses,
+    """The run's own Prometheus directory (kernel/metrics.py), beside the one `make run` uses,
     so a load run never wipes nor adds to a running deployment's counts."""
     default = Path(settings.PROMETHEUS_MULTIPROC_DIR)
     return default.with_name(f"{default.name}-loadtest")

@@ -1,7 +1,7 @@
 """The server's own metrics over a load run: its /metrics scraped once a second while k6 runs
 (and, for the async scenario, until the backlog has drained), turned into a time series.
 
-A scrape is what Prometheus would see (config/metrics.py, orders/metrics.py): gauges are read
+A scrape is what Prometheus would see (kernel/metrics.py, orders/metrics.py): gauges are read
 as they are (payment backlog and the age of its oldest order), counters as their increase per
 second between two scrapes (orders by outcome, errors by code), histograms from the increase
 of their buckets between two scrapes (time to PAID p50/p95 as `histogram_quantile` computes
@@ -24,8 +24,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from config import metrics
-from config.metrics import by_label
+from kernel import metrics
+from kernel.metrics import by_label
 
 SCRAPE_EVERY_S = 1.0
 SCRAPE_TIMEOUT_S = 5.0  # a slow answer delays the next scrape, it never piles scrapes up
@@ -44,7 +44,7 @@ _KEPT = (BACKLOG, OLDEST_UNPAID, ORDERS, ERRORS, TIME_TO_PAID, BATCH_SIZE)
 class Scrape:
     at: float  # unix seconds when the answer had arrived
     took_s: float  # the request, answer and parsing
-    values: dict  # config.metrics.samples(), the names of _KEPT only
+    values: dict  # kernel.metrics.samples(), the names of _KEPT only
 
 
 def parse(text: str, *, at: float, took_s: float = 0.0) -> Scrape:

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from config.admin_tools import ReadOnlyAdmin
+from kernel.admin_tools import ReadOnlyAdmin
 from orders.models import Order, OrderItem
 
 User = get_user_model()

@@ -10,8 +10,6 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from accounts.errors import AccountMissing, BalanceConflict, InsufficientBalance
-from config import metrics
-from config.schema import raises
 from coupons.errors import CouponInvalid
 from inventory.errors import (
     OutOfStock,
@@ -23,6 +21,8 @@ from inventory.errors import (
     StockNotLoaded,
 )
 from inventory.legacy import LockTimeout
+from kernel import metrics
+from kernel.schema import raises
 from orders.errors import (
     CancelWindowClosed,
     IdempotencyKeyReused,

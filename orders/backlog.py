@@ -8,7 +8,7 @@ import time
 
 from django.conf import settings
 
-from config.database import sql_one
+from kernel.database import sql_one
 from orders.errors import PaymentBacklogFull
 from orders.models import PENDING_SQL
 

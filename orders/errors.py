@@ -2,7 +2,7 @@ from enum import StrEnum
 
 from rest_framework import status
 
-from config.errors import DomainError, ErrorCode, ServiceUnavailable
+from kernel.errors import DomainError, ErrorCode, ServiceUnavailable
 
 
 class OrderErrorCode(StrEnum):

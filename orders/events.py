@@ -17,9 +17,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from config.database import sql_execute, sql_one
-from config.retention import Batch, Progress, TrimResult, trim_in_batches
 from inventory.stock import redis_client
+from kernel.database import sql_execute, sql_one
+from kernel.retention import Batch, Progress, TrimResult, trim_in_batches
 from orders.models import Order, OrderEvent
 
 logger = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from django.utils import timezone
 from rest_framework import status
 
 from accounts.errors import InsufficientBalance
-from config.errors import DomainError, ErrorCode, error_body
-from config.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from coupons.errors import CouponInvalid
+from kernel.errors import DomainError, ErrorCode, error_body
+from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from orders.errors import IdempotencyKeyReused, TooManyIdempotencyKeys
 from orders.models import IdempotencyRecord, Order
 

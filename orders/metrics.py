@@ -1,4 +1,4 @@
-"""Order gauges for /metrics, read at scrape time (config/metrics_api.py): the payment backlog
+"""Order gauges for /metrics, read at scrape time (ops/metrics_api.py): the payment backlog
 and the outbox. Two queries per scrape, each served by a partial index (orders_order_pending,
 orderevent_unpublished), whatever the number of orders settled or events published."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client.core import GaugeMetricFamily
 
-from config.database import sql_one
+from kernel.database import sql_one
 from orders.models import PENDING_SQL
 
 _BACKLOG_SQL = f"""

@@ -19,8 +19,8 @@ import orjson
 import redis
 from django.conf import settings
 
-from config.redis_scripts import run_lua
 from inventory.stock import redis_client
+from kernel.redis_scripts import run_lua
 from orders import events
 
 GROUP = "sales-counter"

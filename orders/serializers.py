@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from config.fields import StrictCharField, StrictIntegerField
+from kernel.fields import StrictCharField, StrictIntegerField
 from orders.models import OrderStatus
 
 MAX_ID = 2**63 - 1

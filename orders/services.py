@@ -17,7 +17,6 @@ from django.utils import timezone
 from accounts.errors import AccountMissing, InsufficientBalance
 from accounts.models import BalanceEntry
 from accounts.services import balance_change_ctes, balance_entry_cte, balance_params, balance_retry
-from config.database import sql_execute, sql_one
 from coupons.services import coupon_discount, coupon_redeem, coupon_release
 from inventory.errors import OutOfStock, ReservationLost
 from inventory.legacy import product_locks, stock_take_locked
@@ -34,6 +33,7 @@ from inventory.services import (
     stock_sale_sql,
 )
 from inventory.stock import AdmissionCounter
+from kernel.database import sql_execute, sql_one
 from orders import events, idempotency
 from orders.backlog import payment_backlog_check
 from orders.errors import (

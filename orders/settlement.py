@@ -23,8 +23,8 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
 
 from accounts.services import WithdrawalOutcome
-from config import metrics
-from config.database import sql_all, sql_one
+from kernel import metrics
+from kernel.database import sql_all, sql_one
 from orders import events
 from orders.models import PENDING_SQL, Order, OrderStatus
 from orders.services import SETTLE_CHANNEL, PlacedItem, _give_back, _move

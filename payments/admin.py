@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from config.admin_tools import ReadOnlyAdmin
+from kernel.admin_tools import ReadOnlyAdmin
 from payments.models import Payment, Refund
 
 

@@ -8,7 +8,7 @@ import orjson
 from django.db import transaction
 
 from accounts.services import Withdrawal, WithdrawalOutcome, account_refund, account_withdraw, account_withdraw_many
-from config.database import sql_execute, sql_one
+from kernel.database import sql_execute, sql_one
 from payments.models import Payment, Refund
 
 _INSERT_PAYMENT_SQL = (

@@ -15,7 +15,7 @@ from accounts.errors import AdjustmentNotPending
 from accounts.models import Account, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.selectors import ledger_balance
 from accounts.services import balance_adjustment_approve
-from config.testing import BalanceRowHeld, make_staff, make_user, race, wait_for
+from devtools.testing import BalanceRowHeld, make_staff, make_user, race, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.services import user_create
-from config.testing import fresh_login_window
+from devtools.testing import fresh_login_window
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account, User
 from accounts.selectors import ledger_balance
 from accounts.services import account_refund, account_withdraw
-from config.testing import BalanceRowHeld, CountedSince, make_user, race, wait_for
+from devtools.testing import BalanceRowHeld, CountedSince, make_user, race, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -152,7 +152,7 @@ def test_the_token_endpoints_are_in_the_openapi_schema():
 
     operations = schema["paths"]["/api/v1/auth/token"]
     assert set(operations) >= {"post", "delete"}
-    # Every answer a login gives (config/schema.py adds what the framework answers for any body).
+    # Every answer a login gives (kernel/schema.py adds what the framework answers for any body).
     assert set(operations["post"]["responses"]) == {"201", "400", "401", "406", "413", "415", "429", "431", "503"}
     assert "security" not in operations["post"] and "security" not in schema  # a login needs no token
     assert {"bearerAuth": []} in operations["delete"]["security"]

@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, User
 from accounts.services import token_create, user_create
-from config.testing import make_user
+from devtools.testing import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 
 from accounts.services import token_create
-from config.testing import free_port, make_user
+from devtools.testing import free_port, make_user
 from loadtest import server
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

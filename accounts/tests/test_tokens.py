@@ -20,8 +20,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, User
 from accounts.services import token_create
-from config.database import current_database_url
-from config.testing import free_port, make_user, wait_for
+from config.local import current_database_url
+from devtools.testing import free_port, make_user, wait_for
 from loadtest.seeding import SeedShape, seed
 
 pytestmark = pytest.mark.django_db(transaction=True)

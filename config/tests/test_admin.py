@@ -6,8 +6,8 @@ from django.test import Client
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.selectors import ledger_balance
-from config.testing import client_for, make_product, make_user, order_body
 from coupons.models import Coupon
+from devtools.testing import client_for, make_product, make_user, order_body
 from inventory import stock
 from inventory.models import StockMovement
 from inventory.services import on_hand_by_product

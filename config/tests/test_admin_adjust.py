@@ -9,7 +9,7 @@ from django.test import Client
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.selectors import ledger_balance
-from config.testing import make_product, make_staff, make_user
+from devtools.testing import make_product, make_staff, make_user
 from inventory import stock
 from inventory.errors import StockTotalTooLarge
 from inventory.models import Product, StockMovement

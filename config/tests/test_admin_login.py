@@ -9,8 +9,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from config import serve
-from config.testing import free_port, fresh_login_window, run_in_django_process
+from devtools import serve
+from devtools.testing import free_port, fresh_login_window, run_in_django_process
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from config.testing import child_environment, make_product, make_user, wait_for
+from devtools.testing import child_environment, make_product, make_user, wait_for
 from orders.models import Order, OrderEvent, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.tasks import expire_pending_orders

@@ -6,8 +6,8 @@ import pytest
 from django.db import DataError
 
 from accounts.errors import LoginRateLimited
-from config.errors import api_exception_handler
 from inventory.errors import RateLimited
+from kernel.errors import api_exception_handler
 
 
 def test_a_database_refusal_is_a_503_with_retry_after_like_every_503():

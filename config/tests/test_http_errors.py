@@ -15,8 +15,8 @@ from django.conf import settings
 
 from accounts.services import token_create
 from config import gunicorn_errors
-from config.errors import ErrorCode
-from config.testing import free_port, make_user
+from devtools.testing import free_port, make_user
+from kernel.errors import ErrorCode
 from loadtest.server import gunicorn
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

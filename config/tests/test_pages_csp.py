@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from config.browser import chromium_page
-from config.testing import make_product, make_user
+from devtools.browser import chromium_page
+from devtools.testing import make_product, make_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

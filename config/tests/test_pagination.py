@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.testing import client_for, make_product, make_user
+from devtools.testing import client_for, make_product, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.management import call_command
 from drf_spectacular.generators import SchemaGenerator
 
-from config.errors import DomainError
-from config.schema import ErrorAnswer
+from kernel.errors import DomainError
+from kernel.schema import ErrorAnswer
 from orders.idempotency import RememberedError
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}

@@ -25,7 +25,7 @@ import pytest
 from django.conf import settings
 
 from accounts.services import token_create
-from config.testing import Settler, free_port, make_product, make_user
+from devtools.testing import Settler, free_port, make_product, make_user
 from loadtest.server import gunicorn
 from orders.services import OrderLine, order_place
 

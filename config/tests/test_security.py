@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 
 from config.env import ENV_FILE
-from config.testing import free_port
+from devtools.testing import free_port
 
 # A clean environment as a deployment would have it: no test switch, DEBUG and SECRET_KEY unset
 # (blank counts as unset), a database of its own. Values come only from here and .env.
@@ -102,10 +102,10 @@ def test_the_development_key_file_is_never_readable_by_other_users(tmp_path):
     program = (
         "import django; django.setup()\n"
         "from pathlib import Path\n"
-        "from config import devservers\n"
-        "from config.testing import files_open_to_others\n"
+        "from config import local\n"
+        "from devtools.testing import files_open_to_others\n"
         f"with files_open_to_others(Path({str(tmp_path)!r})) as exposed:\n"
-        "    devservers.development_secret_key()\n"
+        "    local.development_secret_key()\n"
         "print(sorted(exposed))"
     )
     child = _child(["-c", program], {"SHOP_TESTING": "1", "SHOP_DATA_DIR": str(tmp_path)})  # tests make no key
@@ -163,7 +163,7 @@ def test_https_settings_reach_the_responses(client, settings):
 def test_the_projects_redis_never_evicts_and_check_deploy_refuses_one_that_does(tmp_path):
     port = free_port()
     started = _child(
-        ["-m", "config.devservers", "start"],
+        ["-m", "devtools.devservers", "start"],
         # Redis only (a DATABASE_URL is set), on a port and in a directory of its own
         {"SHOP_REDIS_PORT": str(port), "SHOP_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres://unused/x"},
         {"REDIS_URL": ""},

@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 
-from config import devservers
+from config import local
 from config.env import database_url_naming, redis_url_with_db
 
 
@@ -33,7 +33,7 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         (
             {"DATABASE_URL": "", "REDIS_URL": "", "SHOP_TESTING": ""},
             "settings.DATABASES['default']['PORT'], settings.REDIS_URL",
-            f"{devservers.PG_PORT} {devservers.default_redis_url()}",
+            f"{local.PG_PORT} {local.default_redis_url()}",
         ),
         (
             {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
@@ -45,7 +45,7 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
         (
             # (both URLs set: the own servers' password files would be made in that directory)
             {"SHOP_DATA_DIR": "elsewhere/data", "DATABASE_URL": "postgres://unused/x", "REDIS_URL": "redis://unused/0"},
-            "__import__('config.devservers').devservers.DATA_DIR",
+            "__import__('config.local').local.DATA_DIR",
             str(settings.BASE_DIR / "elsewhere" / "data"),
         ),
         # A settled reservation kept too short could let a late sale and a release both happen.

@@ -10,8 +10,8 @@ import pytest
 from django.conf import settings
 
 from accounts.services import token_create
-from config.testing import make_product, make_user, order_body
 from config.wsgi import ApiHandler, application
+from devtools.testing import make_product, make_user, order_body
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -3,10 +3,10 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from config.testing import make_user
 from coupons.errors import CouponInvalid
 from coupons.models import Coupon
 from coupons.services import coupon_redeem, coupon_release
+from devtools.testing import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

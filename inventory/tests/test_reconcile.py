@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.test import override_settings
 
-from config.testing import (
+from devtools.testing import (
     client_for,
     free_port,
     make_product,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from django.db import transaction
 
-from config.testing import make_product, make_user, race
+from devtools.testing import make_product, make_user, race
 from inventory import models, stock
 from inventory.errors import PurchaseLimitReached
 from inventory.services import (

@@ -11,7 +11,7 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from config.testing import make_product
+from devtools.testing import make_product
 from inventory import stock
 from inventory.models import StockReservation
 from inventory.services import (

@@ -2,7 +2,7 @@
 
 import pytest
 
-from config.testing import make_product
+from devtools.testing import make_product
 from inventory import stock
 from inventory.errors import OutOfStock, PurchaseLimitReached, StockNotLoaded
 from inventory.services import on_hand_by_product, stock_adjust, stock_epoch, stock_release, stock_reserve

@@ -22,9 +22,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from accounts.models import User
-from config import devservers
-from config.env import configured_database_url, database_url_naming, redis_url_with_db
-from config.testing import free_port, make_product, make_user
+from config import local
+from config.env import database_url_naming, redis_url_with_db
+from config.local import configured_database_url
+from devtools.testing import free_port, make_product, make_user
 from inventory.models import Product
 from loadtest import server
 from orders.models import Order
@@ -99,7 +100,7 @@ def developer_data(tmp_path):
         import django
         django.setup()
         from django.core.management import call_command
-        from config.testing import make_product, make_user
+        from devtools.testing import make_product, make_user
         call_command("migrate", verbosity=0)
         make_user(username="developer", balance=4_242)
         make_product(name="The developer's widget", price=1_234, stock_quantity=7)
@@ -207,7 +208,7 @@ def test_a_load_runs_own_defaults_are_the_database_with_loadtest_redis_db_14_and
     )  # fmt: skip
 
     assert (name, redis_url) == ("shop_loadtest", "redis://127.0.0.1:6379/14")
-    assert tokens == str(devservers.DATA_DIR / "loadtest-tokens.json")
+    assert tokens == str(local.DATA_DIR / "loadtest-tokens.json")
 
 
 def test_under_tests_the_load_flag_changes_nothing():

@@ -12,7 +12,7 @@ from django.db.models import Max, Min
 from django.utils import timezone
 
 from accounts.models import Account, BalanceEntry
-from config.testing import client_for, order_body
+from devtools.testing import client_for, order_body
 from inventory.models import Product, StockMovement
 from loadtest.history import CANCEL_EVERY, KEYED_EVERY
 from loadtest.invariants import Baseline, check_invariants

@@ -11,7 +11,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
-from config.testing import free_port
+from devtools.testing import free_port
 from loadtest.runner import RunOptions, comparison_runs
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from accounts.models import User
 from accounts.services import user_create
-from config.testing import files_open_to_others
+from devtools.testing import files_open_to_others
 from loadtest.seeding import CUSTOMER_ID_LIMIT, SeedRefused, SeedShape, seed
 from orders.models import Order
 

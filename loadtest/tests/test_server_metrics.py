@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 from accounts.services import token_create
-from config import metrics
-from config.testing import free_port, make_product, make_user, order_body, wait_for
+from devtools.testing import free_port, make_product, make_user, order_body, wait_for
+from kernel import metrics
 from loadtest import async_run, server, server_metrics
 from loadtest.server_metrics import Sampler, histogram_quantile, increase, series
 

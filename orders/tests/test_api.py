@@ -16,8 +16,8 @@ from rest_framework.test import APIClient
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
 from accounts.services import account_change_balance
-from config.testing import client_for, make_product, make_user, order_body
 from coupons.models import Coupon, CouponRedemption
+from devtools.testing import client_for, make_product, make_user, order_body
 from inventory import stock
 from inventory.models import StockMovement
 from inventory.services import inventory_reconcile, on_hand_by_product

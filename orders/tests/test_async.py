@@ -6,7 +6,8 @@ import pytest
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from config.testing import (
+from coupons.models import Coupon
+from devtools.testing import (
     Settler,
     client_for,
     make_product,
@@ -17,7 +18,6 @@ from config.testing import (
     settlement_batch_in_flight,
     wait_for,
 )
-from coupons.models import Coupon
 from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
 from orders import events, sales_counter

@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from config.testing import client_for, make_product, make_user, order_body
+from devtools.testing import client_for, make_product, make_user, order_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -15,8 +15,8 @@ from django.db import connection
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from config.database import current_database_url
-from config.testing import client_for, make_product, make_user, order_body, wait_for
+from config.local import current_database_url
+from devtools.testing import client_for, make_product, make_user, order_body, wait_for
 from inventory import stock
 from orders.models import IdempotencyRecord, Order
 from payments.models import Payment

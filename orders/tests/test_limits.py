@@ -13,8 +13,8 @@ import pytest
 from django.db import connection, connections
 from django.db.models import Sum
 
-from config.testing import client_for, make_product, make_user, order_body, race, run_in_django_process, wait_for
 from coupons.models import Coupon
+from devtools.testing import client_for, make_product, make_user, order_body, race, run_in_django_process, wait_for
 from inventory import stock
 from inventory.errors import PurchaseLimitReached
 from inventory.models import StockMovement

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 from django.conf import settings
 
-from config.database import current_database_url
-from config.testing import client_for, make_product, make_user, order_body
+from config.local import current_database_url
+from devtools.testing import client_for, make_product, make_user, order_body
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 
 from accounts.models import Account
-from config.database import current_database_url
-from config.testing import (
+from config.local import current_database_url
+from devtools.testing import (
     BalanceRowHeld,
     CountedSince,
     client_for,

@@ -8,8 +8,8 @@ import pytest
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from config.testing import CountedSince, client_for, make_product, make_user, order_body, race
 from coupons.models import Coupon, CouponRedemption
+from devtools.testing import CountedSince, client_for, make_product, make_user, order_body, race
 from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
 from orders.models import Order, OrderItem

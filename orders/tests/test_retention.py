@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from config.celery import app as celery_app
-from config.testing import make_product, make_user
+from devtools.testing import make_product, make_user
 from inventory import stock
 from orders import events, idempotency
 from orders.models import IdempotencyRecord, OrderEvent

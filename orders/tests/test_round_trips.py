@@ -17,7 +17,7 @@ from django.db import connection
 from psycopg import pq
 from redis import Redis
 
-from config.testing import client_for, make_product, make_user, order_body
+from devtools.testing import client_for, make_product, make_user, order_body
 from inventory import stock
 
 pytestmark = pytest.mark.django_db(transaction=True)

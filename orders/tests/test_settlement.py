@@ -11,7 +11,8 @@ from django.db import connection
 
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
-from config.testing import (
+from coupons.models import Coupon, CouponRedemption
+from devtools.testing import (
     BalanceRowHeld,
     CountedSince,
     Settler,
@@ -22,7 +23,6 @@ from config.testing import (
     race,
     wait_for,
 )
-from coupons.models import Coupon, CouponRedemption
 from inventory import stock
 from inventory.services import inventory_reconcile, on_hand_by_product
 from orders import events

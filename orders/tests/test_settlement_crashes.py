@@ -10,8 +10,9 @@ from django.test import override_settings
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from config import devservers
-from config.testing import (
+from config import local
+from devtools import devservers
+from devtools.testing import (
     Settler,
     free_port,
     make_product,
@@ -46,7 +47,7 @@ def _all_settled(orders: list[Order]) -> bool:
 
 
 @pytest.mark.skipif(
-    not devservers.uses_own_database(),
+    not local.uses_own_database(),
     reason="restarts PostgreSQL: only the project's own server (DATABASE_URL unset)",
 )
 def test_postgresql_crashing_mid_batch_loses_no_accepted_order_and_charges_each_once():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from accounts.models import Account
-from config import metrics
-from config.testing import Settler, client_for, make_product, make_user, order_body, wait_for
+from devtools.testing import Settler, client_for, make_product, make_user, order_body, wait_for
 from inventory import stock
+from kernel import metrics
 from orders.models import Order, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch

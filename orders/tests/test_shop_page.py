@@ -11,9 +11,9 @@ import pytest
 from django.conf import settings
 
 from accounts.services import token_create
-from config.browser import chromium_page
-from config.testing import Settler, make_product, make_user
 from coupons.models import Coupon
+from devtools.browser import chromium_page
+from devtools.testing import Settler, make_product, make_user
 from inventory import stock
 from orders.models import Order
 

@@ -2,8 +2,8 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from config.command_args import positive_seconds
 from inventory.services import inventory_reconcile
+from kernel.command_args import positive_seconds
 
 
 class Command(BaseCommand):

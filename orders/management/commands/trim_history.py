@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from config.command_args import positive_int, positive_seconds
-from config.retention import TrimResult
+from kernel.command_args import positive_int, positive_seconds
+from kernel.retention import TrimResult
 from orders import sales_counter
 from orders.retention import TRIMS
 

@@ -19,12 +19,21 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from accounts.services import account_withdraw, token_create
-from config import metrics
-from config.metrics_api import metrics_view
-from config.testing import BalanceRowHeld, Settler, client_for, free_port, make_product, make_user, order_body, wait_for
+from devtools.testing import (
+    BalanceRowHeld,
+    Settler,
+    client_for,
+    free_port,
+    make_product,
+    make_user,
+    order_body,
+    wait_for,
+)
 from inventory import stock
 from inventory.services import inventory_reconcile
+from kernel import metrics
 from loadtest import cpu, server
+from ops.metrics_api import metrics_view
 from orders.models import OrderEvent
 from orders.settlement import orders_settle_batch
 

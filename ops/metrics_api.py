@@ -2,7 +2,7 @@
 
 /metrics is not public: it answers callers on loopback (METRICS_ALLOW_LOOPBACK) and callers
 with `Authorization: Bearer $METRICS_TOKEN`; anyone else gets a JSON 403. A scrape adds up the
-counters of every process (config/metrics.py) and asks the collectors of METRICS_COLLECTORS for
+counters of every process (kernel/metrics.py) and asks the collectors of METRICS_COLLECTORS for
 the gauges that are state rather than events (backlog, stock, outbox): a few cheap queries once
 per scrape, in the scraping process, instead of any work on the order path.
 """
@@ -23,8 +23,8 @@ from django.utils.module_loading import import_string
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 
-from config import metrics
-from config.errors import ErrorCode, json_error_response
+from kernel import metrics
+from kernel.errors import ErrorCode, json_error_response
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class _Collectors:
 
 class HttpMetricsMiddleware:
     """Counts each answer by route name (not path: bounded labels), method and status, with
-    its latency, and error answers by their stable code (`error_code`, set by config.errors).
+    its latency, and error answers by their stable code (`error_code`, set by kernel.errors).
     In-process increments only; absent with METRICS_ENABLED=false."""
 
     def __init__(self, get_response):

@@ -102,7 +102,7 @@ def _drf_error(exc: drf_exceptions.APIException) -> Response:
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     response = _error_response(exc, context)
     if response is not None:
-        # Counted by the metrics middleware (config/metrics_api.py) under this stable code.
+        # Counted by the metrics middleware (ops/metrics_api.py) under this stable code.
         response.error_code = response.data["error"]["code"]
     return response
 

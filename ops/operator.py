@@ -22,9 +22,9 @@ from django.http import JsonResponse
 from django.template.response import TemplateResponse
 from django_redis import get_redis_connection
 
-from config import metrics
-from config.metrics_api import scrape_registry
 from inventory.metrics import fewest_left
+from kernel import metrics
+from ops.metrics_api import scrape_registry
 
 PERMISSION = "orders.view_order"
 HISTORY_KEY = "operator:history"

@@ -25,7 +25,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import User
 from accounts.services import token_create, user_create
-from config.database import current_database_url
+from config.local import current_database_url
 from inventory.models import Product
 from inventory.services import product_create
 
@@ -224,7 +224,7 @@ def settlement_batch_in_flight() -> bool:
 def start_redis_server(port: int, data_dir: Path) -> subprocess.Popen:
     """A redis-server of our own on `port`, its append-only file (fsync always) in `data_dir`:
     for tests that kill Redis and start it again from that file."""
-    from config import devservers
+    from devtools import devservers
 
     process = subprocess.Popen(
         [devservers._redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
@@ -299,11 +299,11 @@ def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str 
 
 
 class CountedSince:
-    """The report's server counters (config.metrics.REPORT_COUNTERS) added since this was made,
+    """The report's server counters (kernel.metrics.REPORT_COUNTERS) added since this was made,
     over every process of the test session: `counted["lock_timeouts"]`."""
 
     def __init__(self) -> None:
-        from config import metrics
+        from kernel import metrics
 
         self._read = metrics.read_all
         self._before = metrics.read_all()

@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from config.errors import DomainError
+from kernel.errors import DomainError
 
 # Every ledger column is a PostgreSQL bigint: no setting lets a change past it (a 500 before).
 _BIGINT_MAX = 2**63 - 1

@@ -1,4 +1,4 @@
-// The operator page (config/operator.py): polls the JSON of /metrics' numbers every 2 s and
+// The operator page (ops/operator.py): polls the JSON of /metrics' numbers every 2 s and
 // charts the rates between polls over the last 5 minutes. A file, not an inline script: the
 // admin runs under a Content Security Policy.
 "use strict";

@@ -10,9 +10,9 @@ from django.contrib.auth.models import Permission
 from django.test import Client
 
 from accounts.models import User
-from config.browser import chromium_page
-from config.tasks import record_operator_history
-from config.testing import client_for, make_product, make_user, order_body
+from devtools.browser import chromium_page
+from devtools.testing import client_for, make_product, make_user, order_body
+from ops.tasks import record_operator_history
 from orders.tests.test_shop_page import SHOTS
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,7 +9,8 @@ import os
 
 os.environ["SHOP_TESTING"] = "1"
 
-from config import devservers
+from config import local
+from devtools import devservers
 
 devservers.ensure_running_if_needed()
-devservers.metrics_dir(wipe=True)  # this session's Prometheus values only (config/metrics.py)
+local.metrics_dir(wipe=True)  # this session's Prometheus values only (kernel/metrics.py)

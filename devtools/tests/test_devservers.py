@@ -1,4 +1,4 @@
-"""The project's own PostgreSQL and Redis (config/devservers.py) listen on loopback TCP, which
+"""The project's own PostgreSQL and Redis (devtools/devservers.py) listen on loopback TCP, which
 every local user can reach: each refuses a connection without its password, kept in a private
 file, and a data directory from before the passwords is upgraded in place on the next start."""
 
@@ -17,12 +17,13 @@ import pytest
 import redis
 from django.conf import settings
 
-from config import devservers
+from config import local
 from config.env import env
-from config.testing import free_port
+from devtools import devservers
+from devtools.testing import free_port
 
 own_servers = pytest.mark.skipif(
-    not devservers.uses_own_database() or bool(env.str("REDIS_URL", default="")),
+    not local.uses_own_database() or bool(env.str("REDIS_URL", default="")),
     reason="the project's own servers only (DATABASE_URL and REDIS_URL unset)",
 )
 
@@ -36,12 +37,12 @@ def _refused_without_password(*, pg_port: int, redis_port: int) -> None:
 
 @own_servers
 def test_the_projects_servers_refuse_a_connection_without_their_password():
-    _refused_without_password(pg_port=devservers.PG_PORT, redis_port=devservers.REDIS_PORT)
+    _refused_without_password(pg_port=local.PG_PORT, redis_port=local.REDIS_PORT)
 
-    with psycopg.connect(devservers.default_database_url()) as conn:  # what the project connects with
+    with psycopg.connect(local.default_database_url()) as conn:  # what the project connects with
         assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
-    assert redis.Redis.from_url(devservers.default_redis_url()).ping()
-    for path in (devservers.PG_PASSWORD_FILE, devservers.REDIS_PASSWORD_FILE):
+    assert redis.Redis.from_url(local.default_redis_url()).ping()
+    for path in (local.PG_PASSWORD_FILE, local.REDIS_PASSWORD_FILE):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -52,11 +53,11 @@ OLD_PG_HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\nhost all all
 
 
 def _devservers(command: str, data_dir: Path, pg_port: int, redis_port: int, *, check: bool = True) -> None:
-    """`python -m config.devservers <command>` for the servers of `data_dir` on those ports."""
+    """`python -m devtools.devservers <command>` for the servers of `data_dir` on those ports."""
     child_env = {**os.environ, "SHOP_DATA_DIR": str(data_dir), "SHOP_PG_PORT": str(pg_port),
                  "SHOP_REDIS_PORT": str(redis_port), "DATABASE_URL": "", "REDIS_URL": ""}  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "config.devservers", command],
+        [sys.executable, "-m", "devtools.devservers", command],
         cwd=settings.BASE_DIR,
         env=child_env,
         capture_output=True,
@@ -73,7 +74,7 @@ def _start_as_before_passwords(data_dir: Path, pg_port: int, redis_port: int) ->
     if not pgdata.exists():
         pgdata.mkdir(parents=True)
         user = devservers._system_user()
-        if user is not None:  # as root, PostgreSQL runs as its own user (config/devservers.py)
+        if user is not None:  # as root, PostgreSQL runs as its own user (devtools/devservers.py)
             devservers._make_traversable(data_dir)
             os.chown(pgdata, user.pw_uid, user.pw_gid)
         devservers._run_as_pg(

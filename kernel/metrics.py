@@ -2,11 +2,11 @@
 
 prometheus_client in its multiprocess mode: each process (gunicorn worker, settler, Celery
 worker) writes its values to mmap-backed files in PROMETHEUS_MULTIPROC_DIR, and a scrape of
-/metrics adds them up across processes (config/metrics_api.py). An increment is an in-process
+/metrics adds them up across processes (ops/metrics_api.py). An increment is an in-process
 write of a few microseconds, no round trip; this is why the order path may count per request.
 The directory is set in the environment by settings before this module is imported (the client
-decides its mode at import: config.devservers.metrics_dir), and wiped by whatever starts the
-processes (config/serve.py, the load-test server, the test session), never by one that writes.
+decides its mode at import: config.local.metrics_dir), and wiped by whatever starts the
+processes (devtools/serve.py, the load-test server, the test session), never by one that writes.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ TIME_TO_PAID = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 
-# The load-test report's names for the counters it shows (config.metrics kept them in Redis).
+# The load-test report's names for the counters it shows (kernel.metrics kept them in Redis).
 REPORT_COUNTERS = {
     "balance_version_conflicts": "shop_balance_version_conflicts_total",
     "balance_conflict_failures": "shop_balance_conflict_failures_total",

@@ -1,17 +1,7 @@
-"""The database as the project uses it beyond the ORM: the URL of the database this process is
-connected to (for child processes that must use the very same one, under tests test_shop:
-load-test servers, test workers), and the order path's plain statements (sql_one, sql_all,
-sql_execute)."""
+"""The database as the project uses it beyond the ORM: the order path's plain statements
+(sql_one, sql_all, sql_execute)."""
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
-
-from config.env import configured_database_url, database_url_naming
-
-
-def current_database_url() -> str:
-    """DATABASE_URL as configured, naming the database this process is connected to (under
-    tests, test_shop): what child processes must use to reach the very same one."""
-    return database_url_naming(configured_database_url(), connection.settings_dict["NAME"])
+from django.db import DEFAULT_DB_ALIAS, connections
 
 
 # The order path's statements go through one psycopg cursor per connection, not a new Django

@@ -1,4 +1,4 @@
-"""`make run`'s start-up (config/serve.py): what it sets up once and what it leaves alone."""
+"""`make run`'s start-up (devtools/serve.py): what it sets up once and what it leaves alone."""
 
 import os
 import signal
@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from accounts.models import User
-from config import serve
-from config.testing import files_open_to_others, wait_for
+from devtools import serve
+from devtools.testing import files_open_to_others, wait_for
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,7 @@ from csp.middleware import CSPMiddleware
 from csp.utils import build_policy
 from django.conf import settings
 
-from config.errors import ErrorCode, json_error_response
+from kernel.errors import ErrorCode, json_error_response
 
 _DRAIN_CHUNK = 64 * 1024
 

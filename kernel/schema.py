@@ -1,7 +1,7 @@
 """The OpenAPI schema (/api/schema) documents every answer an operation gives, errors included.
 
 drf-spectacular documents the answers a view declares. This AutoSchema adds each operation's
-error answers, all in the one error shape (config/errors.py), from two sources:
+error answers, all in the one error shape (kernel/errors.py), from two sources:
 
 - the domain errors the view method declares with `@raises(...)`: each class carries its
   status, its code, its default message and whether its answer carries Retry-After;
@@ -31,7 +31,7 @@ from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 
-from config.errors import DomainError, ErrorCode, ServiceUnavailable, error_body
+from kernel.errors import DomainError, ErrorCode, ServiceUnavailable, error_body
 
 # DRF refuses a NUL character in every CharField (PostgreSQL cannot store one); the schema says so.
 NO_NUL_PATTERN = "^[^\\u0000]*$"

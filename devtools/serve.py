@@ -7,7 +7,7 @@ asynchronous orders in batches), a Celery worker and Celery beat (event relay ev
 expiry of unpaid orders and stock reconciliation every minute). Ctrl-C stops them all;
 `make stop` also stops the servers.
 
-    python -m config.serve [run|stop]
+    python -m devtools.serve [run|stop]
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-from config import devservers
+from config import local
 from config.env import env
-from config.private_files import private_file_read_or_create
+from devtools import devservers
+from kernel.private_files import private_file_read_or_create
 
-BASE_DIR = devservers.BASE_DIR
-LOG_DIR = devservers.DATA_DIR / "logs"
-PID_DIR = devservers.DATA_DIR / "run"
-ADMIN_PASSWORD_FILE = devservers.DATA_DIR / "admin-password.txt"
+BASE_DIR = local.BASE_DIR
+LOG_DIR = local.DATA_DIR / "logs"
+PID_DIR = local.DATA_DIR / "run"
+ADMIN_PASSWORD_FILE = local.DATA_DIR / "admin-password.txt"
 ADMIN_USER_ID = 1_000_000  # far above the seeded customers 1..N, which reseeding recreates
 PROCESSES = ("gunicorn", "settler", "worker", "beat")
 
@@ -54,7 +55,7 @@ def _prepare() -> None:
     if settings.SECRET_KEY_IS_DEVELOPMENT:
         _say(
             f"SECRET_KEY is not set: using a development key made for this checkout "
-            f"({devservers.DATA_DIR / 'secret-key.txt'}). Set SECRET_KEY for anything but local use."
+            f"({local.DATA_DIR / 'secret-key.txt'}). Set SECRET_KEY for anything but local use."
         )
 
 
@@ -144,7 +145,7 @@ class Supervisor:
 
 
 def run() -> int:
-    devservers.metrics_dir(wipe=True)  # counters start from zero with the processes that write them
+    local.metrics_dir(wipe=True)  # counters start from zero with the processes that write them
     devservers.ensure_running_if_needed()
     _prepare()
     python = sys.executable

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from config.database import sql_execute
+from kernel.database import sql_execute
 
 
 @dataclass(frozen=True, slots=True)
