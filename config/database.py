@@ -3,7 +3,15 @@ connected to (for child processes that must use the very same one, under tests t
 load-test servers, test workers), and the order path's plain statements (sql_one, sql_all,
 sql_execute)."""
 
+from __future__ import annotations
+
+import dataclasses
+import re
+from enum import IntEnum
+from typing import ClassVar
+
 from django.db import DEFAULT_DB_ALIAS, connection, connections
+from psycopg import sql
 
 from config.env import configured_database_url, database_url_naming
 
@@ -52,3 +60,87 @@ def sql_all(query: str, params: dict | list | tuple) -> list[tuple]:
 def sql_execute(query: str, params: dict | list | tuple) -> int:
     """Run one statement; returns the number of rows it changed."""
     return _run(query, params, lambda cursor: cursor.rowcount)
+
+
+# --- Statements composed with psycopg.sql (the order path's, in each app's queries.py) -------
+
+
+class AdvisoryLock(IntEnum):
+    """Every PostgreSQL advisory lock the project takes, named once (Saleor's core/db/locks.py):
+    two users of one id would wait for each other for no reason."""
+
+    STOCK_RECONCILIATION = 7_420_001  # inventory_reconcile and inventory_forget_sold, never together
+    EVENT_RELAY = 7_420_002  # one relay publishes events at a time, so each order's stay in order
+
+
+class SqlParams:
+    """The parameters of one SQL fragment, as a frozen dataclass: its fields are the fragment's
+    parameters, named in the SQL `prefix` + field name. The fragment writes its placeholders with
+    `placeholder(field)` (a field it does not have fails at import), and a statement binds the
+    values with `params()`: two fragments of one statement never share a name unnoticed
+    (Statement checks that their names are disjoint), so neither can bind the other's value."""
+
+    __slots__ = ()
+    prefix: ClassVar[str] = ""
+
+    @classmethod
+    def _field_names(cls) -> tuple[str, ...]:
+        names = cls.__dict__.get("_names_cache")
+        if names is None:
+            names = tuple(f.name for f in dataclasses.fields(cls))
+            cls._names_cache = names  # a class attribute, beside the instances' slots
+        return names
+
+    @classmethod
+    def placeholder(cls, name: str) -> sql.Placeholder:
+        if name not in cls._field_names():
+            raise ValueError(f"{cls.__name__} has no parameter {name!r}")
+        return sql.Placeholder(cls.prefix + name)
+
+    @classmethod
+    def param_names(cls) -> frozenset[str]:
+        return frozenset(cls.prefix + name for name in cls._field_names())
+
+    def params(self) -> dict[str, object]:
+        prefix = self.prefix
+        return {prefix + name: getattr(self, name) for name in self._field_names()}
+
+
+_NAMED_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Statement:
+    """A statement composed from fragments, rendered once (at import) to the text the hot path
+    runs: `sql_one(statement.text, statement.bind(...))`, never composed again per request. The
+    whole text is kept in orders/sql/*.sql by a golden test (orders/tests/test_sql_golden.py)."""
+
+    name: str
+    text: str
+    takes: tuple[type[SqlParams], ...]
+
+    @classmethod
+    def compose(cls, name: str, composed: sql.Composable, *takes: type[SqlParams]) -> Statement:
+        """Render `composed` (as_string(None): no connection needed for identifiers, literals
+        and placeholders) and check that the fragments' parameter classes `takes` name disjoint
+        parameters that cover every named placeholder of the text."""
+        text = composed.as_string(None)
+        seen: dict[str, str] = {}
+        for params in takes:
+            for param in params.param_names():
+                if param in seen:
+                    raise ValueError(f"{name}: {params.__name__} and {seen[param]} both bind %({param})s")
+                seen[param] = params.__name__
+        unbound = set(_NAMED_PLACEHOLDER.findall(text)) - set(seen)
+        if unbound:
+            raise ValueError(f"{name}: no parameter class binds {sorted(unbound)}")
+        return cls(name=name, text=text, takes=takes)
+
+    def bind(self, *values: SqlParams) -> dict[str, object]:
+        """The statement's parameters from one value of each of its classes."""
+        bound: dict[str, object] = {}
+        for value in values:
+            if type(value) not in self.takes:
+                raise TypeError(f"{self.name} takes no {type(value).__name__}")
+            bound.update(value.params())
+        return bound
