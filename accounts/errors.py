@@ -19,6 +19,7 @@ class InsufficientBalance(DomainError):
     code = AccountErrorCode.INSUFFICIENT_BALANCE
     status_code = status.HTTP_409_CONFLICT
     default_message = "The balance does not cover the amount."
+    replayable = True  # refused once the stock was reserved: the key's answer
 
 
 class AccountMissing(DomainError):

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from accounts import queries
 from accounts.errors import (
     AccountMissing,
     AdjustmentNotPending,
@@ -27,6 +28,7 @@ from accounts.errors import (
 )
 from accounts.login_limits import login_attempt_count, login_failure_count
 from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
+from accounts.queries import CHANGE, WITHDRAW_MANY
 from accounts.tokens import generation_bump, token_generate, token_hash
 from kernel import metrics
 from kernel.actors import admin_reference
@@ -34,50 +36,6 @@ from kernel.database import sql_all, sql_execute, sql_one
 from kernel.retry import Backoff, RetryExhausted, retry_on_conflict
 
 logger = logging.getLogger(__name__)
-
-
-# The version-checked balance change, as CTEs other statements compose (the synchronous order
-# writes its balance change in its own statement). `current` reads the balance and version;
-# `changed` updates the account only if the version is still the one read (READ COMMITTED
-# re-checks it after waiting for a concurrent writer's lock, so a committed concurrent change
-# makes it match nothing), the balance stays >= 0, and the CTE `guard` (if given) has a row.
-def balance_change_ctes(*, guard: str = "") -> str:
-    guard_from = f", {guard}" if guard else ""
-    return f"""
-current AS (
-    SELECT balance, version FROM accounts_account WHERE user_id = %(balance_user_id)s
-), changed AS (
-    UPDATE accounts_account AS account
-    SET balance = current.balance + %(balance_amount)s, version = account.version + 1, updated_at = now()
-    FROM current{guard_from}
-    WHERE account.user_id = %(balance_user_id)s AND account.version = current.version
-      AND current.balance + %(balance_amount)s >= 0
-    RETURNING account.balance
-)"""
-
-
-def balance_entry_cte(*, reference: str, source: str = "") -> str:
-    """CTE `entry`: the ledger entry of `changed` (from balance_change_ctes), its reference the
-    SQL expression `reference` (which may use the CTE `source`)."""
-    source_from = f", {source}" if source else ""
-    return f"""
-entry AS (
-    INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
-    SELECT %(balance_user_id)s, %(balance_amount)s, %(balance_kind)s, {reference}, changed.balance, now()
-    FROM changed{source_from}
-    RETURNING id, balance_after
-)"""
-
-
-def balance_params(*, user_id: int, amount: int, kind: str) -> dict[str, object]:
-    return {"balance_user_id": user_id, "balance_amount": amount, "balance_kind": kind}
-
-
-# One round trip per attempt; the entry's id comes back NULL when the update did not happen.
-_CHANGE_SQL = f"""
-WITH {balance_change_ctes()}, {balance_entry_cte(reference="%(reference)s")}
-SELECT current.balance, entry.id, entry.balance_after FROM current LEFT JOIN entry ON true
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +79,12 @@ def account_change_balance(
     every attempt lost the race (`max_attempts=1` is the old design: no retry).
     """
 
-    params = {**balance_params(user_id=user_id, amount=amount, kind=kind), "reference": reference}
+    params = CHANGE.bind(
+        queries.BalanceChange(user_id=user_id, amount=amount, kind=kind), queries.LedgerReference(reference=reference)
+    )
 
     def attempt_once() -> BalanceChange | None:
-        row = sql_one(_CHANGE_SQL, params)
+        row = sql_one(CHANGE.text, params)
         if row is None:
             raise AccountMissing(details={"userId": user_id})
         balance, entry_id, balance_after = row
@@ -170,30 +130,6 @@ def account_refund(*, user_id: int, amount: int, reference: str) -> BalanceChang
 
 
 # --- Many payments at once (the batch settlement) -----------------------------------------
-
-# One round trip per attempt of a batch: for each account, update it only if its version is
-# still the one read (as _CHANGE_SQL does for one), and write the ledger entries of the
-# accounts that were updated, each with the balance it left. Returns the updated accounts.
-_WITHDRAW_MANY_SQL = """
-WITH planned AS (
-    SELECT * FROM jsonb_to_recordset(%(accounts)s::jsonb) AS planned(user_id bigint, version bigint, balance bigint)
-), changed AS (
-    UPDATE accounts_account AS account
-    SET balance = planned.balance, version = account.version + 1, updated_at = now()
-    FROM planned
-    WHERE account.user_id = planned.user_id AND account.version = planned.version
-    RETURNING account.user_id
-), entries AS (
-    INSERT INTO accounts_balanceentry (account_id, amount, kind, reference, balance_after, created_at)
-    SELECT entry.user_id, -entry.amount, %(kind)s, entry.reference, entry.balance_after, now()
-    FROM ROWS FROM (jsonb_to_recordset(%(entries)s::jsonb)
-                    AS (user_id bigint, amount bigint, reference text, balance_after bigint))
-         WITH ORDINALITY AS entry(user_id, amount, reference, balance_after, position)
-    JOIN changed ON changed.user_id = entry.user_id
-    ORDER BY entry.position
-)
-SELECT user_id FROM changed
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,9 +190,11 @@ def account_withdraw_many(*, withdrawals: list[Withdrawal], max_attempts: int | 
         changed: set[int] = set()
         if left:
             accounts = [{"user_id": uid, "version": balances[uid][1], "balance": left[uid]} for uid in sorted(left)]
-            params = {"accounts": orjson.dumps(accounts).decode(), "entries": orjson.dumps(entries).decode(),
-                      "kind": BalanceEntry.Kind.PAYMENT}  # fmt: skip
-            changed = {user_id for (user_id,) in sql_all(_WITHDRAW_MANY_SQL, params)}
+            params = WITHDRAW_MANY.bind(
+                queries.WithdrawMany(accounts=orjson.dumps(accounts).decode(), entries=orjson.dumps(entries).decode(),
+                                     kind=BalanceEntry.Kind.PAYMENT)
+            )  # fmt: skip
+            changed = {user_id for (user_id,) in sql_all(WITHDRAW_MANY.text, params)}
         # Done: the accounts updated, and those with nothing to take (all their withdrawals SHORT).
         done = changed | (waiting - set(left))
         for index, outcome in planned.items():

@@ -15,6 +15,7 @@ class CouponInvalid(DomainError):
     code = CouponErrorCode.COUPON_INVALID
     status_code = status.HTTP_409_CONFLICT
     default_message = "The coupon cannot be used for this order."
+    replayable = True  # refused once the stock was reserved: the key's answer
 
     def __init__(self, reason: str, message: str | None = None):
         super().__init__(message, details={"reason": reason})

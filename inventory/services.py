@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
-import orjson
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
@@ -39,14 +38,12 @@ from inventory.errors import (
     StockTotalTooLarge,
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
+from inventory.queries import RECORD_UNITS, LedgerReference, ReservationToken, StockEpoch, StockSale
 from kernel import metrics
-from kernel.database import sql_all, sql_one
+from kernel.database import AdvisoryLock, sql_all, sql_one
 from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 
 logger = logging.getLogger(__name__)
-
-# Any constant unique to this lock; pg_try_advisory_lock keeps reconcilers from overlapping.
-_RECONCILE_LOCK_ID = 7_420_001
 
 
 def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
@@ -140,77 +137,10 @@ def _settle_as_released(token: str) -> bool:
 
 
 # --- Recording a sale: the reservation settled SOLD and its ledger rows, fenced by the epoch --
+# (the statements and fragments in inventory/queries.py; an order's own statement composes them)
 
-# The generation of Redis' stock counts. A rebuild from the database (after Redis lost data)
-# bumps it before it waits for older transactions, and a reservation's units are recorded only
-# while the epoch is still the one they were reserved under: a statement that read the old
-# epoch began before the bump, so the rebuild waits for it and counts its sale; one that reads
-# the new epoch records nothing. Read with last_value, which needs no lock and no snapshot.
-EPOCH_FENCE_SQL = "SELECT 1 FROM inventory_stock_epoch WHERE last_value = %(stock_epoch)s"
-# The same fence, and the prices the caller was quoted still the database's: every product
-# exists, is on sale and costs what the order will charge (prices_for_order's checks, read in
-# the order's own statement, so an order that skipped prices_for_order never charges a stale
-# price, and saves that round trip). Parameters from quoted_prices_params().
-# The products are looked up by id (an array, which the planner sizes): joined to the quoted
-# prices as a set-returning function, which it guesses at 100 rows, the products were scanned
-# whole, 1 ms an order at 10,000 of them.
-EPOCH_AND_PRICES_FENCE_SQL = f"""{EPOCH_FENCE_SQL} AND (
-    SELECT count(*) FROM {Product._meta.db_table} AS product
-    WHERE product.id = ANY(%(quoted_ids)s::bigint[]) AND product.active
-      AND product.price = (%(quoted_prices)s::jsonb ->> product.id::text)::bigint
-) = %(quoted_count)s"""
 _EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
 _EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
-
-
-def stock_sale_sql(*, source: str, reference: str) -> str:
-    """The CTEs `settled` and `movements` that record the reservation in sale_params() once
-    per row of the CTE `source`, the ledger reference being the SQL expression `reference`.
-
-    For a statement that writes the sale together with what it was sold for (an order): the
-    caller makes `source` depend on EPOCH_FENCE_SQL. The SOLD row's primary key makes a sale
-    and a reconciliation release mutually exclusive (the statement fails with IntegrityError).
-    """
-    return f"""
-settled AS (
-    INSERT INTO inventory_stockreservation (token, state, created_at)
-    SELECT %(stock_token)s, %(stock_sold)s, now() FROM {source}
-    RETURNING token
-), movements AS (
-    INSERT INTO inventory_stockmovement (product_id, quantity, kind, reference, reason, holder, created_at)
-    SELECT item.key::bigint, -item.value::bigint, %(stock_kind)s, {reference}, %(stock_reason)s,
-           %(stock_holder)s::bigint, now()
-    FROM {source}, settled, jsonb_each_text(%(stock_quantities)s::jsonb) AS item
-    RETURNING 1
-)"""
-
-
-def stock_sale_params(
-    *, reservation: Reservation, quantities: dict[int, int], kind: str = StockMovement.Kind.SALE, reason: str = ""
-) -> dict[str, object]:
-    return {
-        "stock_token": reservation.token,
-        "stock_epoch": reservation.epoch,
-        "stock_sold": StockReservation.State.SOLD,
-        "stock_kind": kind,
-        "stock_reason": reason,
-        "stock_holder": reservation.holder,
-        "stock_quantities": orjson.dumps(quantities, option=orjson.OPT_NON_STR_KEYS).decode(),
-    }
-
-
-def quoted_prices_params(*, prices: dict[int, int]) -> dict[str, object]:
-    return {
-        "quoted_prices": orjson.dumps(prices, option=orjson.OPT_NON_STR_KEYS).decode(),
-        "quoted_ids": list(prices),
-        "quoted_count": len(prices),
-    }
-
-
-_RECORD_UNITS_SQL = f"""
-WITH fence AS ({EPOCH_FENCE_SQL}), {stock_sale_sql(source="fence", reference="%(reference)s")}
-SELECT count(*) FROM movements
-"""
 
 
 def stock_record_sale(*, reservation: Reservation, quantities: dict[int, int], reference: str) -> None:
@@ -225,9 +155,14 @@ def _record_reserved_units(
     """Turn a Redis reservation into ledger rows, inside the caller's transaction, or raise
     ReservationLost: reconciliation released it, or Redis lost it and stock was rebuilt since
     (the epoch moved on)."""
-    params = stock_sale_params(reservation=reservation, quantities=quantities, kind=kind, reason=reason)
+    params = RECORD_UNITS.bind(
+        ReservationToken(token=reservation.token),
+        StockEpoch(epoch=reservation.epoch),
+        StockSale.of(reservation=reservation, quantities=quantities, kind=kind, reason=reason),
+        LedgerReference(reference=reference),
+    )
     try:
-        (recorded,) = sql_one(_RECORD_UNITS_SQL, {**params, "reference": reference})
+        (recorded,) = sql_one(RECORD_UNITS.text, params)
     except IntegrityError as exc:
         raise ReservationLost() from exc
     if not recorded:
@@ -545,14 +480,14 @@ def _reconciliation_lock() -> Iterator[bool]:
     """The session advisory lock that keeps reconciliations (and forgetting) from overlapping;
     yields whether it was taken."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RECONCILE_LOCK_ID])
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
         locked = cursor.fetchone()[0]
     try:
         yield locked
     finally:
         if locked:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [_RECONCILE_LOCK_ID])
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
 
 
 def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_wait_seconds: float) -> ReconcileReport:
@@ -687,7 +622,7 @@ def reservations_trim_cutoff() -> datetime.datetime:
     """Settled reservations created before this may be deleted.
 
     A SOLD or RELEASED row is what makes a sale and a release of the same reservation mutually
-    exclusive (stock_sale_sql, _settle_as_released): without it, reconciliation would release a
+    exclusive (inventory.queries.stock_sale_ctes, _settle_as_released): without it, reconciliation would release a
     reservation that was sold (units counted twice), or a late sale would commit after its
     release. So a row goes only when both are impossible: it is older than
     STOCK_RESERVATION_RETENTION_SECONDS (far beyond the grace period, after which reconciliation

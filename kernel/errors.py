@@ -50,6 +50,11 @@ class DomainError(Exception):
     default_message: str = "The request conflicts with the current state."
     retry_after: int | None = None  # seconds, sent as Retry-After: the request may simply be repeated then
     admin_only: bool = False  # raised only by what the admin calls: no API operation answers it
+    # Kept as an Idempotency-Key's answer and given again to every retry with the key
+    # (orders/idempotency.py): a refusal once the order's stock was reserved, for its money or
+    # its coupon, is the business's word on the request. Refusals before it (nothing reserved,
+    # nothing changed) and transient failures are not kept, so a retry after one is a real retry.
+    replayable: bool = False
 
     def __init__(
         self, message: str | None = None, *, details: dict[str, Any] | None = None, retry_after: int | None = None

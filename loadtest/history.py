@@ -31,6 +31,7 @@ from inventory.models import Product, StockMovement, StockReservation
 from orders import events
 from orders.models import IdempotencyRecord, Order, OrderEvent, OrderItem, OrderStatus
 from payments.models import Payment, Refund
+from payments.references import ORDER_REFERENCE_PREFIX as _REF  # the ledgers' reference of an order
 
 CHUNK = 50_000  # orders per round of statements: each well inside a few seconds
 CANCEL_EVERY = 20
@@ -99,10 +100,10 @@ _WRITE_SQL = [
     f"""INSERT INTO {_t(StockReservation)} (token, state, created_at)
     SELECT {_TOKEN}, '{StockReservation.State.SOLD}', o.created_at FROM history_order AS o""",
     f"""INSERT INTO {_t(StockMovement)} (product_id, quantity, kind, reference, reason, holder, created_at)
-    SELECT i.product_id, -i.quantity, '{StockMovement.Kind.SALE}', 'order:' || o.id, '', o.user_id, o.created_at
+    SELECT i.product_id, -i.quantity, '{StockMovement.Kind.SALE}', '{_REF}' || o.id, '', o.user_id, o.created_at
     FROM history_item AS i JOIN history_order AS o ON o.id = i.order_id
     UNION ALL
-    SELECT i.product_id, i.quantity, '{StockMovement.Kind.RETURN}', 'order:' || o.id, '', o.user_id, o.cancelled_at
+    SELECT i.product_id, i.quantity, '{StockMovement.Kind.RETURN}', '{_REF}' || o.id, '', o.user_id, o.cancelled_at
     FROM history_item AS i JOIN history_order AS o ON o.id = i.order_id WHERE o.cancelled""",
     f"""INSERT INTO {_t(Payment)} (id, order_id, user_id, amount, status, created_at)
     SELECT o.id, o.id, o.user_id, o.total,
@@ -146,7 +147,7 @@ WITH moves AS (
     SELECT user_id, total, '{BalanceEntry.Kind.REFUND}', id, cancelled_at, id * 2 + 1 FROM history_order WHERE cancelled
 ), written AS (
     INSERT INTO {_t(BalanceEntry)} (account_id, amount, kind, reference, balance_after, created_at)
-    SELECT moves.user_id, moves.amount, moves.kind, 'order:' || moves.order_id,
+    SELECT moves.user_id, moves.amount, moves.kind, '{_REF}' || moves.order_id,
            account.balance + sum(moves.amount) OVER (PARTITION BY moves.user_id ORDER BY moves.position), moves.at
     FROM moves JOIN {_t(Account)} AS account ON account.user_id = moves.user_id
     ORDER BY moves.position

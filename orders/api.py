@@ -35,6 +35,7 @@ from orders.errors import (
     TooManyUnpaidOrders,
 )
 from orders.idempotency import KeyTakenOver, RequestInProgress
+from orders.results import Placement, placement_status_code
 from orders.selectors import order_get, order_list
 from orders.serializers import (
     OrderDetailOutputSerializer,
@@ -75,7 +76,7 @@ PREFERENCE_APPLIED_HEADER = OpenApiParameter(
 
 
 logger = logging.getLogger(__name__)
-_OUTCOMES = {201: metrics.ORDERS.labels("paid"), 202: metrics.ORDERS.labels("accepted")}
+_OUTCOMES = {Placement.PAID: metrics.ORDERS.labels("paid"), Placement.ACCEPTED: metrics.ORDERS.labels("accepted")}
 _REPLAYED = metrics.ORDERS.labels("replayed")
 
 
@@ -122,16 +123,16 @@ class OrderListCreateApi(APIView):
             fingerprint=request_fingerprint(data) if key else "",
             client_ip=request.META.get("REMOTE_ADDR", ""),
         )
+        status_code = placement_status_code(placed.placement)
         headers = {"Idempotent-Replayed": "true"} if placed.replayed else {}
-        if placed.status_code == 202:
+        if placed.placement is Placement.ACCEPTED:
             headers["Location"] = reverse("order-detail", kwargs={"orderId": placed.order.id})
             headers["Preference-Applied"] = "respond-async"
             if not placed.replayed:  # with the request id: the settler's batch line names the order
                 logger.info("order %s accepted for payment", placed.order.id)
         if metrics.enabled():
-            outcome = _REPLAYED if placed.replayed else _OUTCOMES.get(placed.status_code)
-            (outcome or metrics.ORDERS.labels(str(placed.status_code))).inc()
-        return Response(order_to_dict(placed.order), status=placed.status_code, headers=headers)
+            (_REPLAYED if placed.replayed else _OUTCOMES[placed.placement]).inc()
+        return Response(order_to_dict(placed.order), status=status_code, headers=headers)
 
     @extend_schema(responses={200: OrderOutputSerializer(many=True)}, summary="The caller's orders, newest first")
     def get(self, request):

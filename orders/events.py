@@ -18,14 +18,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from inventory.stock import redis_client
-from kernel.database import sql_execute, sql_one
+from kernel.database import AdvisoryLock, sql_execute, sql_one
 from kernel.retention import Batch, Progress, TrimResult, trim_in_batches
 from orders.models import Order, OrderEvent
+from orders.queries import EVENTS_RECORD, EventsOf, NewEvents
 
 logger = logging.getLogger(__name__)
 
 STREAM_KEY = "orders:events"
-_RELAY_LOCK_ID = 7_420_002
 
 CREATED = "order.created"
 PAYMENT_STARTED = "order.payment_started"
@@ -59,34 +59,17 @@ def event_build(order: Order, event_type: str, *, previous_status: str | None = 
 
 
 def as_json(events: list[NewEvent]) -> str:
-    """Events as one JSON array, for an INSERT ... SELECT FROM jsonb_array_elements(...)."""
+    """Events as one JSON array, for orders.queries.events_insert (NewEvents)."""
     return orjson.dumps(
         [{"orderId": event.order_id, "type": event.type, "payload": event.payload} for event in events]
     ).decode()
 
 
-def insert_sql(*, order_id: str, source: str = "") -> str:
-    """The INSERT of the events in %(events)s (see as_json) for the order whose id is the SQL
-    expression `order_id`, taken from `source` (a CTE of the same statement) if given.
-
-    Events keep the order given: their ids, and so the relay's order, follow their position.
-    """
-    from_source = f"{source}, " if source else ""
-    return f"""
-INSERT INTO orders_orderevent (event_id, order_id, type, payload, created_at)
-SELECT gen_random_uuid(), {order_id}, event.value->>'type', event.value->'payload', clock_timestamp()
-FROM {from_source}jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
-ORDER BY event.position
-"""
-
-
-_RECORD_SQL = insert_sql(order_id="%(order_id)s")
-
-
 def events_record(events: list[NewEvent]) -> None:
     """Events that come with no status change (created, payment started), all of one order,
     inside the transaction of what they describe."""
-    sql_execute(_RECORD_SQL, {"order_id": events[0].order_id, "events": as_json(events)})
+    params = EVENTS_RECORD.bind(EventsOf(order_id=events[0].order_id), NewEvents(events=as_json(events)))
+    sql_execute(EVENTS_RECORD.text, params)
 
 
 def events_relay(*, batch_size: int = 500) -> int:
@@ -99,7 +82,7 @@ def events_relay(*, batch_size: int = 500) -> int:
     published = 0
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_RELAY_LOCK_ID])
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [AdvisoryLock.EVENT_RELAY])
             if not cursor.fetchone()[0]:
                 return 0
         events = list(OrderEvent.objects.filter(published_at__isnull=True).order_by("id")[:batch_size])

@@ -23,7 +23,6 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import connection
@@ -32,25 +31,15 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework import status
 
-from accounts.errors import InsufficientBalance
-from coupons.errors import CouponInvalid
 from kernel.errors import DomainError, ErrorCode, error_body
 from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 from orders.errors import IdempotencyKeyReused, TooManyIdempotencyKeys
-from orders.models import IdempotencyRecord, Order
-
-if TYPE_CHECKING:
-    from orders.services import PlacedOrder
+from orders.models import IdempotencyRecord, Order, PlacedItem
+from orders.results import PlacedOrder, placement_of_status_code, placement_status_code
 
 IN_PROGRESS = 0  # status_code of a key whose first request has not answered yet
 
-# Refusals given once the order's stock was reserved, for its money or its coupon: the
-# business's word on the request. Refusals before (nothing reserved, nothing changed) and
-# transient failures (503) are not kept, so a retry after one is a real retry.
-REMEMBERED_ERRORS = (
-    CouponInvalid,
-    InsufficientBalance,
-)
+# Which refusals are kept as the key's answer is the error class's to say (DomainError.replayable).
 
 # Takes the key while its user holds fewer than %(cap)s (counted over the unique index's
 # (user_id, key) prefix, never past the cap); `keys` says how many it found.
@@ -170,26 +159,25 @@ def _take_over_if_stale(record: IdempotencyRecord, claim: Claim) -> bool:
 
 
 def _replay(record: IdempotencyRecord) -> PlacedOrder:
-    from orders.services import PlacedOrder
-
     if record.order_id is None:
         raise RememberedError(record)
-    order = Order.objects.prefetch_related("items").get(pk=record.order_id)
-    order.items_cache = list(order.items.all())
-    return PlacedOrder(order=order, status_code=record.status_code, replayed=True)
+    order = Order.objects.get(pk=record.order_id)
+    order.items_cache = PlacedItem.of_order(order)
+    return PlacedOrder(order=order, placement=placement_of_status_code(record.status_code), replayed=True)
 
 
-def record_order(*, claim: Claim, order_id: int, status_code: int) -> None:
+def record_order(*, claim: Claim, placed: PlacedOrder) -> None:
     """Inside the order's transaction: the key's answer commits with the order, or not at all.
 
     Raises KeyTakenOver if a retry took the key meanwhile: raised here, it rolls the order back.
     (The UPDATE locks the row, so a retry's take-over either came first and is seen here, or
     waits for this transaction and then finds the key answered.)"""
-    if not _owned(claim).update(order_id=order_id, status_code=status_code):
+    if not _owned(claim).update(order_id=placed.order.id, status_code=placement_status_code(placed.placement)):
         raise KeyTakenOver()
 
 
 def record_error(*, claim: Claim, error: DomainError) -> None:
+    """The key's answer is this refusal (one whose class is `replayable`)."""
     _owned(claim).update(
         status_code=error.status_code, response_body=error_body(error.code, error.message, error.details)
     )

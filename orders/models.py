@@ -1,4 +1,7 @@
+from __future__ import annotations
+
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
@@ -68,6 +71,22 @@ class OrderItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quantity} x product {self.product_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedItem:
+    """An order's item as `order.items_cache` holds it wherever an order is written (placed,
+    replayed, locked to move, settled): the answer and the events read these three fields."""
+
+    product_id: int
+    quantity: int
+    unit_price: int
+
+    @classmethod
+    def of_order(cls, order: Order) -> list[PlacedItem]:
+        """The order's items as written, in the order written (one query)."""
+        rows = OrderItem.objects.filter(order_id=order.pk).order_by("id")
+        return [cls(*row) for row in rows.values_list("product_id", "quantity", "unit_price")]
 
 
 class IdempotencyRecord(models.Model):

@@ -25,41 +25,17 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from accounts.services import WithdrawalOutcome
 from kernel import metrics
 from kernel.database import sql_all, sql_one
-from orders import events
-from orders.models import PENDING_SQL, Order, OrderStatus
-from orders.services import SETTLE_CHANNEL, PlacedItem, _give_back, _move
+from orders import events, queries
+from orders.models import Order, OrderStatus, PlacedItem
+from orders.queries import SETTLE_CHANNEL, SETTLE_CLAIM, SETTLE_MARK_PAID
+from orders.status import order_give_back, order_move
 from payments.services import Charge, payment_take_many
 
 logger = logging.getLogger(__name__)
 
-# The oldest first, skipping orders another transaction holds (a settler, a cancel, expiry).
-# The partial index orders_order_pending keeps this cheap however many orders were settled.
-# `only`: these orders alone (NULL: any), `skip`: never these (the orders a settler set aside
-# but could not cancel, see _OrderQuarantine).
-_CLAIM_SQL = f"""
-SELECT id, user_id, total_amount, discount_amount, coupon_code,
-       EXTRACT(EPOCH FROM clock_timestamp() - created_at)::float8
-FROM orders_order
-WHERE {PENDING_SQL} AND (%(only)s::bigint[] IS NULL OR id = ANY(%(only)s::bigint[]))
-  AND id <> ALL(%(skip)s::bigint[])
-ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
-"""
 _ITEMS_SQL = (
     "SELECT order_id, product_id, quantity, unit_price FROM orders_orderitem WHERE order_id = ANY(%s) ORDER BY id"
 )
-# The paid orders moved and their events (payment started, paid) written, in one round trip.
-# The rows are locked by the claim, so every one of them still is PENDING_PAYMENT.
-_MARK_PAID_SQL = f"""
-WITH paid AS (
-    UPDATE orders_order AS o SET status = %(paid)s, paid_amount = paid.amount, updated_at = now()
-    FROM jsonb_to_recordset(%(orders)s::jsonb) AS paid(id bigint, amount bigint)
-    WHERE o.id = paid.id AND o.status = %(pending)s
-    RETURNING o.id
-), new_events AS ({events.insert_sql(order_id="(event.value->>'orderId')::bigint")})
-SELECT count(*) FROM paid
-"""
-
-
 # The database went away (PostgreSQL restarting, a lost connection, a deadlock between two
 # batches): the batch is rolled back and tried again whole once it is back. Any other error
 # belongs to the orders of the batch (see BatchFailed).
@@ -150,8 +126,8 @@ def _fail_and_cancel(order: Order) -> None:
     """PAYMENT_FAILED then CANCELLED, the stock and the coupon use given back, in the caller's
     transaction, the order row locked."""
     events.events_record([events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status)])
-    _move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
-    _give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
+    order_move(order, OrderStatus.PAYMENT_FAILED, events.PAYMENT_FAILED)
+    order_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
 
 
 def order_set_aside(*, order_id: int) -> bool:
@@ -181,7 +157,7 @@ def _observe(batch: SettledBatch, *, waited_at_claim: list[float], started: floa
 
 
 def _claim(limit: int, *, only: list[int] | None, skip: frozenset[int]) -> list[Order]:
-    rows = sql_all(_CLAIM_SQL, {"limit": limit, "only": only, "skip": sorted(skip)})
+    rows = sql_all(SETTLE_CLAIM.text, SETTLE_CLAIM.bind(queries.Claim(only=only, skip=sorted(skip), limit=limit)))
     orders = []
     for oid, uid, total, discount, coupon, waited in rows:
         order = Order(id=oid, user_id=uid, status=OrderStatus.PENDING_PAYMENT, total_amount=total,
@@ -205,11 +181,11 @@ def _mark_paid(orders: list[Order]) -> None:
         to_write.append(events.event_build(order, events.PAYMENT_STARTED, previous_status=order.status))
         order.status, order.paid_amount = OrderStatus.PAID, order.total_amount - order.discount_amount
         to_write.append(events.event_build(order, events.PAID, previous_status=OrderStatus.PENDING_PAYMENT))
-    (moved,) = sql_one(
-        _MARK_PAID_SQL,
-        {"paid": OrderStatus.PAID, "pending": OrderStatus.PENDING_PAYMENT, "events": events.as_json(to_write),
-         "orders": orjson.dumps([{"id": o.id, "amount": o.paid_amount} for o in orders]).decode()},
+    paid = queries.MarkPaid(
+        paid=OrderStatus.PAID, pending=OrderStatus.PENDING_PAYMENT,
+        orders=orjson.dumps([{"id": o.id, "amount": o.paid_amount} for o in orders]).decode(),
     )  # fmt: skip
+    (moved,) = sql_one(SETTLE_MARK_PAID.text, SETTLE_MARK_PAID.bind(paid, queries.NewEvents(events.as_json(to_write))))
     if moved != len(orders):  # cannot happen while the claim's row locks hold; never commit half a batch
         raise RuntimeError(f"settlement moved {moved} of {len(orders)} claimed orders")
 

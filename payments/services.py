@@ -10,27 +10,8 @@ from django.db import transaction
 from accounts.services import Withdrawal, WithdrawalOutcome, account_refund, account_withdraw, account_withdraw_many
 from kernel.database import sql_execute, sql_one
 from payments.models import Payment, Refund
-
-_INSERT_PAYMENT_SQL = (
-    "INSERT INTO payments_payment (order_id, user_id, amount, status, created_at) "
-    "VALUES (%s, %s, %s, %s, now()) RETURNING id"
-)
-
-
-def payment_insert_cte(*, source: str, order_id: str) -> str:
-    """CTE `payment`: the captured payment of %(payment_amount)s by %(payment_user_id)s for the
-    order whose id is the SQL expression `order_id`, once per row of the CTE `source`. For a
-    statement that writes the order and its payment together; the unique order id still makes
-    a second charge fail."""
-    return f"""
-payment AS (
-    INSERT INTO payments_payment (order_id, user_id, amount, status, created_at)
-    SELECT {order_id}, %(payment_user_id)s, %(payment_amount)s, %(payment_status)s, now() FROM {source}
-)"""
-
-
-def payment_params(*, user_id: int, amount: int) -> dict[str, object]:
-    return {"payment_user_id": user_id, "payment_amount": amount, "payment_status": Payment.Status.CAPTURED}
+from payments.queries import INSERT_PAYMENT, INSERT_PAYMENTS, NewPayments
+from payments.references import order_reference
 
 
 def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int | None = None) -> int:
@@ -41,9 +22,11 @@ def payment_take(*, order_id: int, user_id: int, amount: int, max_attempts: int 
     and the payment row commit together. Raises InsufficientBalance or BalanceConflict.
     """
     with transaction.atomic(savepoint=False):
-        (payment_id,) = sql_one(_INSERT_PAYMENT_SQL, [order_id, user_id, amount, Payment.Status.CAPTURED])
+        (payment_id,) = sql_one(INSERT_PAYMENT.text, [order_id, user_id, amount, Payment.Status.CAPTURED])
         if amount:
-            account_withdraw(user_id=user_id, amount=amount, reference=f"order:{order_id}", max_attempts=max_attempts)
+            account_withdraw(
+                user_id=user_id, amount=amount, reference=order_reference(order_id), max_attempts=max_attempts
+            )
         return payment_id
 
 
@@ -52,13 +35,6 @@ class Charge:
     order_id: int
     user_id: int
     amount: int
-
-
-_INSERT_PAYMENTS_SQL = """
-INSERT INTO payments_payment (order_id, user_id, amount, status, created_at)
-SELECT charge.order_id, charge.user_id, charge.amount, %(status)s, now()
-FROM jsonb_to_recordset(%(charges)s::jsonb) AS charge(order_id bigint, user_id bigint, amount bigint)
-"""
 
 
 def payment_take_many(*, charges: list[Charge]) -> list[WithdrawalOutcome]:
@@ -71,7 +47,9 @@ def payment_take_many(*, charges: list[Charge]) -> list[WithdrawalOutcome]:
     """
     to_withdraw = [c for c in charges if c.amount]
     results = (
-        account_withdraw_many(withdrawals=[Withdrawal(c.user_id, c.amount, f"order:{c.order_id}") for c in to_withdraw])
+        account_withdraw_many(
+            withdrawals=[Withdrawal(c.user_id, c.amount, order_reference(c.order_id)) for c in to_withdraw]
+        )
         if to_withdraw
         else []
     )
@@ -83,7 +61,8 @@ def payment_take_many(*, charges: list[Charge]) -> list[WithdrawalOutcome]:
         if outcome == WithdrawalOutcome.TAKEN
     ]
     if paid:
-        sql_execute(_INSERT_PAYMENTS_SQL, {"charges": orjson.dumps(paid).decode(), "status": Payment.Status.CAPTURED})
+        charges = NewPayments(charges=orjson.dumps(paid).decode(), status=Payment.Status.CAPTURED)
+        sql_execute(INSERT_PAYMENTS.text, INSERT_PAYMENTS.bind(charges))
     return outcomes
 
 
@@ -95,5 +74,5 @@ def payment_refund(*, order_id: int) -> Refund | None:
             return None
         Payment.objects.filter(pk=payment.pk).update(status=Payment.Status.REFUNDED)
         if payment.amount:
-            account_refund(user_id=payment.user_id, amount=payment.amount, reference=f"order:{order_id}")
+            account_refund(user_id=payment.user_id, amount=payment.amount, reference=order_reference(order_id))
         return Refund.objects.create(payment=payment, amount=payment.amount)

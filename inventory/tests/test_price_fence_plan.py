@@ -4,7 +4,7 @@ import pytest
 from django.db import connection
 
 from inventory.models import Product
-from inventory.services import EPOCH_AND_PRICES_FENCE_SQL, quoted_prices_params
+from inventory.queries import EPOCH_AND_PRICES_FENCE_SQL, quoted_prices_params
 
 pytestmark = pytest.mark.django_db
 

@@ -21,7 +21,6 @@ from devtools.testing import (
     start_redis_server,
     wait_for,
 )
-from inventory import services as inventory_services
 from inventory import stock
 from inventory import tasks as inventory_tasks
 from inventory.errors import ReservationLost, StockNotLoaded
@@ -35,6 +34,7 @@ from inventory.services import (
     stock_release,
     stock_reserve,
 )
+from kernel.database import AdvisoryLock
 from orders import services
 from orders.models import Order
 
@@ -365,10 +365,10 @@ def test_forgetting_waits_its_turn_while_a_reconciliation_holds_the_lock():
     holder = connections.create_connection("default")  # another session, as another process would
     try:
         with holder.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [inventory_services._RECONCILE_LOCK_ID])  # reconciling
+            cursor.execute("SELECT pg_advisory_lock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])  # reconciling
             assert inventory_forget_sold(older_than_seconds=0) == 0
             assert len(_tracked()) == 1
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [inventory_services._RECONCILE_LOCK_ID])
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
     finally:
         holder.close()
     assert inventory_forget_sold(older_than_seconds=0) == 1

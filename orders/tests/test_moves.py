@@ -25,7 +25,7 @@ def test_a_field_name_outside_the_list_is_refused_before_any_sql_even_under_pyth
         import django
         django.setup()
         from orders.models import Order
-        from orders.services import _move
+        from orders.status import order_move as _move
         order = Order.objects.get(pk={order_id})
         order.items_cache = list(order.items.all())
         try:

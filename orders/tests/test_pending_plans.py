@@ -10,7 +10,9 @@ from django.db import connection
 from loadtest.seeding import SeedShape, seed
 from orders.backlog import _OLDEST_PENDING_SQL
 from orders.metrics import _BACKLOG_SQL
-from orders.settlement import _CLAIM_SQL
+from orders.queries import SETTLE_CLAIM
+
+_CLAIM_SQL = SETTLE_CLAIM.text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
