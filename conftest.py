@@ -4,8 +4,8 @@ import pytest
 from redis.connection import parse_url
 
 from accounts.authentication import forget_tokens
-from inventory import stock
-from inventory.services import stock_epoch
+from inventory import redis_counts
+from inventory.reservations import stock_epoch
 from orders.backlog import payment_backlog_forget
 
 
@@ -16,10 +16,10 @@ def clean_redis(request, settings):
     assert parse_url(settings.REDIS_URL).get("db") == settings.TEST_REDIS_DB, (
         "tests never touch the development keyspace"
     )
-    client = stock.redis_client()
+    client = redis_counts.redis_client()
     client.flushdb()
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
-        stock.mark_loaded(epoch=stock_epoch())
+        redis_counts.mark_loaded(epoch=stock_epoch())
     forget_tokens()
     payment_backlog_forget()
     yield

@@ -3,7 +3,7 @@ from django.db.models import OuterRef, Subquery, Sum
 from django.urls import reverse
 from django.utils.html import format_html
 
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import Product, StockMovement
 from inventory.services import product_purchase_limit_set, stock_adjust
 from kernel.actors import admin_reference
@@ -41,7 +41,7 @@ class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
 
     @admin.display(description="Available (Redis, live)")
     def live_stock(self, obj):
-        live = stock.available(product_ids=[obj.id])[obj.id]  # one GET a row; admin pages are short
+        live = redis_counts.available(product_ids=[obj.id])[obj.id]  # one GET a row; admin pages are short
         return "not loaded" if live is None else live
 
     @admin.display(description="Stock")

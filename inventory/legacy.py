@@ -28,7 +28,7 @@ from django.db import connection, transaction
 from django.db.models import Sum
 from rest_framework import status
 
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import OutOfStock
 from inventory.models import StockMovement
 from kernel import metrics
@@ -49,7 +49,7 @@ class LockTimeout(DomainError):
 
 
 def _acquire(key: str, value: str) -> bool:
-    client = stock.redis_client()
+    client = redis_counts.redis_client()
     ttl_ms = settings.LEGACY_LOCK_TTL_MS
     deadline = time.monotonic() + settings.LEGACY_LOCK_WAIT_MS / 1000
     while True:
@@ -76,7 +76,7 @@ def product_locks(product_ids: list[int]) -> Iterator[None]:
         yield
     finally:
         for key in reversed(held):
-            stock.run_script("unlock", keys=[key], args=[value])
+            redis_counts.run_script("unlock", keys=[key], args=[value])
 
 
 def _lock_in_the_database(product_ids: list[int]) -> None:
@@ -115,4 +115,4 @@ def stock_take_locked(*, quantities: dict[int, int], reference: str) -> None:
     )
 
     taken = {pid: -qty for pid, qty in quantities.items()}
-    transaction.on_commit(lambda: stock.shift_available(quantities=taken), robust=True)
+    transaction.on_commit(lambda: redis_counts.shift_available(quantities=taken), robust=True)

@@ -12,8 +12,8 @@ import orjson
 from django.conf import settings
 from prometheus_client.core import GaugeMetricFamily
 
-from inventory import stock
-from inventory.services import on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import on_hand_by_product
 
 # Under the inv: prefix, so a reseed (which deletes inv:*) drops a snapshot of the old shop.
 _SNAPSHOT_KEY = "inv:ledger-gauge"
@@ -31,7 +31,7 @@ def ledger_on_hand() -> tuple[dict[int, int], float]:
     max_age = settings.STOCK_LEDGER_GAUGE_SECONDS
     if max_age <= 0:
         return on_hand_by_product(), 0.0
-    redis = stock.redis_client()
+    redis = redis_counts.redis_client()
     cached = redis.get(_SNAPSHOT_KEY)
     if cached is not None:
         snapshot = orjson.loads(cached)
@@ -58,7 +58,7 @@ class StockCollector:
 
     def collect(self):
         on_hand, age = ledger_on_hand()
-        live = stock.available(product_ids=list(on_hand))
+        live = redis_counts.available(product_ids=list(on_hand))
         shown = fewest_left(on_hand, live, settings.METRICS_STOCK_PRODUCTS)
         redis_stock = GaugeMetricFamily(
             "shop_stock_redis_units", "Units Redis will still reserve, per product (live stock).", labels=["product"]
@@ -84,5 +84,5 @@ class StockCollector:
         yield GaugeMetricFamily(
             "shop_stock_reservations_tracked",
             "Reservations tracked in Redis: in flight, or sold in the last seconds and not yet forgotten.",
-            value=stock.tracked_reservations(),
+            value=redis_counts.tracked_reservations(),
         )

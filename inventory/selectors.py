@@ -1,6 +1,6 @@
 from django.db.models import QuerySet
 
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import ProductNotFound
 from inventory.models import Product
 
@@ -18,7 +18,7 @@ def product_get(*, product_id: int) -> Product:
 
 def with_live_stock(products: list[Product]) -> list[Product]:
     """Attach Redis's available count (one MGET for the page) as `live_stock`."""
-    counts = stock.available(product_ids=[p.id for p in products])
+    counts = redis_counts.available(product_ids=[p.id for p in products])
     for product in products:
         product.live_stock = max(counts.get(product.id) or 0, 0)
     return products

@@ -13,20 +13,18 @@ What is the record, what is derived, when they meet:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import math
 import time
 import uuid
-from collections.abc import Container, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import (
     OutOfStock,
     ProductNotFound,
@@ -39,8 +37,9 @@ from inventory.errors import (
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
 from inventory.queries import RECORD_UNITS, LedgerReference, ReservationToken, StockEpoch, StockSale
-from kernel import metrics
-from kernel.database import AdvisoryLock, sql_all, sql_one
+from inventory.reconciliation import inventory_reconcile
+from inventory.reservations import reservation_mark_released
+from kernel.database import sql_all, sql_one
 from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 
 logger = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class Reservation:
 
 
 def stock_reserve(
-    *, quantities: dict[int, int], holder: int | None = None, counters: tuple[stock.AdmissionCounter, ...] = ()
+    *, quantities: dict[int, int], holder: int | None = None, counters: tuple[redis_counts.AdmissionCounter, ...] = ()
 ) -> Reservation:
     """Take units of every product in Redis at once, or none, for `holder` (a user id), within
     each product's purchase limit, once each of `counters` admits it.
@@ -82,7 +81,7 @@ def stock_reserve(
     PurchaseLimitReached (naming the item), or StockNotLoaded.
     """
     token = uuid.uuid4()
-    result = stock.reserve(token=token, quantities=quantities, holder=holder, counters=counters)
+    result = redis_counts.reserve(token=token, quantities=quantities, holder=holder, counters=counters)
     if result.ok:
         return Reservation(token=token, epoch=result.epoch, holder=holder)
     if not result.loaded:
@@ -121,26 +120,11 @@ def stock_release(*, token: uuid.UUID) -> bool:
     script releases a token at most once). If the database cannot be reached, the reservation
     stays tracked and reconciliation settles it after the grace period.
     """
-    return _settle_as_released(str(token)) and stock.release(token=token)
-
-
-def _settle_as_released(token: str) -> bool:
-    """Mark the reservation RELEASED unless it was SOLD; True if it is RELEASED now."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO inventory_stockreservation (token, state, created_at) VALUES (%s, %s, now()) "
-            "ON CONFLICT (token) DO NOTHING",
-            [token, StockReservation.State.RELEASED],
-        )
-        cursor.execute("SELECT state FROM inventory_stockreservation WHERE token = %s", [token])
-        return cursor.fetchone()[0] == StockReservation.State.RELEASED
+    return reservation_mark_released(str(token)) and redis_counts.release(token=token)
 
 
 # --- Recording a sale: the reservation settled SOLD and its ledger rows, fenced by the epoch --
 # (the statements and fragments in inventory/queries.py; an order's own statement composes them)
-
-_EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
-_EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
 
 
 def stock_record_sale(*, reservation: Reservation, quantities: dict[int, int], reference: str) -> None:
@@ -167,11 +151,6 @@ def _record_reserved_units(
         raise ReservationLost() from exc
     if not recorded:
         raise ReservationLost()
-
-
-def stock_epoch() -> int:
-    (epoch,) = sql_one(_EPOCH_SQL, [])
-    return epoch
 
 
 def stock_return(*, quantities: dict[int, int], reference: str, holder: int | None = None) -> None:
@@ -209,8 +188,8 @@ def _stock_move_in(
             for pid, qty in quantities.items()
         )
         PendingMove.objects.create(token=token)
-        move = {str(token): stock.Units(items=dict(quantities), holder=holder)}
-        transaction.on_commit(lambda: stock.apply_moves(moves=move), robust=True)
+        move = {str(token): redis_counts.Units(items=dict(quantities), holder=holder)}
+        transaction.on_commit(lambda: redis_counts.apply_moves(moves=move), robust=True)
 
 
 # The most stock a product may have. Redis's scripts count in Lua's doubles, exact only up to
@@ -271,7 +250,7 @@ def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:
         product.purchase_limit = limit
 
         def load() -> None:
-            stock.set_purchase_limit(product_id=product.pk, limit=limit)
+            redis_counts.set_purchase_limit(product_id=product.pk, limit=limit)
             if limit:
                 inventory_reconcile()
 
@@ -286,327 +265,8 @@ def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bo
             _stock_move_in(quantities={product.id: stock_quantity}, kind=StockMovement.Kind.RESTOCK,
                            reason="initial stock")  # fmt: skip
         else:  # its count exists, at 0 (adding 0 twice is harmless)
-            transaction.on_commit(lambda: stock.add_available(product_id=product.id, quantity=0), robust=True)
+            transaction.on_commit(lambda: redis_counts.add_available(product_id=product.id, quantity=0), robust=True)
     return product
-
-
-# --- Reconciliation ---------------------------------------------------------------------
-
-
-@dataclass
-class ProductDrift:
-    product_id: int
-    on_hand: int
-    in_flight: int
-    redis: int | None
-    unapplied: int = 0  # units of committed moves (returns, restocks) Redis had not applied yet
-    unrecorded: int = 0  # units of moves Redis had applied that committed after the database snapshot
-
-    @property
-    def expected(self) -> int:
-        """What Redis should say at its snapshot."""
-        return self.on_hand - self.in_flight - self.unapplied + self.unrecorded
-
-    @property
-    def drift(self) -> int:
-        return self.expected - (self.redis or 0)
-
-
-@dataclass
-class ReconcileReport:
-    rebuilt: bool = False
-    released_tokens: list[str] = field(default_factory=list)
-    forgotten_tokens: int = 0
-    products: list[ProductDrift] = field(default_factory=list)
-    holding_drifts: dict[tuple[int, int], int] = field(default_factory=dict)  # purchase limits
-    pending_moves: int = 0  # moves between the snapshots: committed or applied, not yet both
-    repaired: bool = False
-
-    @property
-    def drifted(self) -> list[ProductDrift]:
-        # A count missing from Redis is drift, unless a move not yet applied will create it.
-        return [p for p in self.products if p.drift != 0 or (p.redis is None and not p.unapplied)]
-
-
-def purchase_limits() -> dict[int, int | None]:
-    return dict(Product.objects.values_list("id", "purchase_limit"))
-
-
-def holdings_by_holder(*, product_ids: list[int]) -> dict[tuple[int, int], int]:
-    """Units each holder holds for good (sold, less returned) of the given products, from the
-    ledger: (product id, holder) -> units."""
-    rows = (
-        StockMovement.objects.filter(product_id__in=product_ids, holder__isnull=False)
-        .values("product_id", "holder")
-        .annotate(units=Sum("quantity"))
-        .values_list("product_id", "holder", "units")
-    )
-    return {(pid, holder): -units for pid, holder, units in rows if units}
-
-
-def pending_moves() -> dict[str, stock.Units]:
-    """Moves that put units in (returns, restocks), committed and not yet acknowledged as applied
-    in Redis: token -> their units and holder."""
-    # move_token IS NOT NULL said outright, so that the planner may use the partial index.
-    rows = StockMovement.objects.filter(
-        move_token__isnull=False, move_token__in=PendingMove.objects.values("token")
-    ).values_list("move_token", "product_id", "quantity", "holder")
-    moves: dict[str, stock.Units] = {}
-    for token, pid, quantity, holder in rows:
-        move = moves.setdefault(str(token), stock.Units(items={}, holder=holder))
-        move.items[pid] = move.items.get(pid, 0) + quantity
-    return moves
-
-
-def _recorded_moves(tokens: list[str]) -> set[str]:
-    """The moves among `tokens` whose ledger rows this transaction sees (the partial index on
-    move_token)."""
-    recorded: set[str] = set()
-    for chunk in _chunks(tokens):
-        found = StockMovement.objects.filter(move_token__in=chunk).values_list("move_token", flat=True).distinct()
-        recorded.update(str(token) for token in found)
-    return recorded
-
-
-def _acknowledge_moves(tokens: list[str]) -> None:
-    """The moves a snapshot showed both committed and applied are no longer pending (each chunk
-    committed on its own: deleting again is harmless)."""
-    for chunk in _chunks(tokens):
-        PendingMove.objects.filter(token__in=chunk).delete()
-
-
-def _count_units(
-    units: Iterable[stock.Units], *, holdings: dict[tuple[int, int], int], holding_sign: int, limited: Container[int]
-) -> dict[int, int]:
-    """The units of `units` by product; each also added (times `holding_sign`) to its holder's
-    entry in `holdings`, for the products in `limited`."""
-    by_product: dict[int, int] = {}
-    for each in units:
-        for pid, quantity in each.items.items():
-            by_product[pid] = by_product.get(pid, 0) + quantity
-            if each.holder is not None and pid in limited:
-                holdings[pid, each.holder] = holdings.get((pid, each.holder), 0) + holding_sign * quantity
-    return by_product
-
-
-def _chunks(tokens: list[str], size: int = 5_000) -> Iterator[list[str]]:
-    for start in range(0, len(tokens), size):
-        yield tokens[start : start + size]
-
-
-def on_hand_by_product() -> dict[int, int]:
-    totals = dict(
-        Product.objects.values_list("id").annotate(total=Sum("movements__quantity")).values_list("id", "total")
-    )
-    return {pid: totals[pid] or 0 for pid in sorted(totals)}
-
-
-def _settle_abandoned(*, grace_seconds: float) -> list[str]:
-    """Release reservations older than the grace period whose order never committed.
-
-    Inserting the RELEASED row first means a late order transaction can no longer commit (its
-    SOLD insert conflicts); a crash after the insert just repeats the idempotent release.
-    """
-    cutoff_ms = int((time.time() - grace_seconds) * 1000)
-    tokens = stock.tokens_reserved_before(cutoff_ms=cutoff_ms)
-    if not tokens:
-        return []
-    # Most old reservations were sold long ago: find those in one query and leave them to the
-    # drift pass, which forgets them; only the rest need settling one by one.
-    sold = _sold_tokens(tokens)
-    released = []
-    for token in (t for t in tokens if t not in sold):
-        if _settle_as_released(token) and stock.release(token=token):
-            released.append(token)
-    if released:
-        logger.warning("released %d abandoned stock reservations", len(released))
-    return released
-
-
-def _sold_tokens(tokens: list[str]) -> set[str]:
-    sold: set[str] = set()
-    for chunk in _chunks(tokens):
-        found = StockReservation.objects.filter(token__in=chunk, state=StockReservation.State.SOLD).values_list(
-            "token", flat=True
-        )
-        sold.update(str(token) for token in found)
-    return sold
-
-
-def _wait_for_older_transactions(*, timeout: float) -> None:
-    """After Redis lost its data, sales reserved before the loss may still be committing:
-    wait until every transaction that began before then has ended (they are time-bounded by
-    statement and idle-in-transaction timeouts)."""
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT clock_timestamp()")  # the database's clock, not this host's
-        started_before = cursor.fetchone()[0]
-        while time.monotonic() < deadline:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start < %s",
-                [started_before],
-            )
-            if cursor.fetchone()[0] == 0:
-                return
-            time.sleep(0.05)
-    raise StockNotLoaded("Transactions older than the Redis data loss are still running.")
-
-
-def inventory_reconcile(
-    *, repair: bool = True, grace_seconds: float | None = None, rebuild_wait_seconds: float = 60.0
-) -> ReconcileReport:
-    """Compare Redis with the ledger, give back abandoned reservations, repair drift.
-
-    Exact under live traffic: the database snapshot (REPEATABLE READ) is taken before the Redis
-    snapshot, a reservation tracked in Redis counts as in flight unless that same database
-    snapshot shows it SOLD, a move that puts units in (a return, a restock) counts as pending
-    while only one side shows it (committed and not yet applied, or applied and committed after
-    the database snapshot), and the repair shifts counts by the drift rather than setting them,
-    then applies the committed moves Redis had not (each at most once: move.lua).
-    With `repair=False` it only reports. Only one reconciler runs at a time (advisory lock).
-    """
-    grace = settings.STOCK_RESERVATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
-    report = ReconcileReport()
-    with _reconciliation_lock() as locked:
-        if not locked:
-            logger.info("another reconciliation is running; skipped")
-            return report
-        return _reconcile(report, repair=repair, grace=grace, rebuild_wait_seconds=rebuild_wait_seconds)
-
-
-@contextlib.contextmanager
-def _reconciliation_lock() -> Iterator[bool]:
-    """The session advisory lock that keeps reconciliations (and forgetting) from overlapping;
-    yields whether it was taken."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
-        locked = cursor.fetchone()[0]
-    try:
-        yield locked
-    finally:
-        if locked:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
-
-
-def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_wait_seconds: float) -> ReconcileReport:
-    run_id = stock.server_run_id()
-    epoch = stock_epoch()
-    if not stock.is_loaded(run_id=run_id):
-        report.rebuilt = True
-        if repair:  # a check changes nothing: it need not wait for transactions older than the loss
-            # First the fence: reservations made before the loss can no longer be recorded...
-            (epoch,) = sql_one(_EPOCH_BUMP_SQL, [])
-            # ...then the wait for the sales that read the old epoch, so the rebuild counts them.
-            _wait_for_older_transactions(timeout=rebuild_wait_seconds)
-    elif repair:
-        report.released_tokens = _settle_abandoned(grace_seconds=grace)
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        on_hand = on_hand_by_product()
-        limits = purchase_limits()
-        limited = sorted(pid for pid, limit in limits.items() if limit)
-        held_for_good = holdings_by_holder(product_ids=limited)
-        pending = pending_moves()
-        snap = stock.snapshot(product_ids=list(on_hand), limited_ids=limited)
-        sold = _sold_tokens(list(snap.reservations))
-        recorded = _recorded_moves(list(snap.moves))
-    # Reservations in flight are in Redis' counts and holdings, not in the ledger.
-    expected_held = dict(held_for_good)
-    in_flight = _count_units(
-        (tracked for token, tracked in snap.reservations.items() if token not in sold),
-        holdings=expected_held, holding_sign=1, limited=snap.holdings,
-    )  # fmt: skip
-    # Moves between the two snapshots: committed but not applied in Redis yet (the repair applies
-    # them, unless their own step gets there first), or applied but committed after the database
-    # snapshot. Either way they are pending, not drift: Redis is expected without the first and
-    # with the second.
-    unapplied = {token: move for token, move in pending.items() if token not in snap.moves}
-    unrecorded = {token: move for token, move in snap.moves.items() if token not in recorded}
-    not_applied = _count_units(unapplied.values(), holdings=expected_held, holding_sign=1, limited=snap.holdings)
-    not_recorded = _count_units(unrecorded.values(), holdings=expected_held, holding_sign=-1, limited=snap.holdings)
-    report.holding_drifts = _holding_drifts(expected_held, snap.holdings)
-    report.products = [
-        ProductDrift(product_id=pid, on_hand=units, in_flight=in_flight.get(pid, 0), redis=snap.available[pid],
-                     unapplied=not_applied.get(pid, 0), unrecorded=not_recorded.get(pid, 0))
-        for pid, units in on_hand.items()
-    ]  # fmt: skip
-    report.forgotten_tokens = len(sold)
-    report.pending_moves = len(unapplied) + len(unrecorded)
-    if repair:
-        # Acknowledged (committed) before Redis forgets the markers: a crash in between leaves a
-        # marker whose move the next snapshot shows recorded, and it is forgotten then.
-        _acknowledge_moves(sorted(recorded))
-        report.repaired = stock.repair(
-            drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
-            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts, apply=unapplied,
-            forget_moves=sorted(recorded),
-        )  # fmt: skip
-    drifted = [] if report.rebuilt else report.drifted
-    metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
-    if report.repaired:
-        metrics.STOCK_DRIFT_REPAIRED.inc(len(drifted))
-    for product in drifted:
-        logger.warning(
-            "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s, moves not yet applied %s,"
-            " applied but not yet in the snapshot %s)%s",
-            product.product_id,
-            product.redis,
-            product.expected,
-            product.on_hand,
-            product.in_flight,
-            product.unapplied,
-            product.unrecorded,
-            " - repaired" if repair else "",
-        )
-    if report.holding_drifts and not report.rebuilt:
-        logger.warning("purchase-limit holdings drifted for %d holders%s", len(report.holding_drifts),
-                       " - repaired" if repair else "")  # fmt: skip
-    return report
-
-
-def _holding_drifts(
-    expected: dict[tuple[int, int], int], redis: dict[int, dict[int, int]]
-) -> dict[tuple[int, int], int]:
-    """(product id, holder) -> units to add to Redis' holdings to make them the expected ones."""
-    drifts = {}
-    for pid, holders in redis.items():
-        for holder, units in holders.items():
-            if expected.get((pid, holder), 0) != units:
-                drifts[pid, holder] = expected.get((pid, holder), 0) - units
-    for (pid, holder), units in expected.items():
-        if holder not in redis.get(pid, {}) and units:
-            drifts[pid, holder] = units
-    return drifts
-
-
-def inventory_forget_sold(*, older_than_seconds: float = 1.0, chunk: int = 2_000) -> int:
-    """Stop tracking, in Redis, the reservations whose sale has committed. Returns how many.
-
-    Reconciliation forgets them too, but only once a minute: under a flash sale tens of
-    thousands pile up meanwhile, and its snapshot and repair scripts, which must see them all
-    at once, then held Redis (and every order's reservation) for 100-170 ms each (measured in
-    Redis' SLOWLOG at 600 orders/s). Run every few seconds, in chunks, this keeps the tracked
-    set to the last seconds' orders. Safe because it holds the reconciliation's lock: a
-    reservation forgotten between a reconciliation's database snapshot and its Redis snapshot
-    (its sale committed in between) would count as units nobody holds. Reservations not SOLD
-    (in flight, or abandoned) are left for reconciliation.
-    """
-    cutoff_ms = int((time.time() - older_than_seconds) * 1000)
-    forgotten = kept = 0
-    with _reconciliation_lock() as locked:
-        if not locked:
-            return 0
-        while tokens := stock.tokens_reserved_before(cutoff_ms=cutoff_ms, offset=kept, limit=chunk):
-            sold = _sold_tokens(tokens)
-            if sold:
-                forgotten += stock.forget(tokens=sorted(sold))
-            kept += len(tokens) - len(sold)
-            if len(tokens) < chunk:
-                break
-    return forgotten
 
 
 # One batch of the trim: the oldest settled reservations before the cutoff, by created_at's index.
@@ -632,7 +292,7 @@ def reservations_trim_cutoff() -> datetime.datetime:
     keeps their rows). Raises if Redis cannot be asked: no trim then."""
     now = time.time()
     cutoff = now - settings.STOCK_RESERVATION_RETENTION_SECONDS
-    oldest_ms = stock.oldest_tracked_ms()
+    oldest_ms = redis_counts.oldest_tracked_ms()
     if oldest_ms is not None:
         cutoff = min(cutoff, oldest_ms / 1000 - settings.STOCK_RESERVATION_GRACE_SECONDS)
     return datetime.datetime.fromtimestamp(cutoff, tz=datetime.UTC)

@@ -3,7 +3,8 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from inventory.services import inventory_forget_sold, inventory_reconcile, inventory_trim_reservations
+from inventory.reconciliation import inventory_forget_sold, inventory_reconcile
+from inventory.services import inventory_trim_reservations
 
 logger = logging.getLogger(__name__)
 

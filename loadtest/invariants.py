@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from django.db.models import Count, Exists, F, OuterRef, Q, Sum
 
 from accounts.models import Account, BalanceEntry
-from inventory import stock
-from inventory.services import ReconcileReport, inventory_reconcile, on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import ReconcileReport, inventory_reconcile, on_hand_by_product
 from loadtest.seeding import SeedShape
 from orders.models import Order, OrderItem, OrderStatus
 from payments.models import Payment, Refund
@@ -160,7 +160,7 @@ def redis_matches_db(report: ReconcileReport, on_hand: dict[int, int]) -> Check:
             problems.append(f"product {product.product_id}: {product.in_flight} units still reserved in flight")
     if report.released_tokens:
         problems.append(f"{len(report.released_tokens)} abandoned reservations had to be released")
-    after = stock.available(product_ids=list(on_hand))
+    after = redis_counts.available(product_ids=list(on_hand))
     problems += [
         f"product {pid}: redis {after[pid]} != on hand {units} after reconciliation"
         for pid, units in on_hand.items()

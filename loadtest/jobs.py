@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from inventory.services import inventory_reconcile
+from inventory.reconciliation import inventory_reconcile
 from orders.retention import TRIMS
 from orders.services import orders_expire_pending
 

@@ -13,7 +13,7 @@ import django
 from django.conf import settings
 from django.db import connection
 
-from inventory import stock
+from inventory import redis_counts
 
 
 def _quietly(read: Callable[[], str]) -> str:
@@ -77,7 +77,7 @@ def machine_info(
         "python": platform.python_version(),
         "django": django.get_version(),
         "postgresql": _quietly(_postgres_version),
-        "redis": _quietly(lambda: stock.redis_client().info("server")["redis_version"]),
+        "redis": _quietly(lambda: redis_counts.redis_client().info("server")["redis_version"]),
     }
     if k6 is not None:
         info["k6"] = _quietly(lambda: _k6_version(k6))

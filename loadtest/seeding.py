@@ -14,9 +14,9 @@ from django.db import connection, transaction
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import token_create_many
 from coupons.models import Coupon
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import Product, StockMovement
-from inventory.services import inventory_reconcile
+from inventory.reconciliation import inventory_reconcile
 from kernel.private_files import private_file_write
 from loadtest.history import History, HistoryRefused, history_vacuum, history_write
 
@@ -144,7 +144,7 @@ def seed(shape: SeedShape, *, progress: Callable[[str], None] = lambda _: None) 
     if shape.orders:
         history_vacuum(progress=progress)
     progress("loading stock into Redis")
-    redis = stock.redis_client()
+    redis = redis_counts.redis_client()
     keys = list(redis.scan_iter("inv:*", count=1000))
     for i in range(0, len(keys), 1000):
         redis.delete(*keys[i : i + 1000])

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from inventory.stock import redis_client
+from inventory.redis_counts import redis_client
 from kernel.database import AdvisoryLock, sql_execute, sql_one
 from kernel.retention import Batch, Progress, TrimResult, trim_in_batches
 from orders.models import Order, OrderEvent

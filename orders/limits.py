@@ -1,6 +1,6 @@
 """The limits on placing orders: rate limits per user and per client address, and the cap on
 one user's unpaid asynchronous orders. Policy and key names live here; inventory's reservation
-script only sees generic admission counters (inventory.stock.AdmissionCounter).
+script only sees generic admission counters (inventory.redis_counts.AdmissionCounter).
 
 Why the rate counters run inside the reservation script: the usual order costs one Redis call
 and one SQL statement (orders/tests/test_round_trips.py counts them), and a rate limiter of its
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from inventory.stock import AdmissionCounter
+from inventory.redis_counts import AdmissionCounter
 
 _PREFIX = "ratelimit:orders"
 

@@ -19,7 +19,7 @@ import orjson
 import redis
 from django.conf import settings
 
-from inventory.stock import redis_client
+from inventory.redis_counts import redis_client
 from kernel.redis_scripts import run_lua
 from orders import events
 

@@ -22,8 +22,8 @@ from accounts.services import balance_retry
 from coupons.services import coupon_discount, coupon_redeem
 from inventory.errors import ReservationLost
 from inventory.queries import QuotedPrices, ReservationToken, StockEpoch, StockSale
+from inventory.redis_counts import AdmissionCounter
 from inventory.services import Reservation
-from inventory.stock import AdmissionCounter
 from kernel.database import Statement, sql_one
 from kernel.errors import DomainError
 from orders import events, idempotency

@@ -20,8 +20,8 @@ from django.conf import settings
 
 from inventory.errors import OutOfStock
 from inventory.legacy import product_locks, stock_take_locked
+from inventory.redis_counts import AdmissionCounter
 from inventory.services import Reservation, prices_for_order, stock_record_sale, stock_release, stock_reserve
-from inventory.stock import AdmissionCounter
 from orders.errors import PriceChanged
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from accounts.models import Account, BalanceEntry, User
 from accounts.selectors import ledger_balance
 from coupons.models import Coupon
 from devtools.testing import client_for, make_product, make_user, order_body
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import StockMovement
-from inventory.services import on_hand_by_product
+from inventory.reconciliation import on_hand_by_product
 from orders.models import Order
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,7 +51,7 @@ def test_admin_restock_writes_the_ledger_and_redis(admin_client):
 
     assert response.status_code == 302
     assert on_hand_by_product()[product.id] == 12
-    assert stock.available(product_ids=[product.id]) == {product.id: 12}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 12}
 
 
 def test_admin_cannot_take_more_stock_than_is_available(admin_client):
@@ -88,7 +88,7 @@ def _money_and_stock(user, product) -> tuple:
         BalanceEntry.objects.count(),
         on_hand_by_product()[product.id],
         StockMovement.objects.count(),
-        stock.available(product_ids=[product.id]),
+        redis_counts.available(product_ids=[product.id]),
     )
 
 
@@ -146,7 +146,9 @@ def test_the_adjust_permission_lets_money_and_stock_move_through_the_ledgers():
     assert BalanceEntry.objects.filter(
         account_id=user.id, reference__regex=r"^admin:staff\d+ \(id \d+\): goodwill$", amount=50
     ).exists()
-    assert on_hand_by_product()[product.id] == 12 and stock.available(product_ids=[product.id]) == {product.id: 12}
+    assert on_hand_by_product()[product.id] == 12 and redis_counts.available(product_ids=[product.id]) == {
+        product.id: 12
+    }
     assert StockMovement.objects.filter(product=product, reason="delivery", quantity=7).exists()
     assert b"Top up / adjust" in money.get("/admin/accounts/account/").content
     assert b"Restock / adjust" in goods.get("/admin/inventory/product/").content
@@ -180,7 +182,7 @@ def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(
     product = make_product(price=3, stock_quantity=10)
     form = {"name": product.name, "price": 3, "active": "on", "purchase_limit": 2}
     assert admin_client.post(f"/admin/inventory/product/{product.id}/change/", form).status_code == 302
-    assert stock.redis_client().get(f"{stock.LIMIT_PREFIX}{product.id}") == b"2"
+    assert redis_counts.redis_client().get(f"{redis_counts.LIMIT_PREFIX}{product.id}") == b"2"
     buyer = make_user(balance=100)
     answer = client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json")
     assert answer.json()["error"]["code"] == "PURCHASE_LIMIT_REACHED"
@@ -188,7 +190,7 @@ def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(
         admin_client.post(f"/admin/inventory/product/{product.id}/change/", {**form, "purchase_limit": ""}).status_code
         == 302
     )
-    assert stock.redis_client().get(f"{stock.LIMIT_PREFIX}{product.id}") is None
+    assert redis_counts.redis_client().get(f"{redis_counts.LIMIT_PREFIX}{product.id}") is None
     assert client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json").status_code == 201
 
 

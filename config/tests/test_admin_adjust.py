@@ -10,10 +10,11 @@ from django.test import Client
 from accounts.models import Account, BalanceEntry, User
 from accounts.selectors import ledger_balance
 from devtools.testing import make_product, make_staff, make_user
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import StockTotalTooLarge
 from inventory.models import Product, StockMovement
-from inventory.services import STOCK_TOTAL_MAX, inventory_reconcile, on_hand_by_product, stock_adjust
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from inventory.services import STOCK_TOTAL_MAX, stock_adjust
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,7 +75,9 @@ def test_a_stock_change_names_its_admin_on_the_ledger_row_and_in_the_admin_histo
     assert (movement.quantity, movement.reason) == (amount, "delivery")
     assert movement.reference == f"admin:bob (id {bob.id})"
     assert history(Product, product.id) == [(bob.id, f"Stock of {product} changed by {amount:+d}. Reason: delivery")]
-    assert on_hand_by_product()[product.id] == 5 + amount == stock.available(product_ids=[product.id])[product.id]
+    assert (
+        on_hand_by_product()[product.id] == 5 + amount == redis_counts.available(product_ids=[product.id])[product.id]
+    )
 
 
 # --- Bounded ----------------------------------------------------------------------------------
@@ -108,7 +111,7 @@ def test_an_adjustment_past_the_configured_maximum_is_a_form_error_and_changes_n
     assert response.status_code == 200
     assert response.context["form"].errors["amount"] == [f"At most {maximum:,} either way in one change ({setting})."]
     assert Account.objects.get(user=customer).balance == 100 == ledger_balance(user_id=customer.id)
-    assert on_hand_by_product()[product.id] == 5 == stock.available(product_ids=[product.id])[product.id]
+    assert on_hand_by_product()[product.id] == 5 == redis_counts.available(product_ids=[product.id])[product.id]
     assert not LogEntry.objects.exists()
 
 
@@ -125,7 +128,7 @@ def test_stock_never_grows_past_what_redis_and_its_scripts_count_exactly_and_rec
 
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert "STOCK_TOTAL_TOO_LARGE" in answers[0].content.decode()
-    assert on_hand_by_product()[product.id] == 5 == stock.available(product_ids=[product.id])[product.id]
+    assert on_hand_by_product()[product.id] == 5 == redis_counts.available(product_ids=[product.id])[product.id]
     report = inventory_reconcile()
     assert report.repaired and not report.drifted
 
@@ -139,5 +142,9 @@ def test_stock_may_reach_the_total_maximum_and_not_one_unit_past_it():
     with pytest.raises(StockTotalTooLarge):
         stock_adjust(product=product, quantity=1, reason="one more")
 
-    assert on_hand_by_product()[product.id] == STOCK_TOTAL_MAX == stock.available(product_ids=[product.id])[product.id]
+    assert (
+        on_hand_by_product()[product.id]
+        == STOCK_TOTAL_MAX
+        == redis_counts.available(product_ids=[product.id])[product.id]
+    )
     assert not inventory_reconcile().drifted

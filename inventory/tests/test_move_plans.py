@@ -7,7 +7,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from inventory.models import PendingMove, Product, StockMovement
-from inventory.services import _recorded_moves, pending_moves
+from inventory.reconciliation import _recorded_moves, pending_moves
 
 pytestmark = pytest.mark.django_db
 

@@ -21,19 +21,13 @@ from devtools.testing import (
     start_redis_server,
     wait_for,
 )
-from inventory import stock
+from inventory import redis_counts
 from inventory import tasks as inventory_tasks
 from inventory.errors import ReservationLost, StockNotLoaded
 from inventory.models import StockReservation
-from inventory.services import (
-    inventory_forget_sold,
-    inventory_reconcile,
-    on_hand_by_product,
-    stock_epoch,
-    stock_record_sale,
-    stock_release,
-    stock_reserve,
-)
+from inventory.reconciliation import inventory_forget_sold, inventory_reconcile, on_hand_by_product
+from inventory.reservations import stock_epoch
+from inventory.services import stock_record_sale, stock_release, stock_reserve
 from kernel.database import AdvisoryLock
 from orders import services
 from orders.models import Order
@@ -84,17 +78,17 @@ def test_a_process_killed_between_reservation_and_commit_gets_its_stock_back_by_
     crashed = run_in_django_process(crash_code.format(user_id=user.id, product_id=product.id, price=product.price))
 
     assert crashed.returncode == 9, crashed.stderr
-    assert stock.available(product_ids=[product.id])[product.id] < 20  # the dead process still holds units
+    assert redis_counts.available(product_ids=[product.id])[product.id] < 20  # the dead process still holds units
     assert Order.objects.count() == 0
 
     young = inventory_reconcile(grace_seconds=60)  # too young to be called abandoned: held, not drift
     assert young.released_tokens == [] and young.drifted == []
-    assert stock.available(product_ids=[product.id])[product.id] < 20
+    assert redis_counts.available(product_ids=[product.id])[product.id] < 20
 
     report = inventory_reconcile(grace_seconds=0)
 
     assert len(report.released_tokens) == 1
-    assert stock.available(product_ids=[product.id]) == {product.id: 20}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 20}
     assert on_hand_by_product() == {product.id: 20}
     assert inventory_reconcile(grace_seconds=0).released_tokens == []  # exactly once
 
@@ -103,7 +97,7 @@ def test_a_late_commit_after_reconciliation_released_its_reservation_is_refused(
     product = make_product(price=10, stock_quantity=5)
     reservation = stock_reserve(quantities={product.id: 2})
     inventory_reconcile(grace_seconds=0)
-    assert stock.available(product_ids=[product.id]) == {product.id: 5}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 5}
 
     with pytest.raises(ReservationLost), transaction.atomic():
         stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="late")
@@ -116,37 +110,37 @@ def test_reconciliation_keeps_sold_reservations_and_forgets_them_once_the_databa
     user = make_user(balance=1_000)
     product = make_product(price=10, stock_quantity=10)
     client_for(user).post("/api/v1/orders", order_body(user, (product, 3)), format="json")
-    assert stock.redis_client().zcard(stock.RESERVATIONS_KEY) == 1
+    assert redis_counts.redis_client().zcard(redis_counts.RESERVATIONS_KEY) == 1
 
     report = inventory_reconcile(grace_seconds=0)
 
     assert report.released_tokens == [] and report.forgotten_tokens == 1 and report.drifted == []
-    assert stock.redis_client().zcard(stock.RESERVATIONS_KEY) == 0
-    assert stock.available(product_ids=[product.id]) == {product.id: 7}
+    assert redis_counts.redis_client().zcard(redis_counts.RESERVATIONS_KEY) == 0
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}
 
 
 def test_drift_is_reported_by_check_and_repaired_by_reconcile():
     product = make_product(price=10, stock_quantity=10)
-    stock.add_available(product_id=product.id, quantity=5)  # someone edited Redis by hand
+    redis_counts.add_available(product_id=product.id, quantity=5)  # someone edited Redis by hand
 
     check = inventory_reconcile(repair=False)
     assert [(p.product_id, p.redis, p.expected, p.drift) for p in check.drifted] == [(product.id, 15, 10, -5)]
-    assert stock.available(product_ids=[product.id]) == {product.id: 15}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 15}
 
     inventory_reconcile()
-    assert stock.available(product_ids=[product.id]) == {product.id: 10}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
 
 
 def test_check_on_an_empty_redis_says_it_changed_nothing_and_changes_nothing(capsys):
     product = make_product(price=10, stock_quantity=10)
-    stock.mark_not_loaded()
+    redis_counts.mark_not_loaded()
 
     call_command("reconcile_inventory", "--check")
 
     assert "--check changed nothing" in capsys.readouterr().out
-    assert not stock.is_loaded()
+    assert not redis_counts.is_loaded()
     call_command("reconcile_inventory")
-    assert stock.is_loaded() and stock.available(product_ids=[product.id]) == {product.id: 10}
+    assert redis_counts.is_loaded() and redis_counts.available(product_ids=[product.id]) == {product.id: 10}
 
 
 @pytest.mark.parametrize("interval", ["-5", "0", "nan", "inf"])
@@ -161,34 +155,34 @@ def test_after_redis_comes_back_empty_the_next_order_rebuilds_stock_from_the_dat
     client = client_for(user)
     client.post("/api/v1/orders", order_body(user, (product, 4)), format="json")
 
-    stock.redis_client().flushdb()  # Redis restarted without its data
+    redis_counts.redis_client().flushdb()  # Redis restarted without its data
     refused = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json")
     accepted = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json")
 
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert accepted.status_code == 201
-    assert stock.available(product_ids=[product.id]) == {product.id: 5}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 5}
     assert inventory_reconcile().drifted == []
 
 
 def test_a_sale_whose_reservation_redis_lost_cannot_commit_once_stock_is_rebuilt():
     product = make_product(price=10, stock_quantity=10)
     reservation = stock_reserve(quantities={product.id: 2})
-    stock.redis_client().flushdb()  # Redis lost its data, the reservation with it
+    redis_counts.redis_client().flushdb()  # Redis lost its data, the reservation with it
     assert inventory_reconcile().rebuilt  # the rebuild moves the stock epoch on first
 
     with pytest.raises(ReservationLost), transaction.atomic():
         stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="lost")
 
     assert on_hand_by_product() == {product.id: 10}
-    assert stock.available(product_ids=[product.id]) == {product.id: 10}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
 
 
 def test_an_async_order_whose_reservation_redis_lost_is_refused_and_writes_nothing():
     user = make_user(balance=1_000)
     product = make_product(price=10, stock_quantity=10)
     reservation = stock_reserve(quantities={product.id: 2})
-    stock.redis_client().flushdb()
+    redis_counts.redis_client().flushdb()
     inventory_reconcile()
 
     with pytest.raises(ReservationLost):
@@ -226,7 +220,7 @@ def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted()
     seller = threading.Thread(target=sell_slowly)
     seller.start()
     assert sold.wait(30)
-    stock.redis_client().flushdb()
+    redis_counts.redis_client().flushdb()
     rebuilder = threading.Thread(target=rebuild)
     rebuilder.start()
     # The rebuild has bumped the epoch (its fence) and now waits for the open sale: they overlap.
@@ -239,7 +233,7 @@ def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted()
     report, finished_after_the_sale = rebuilt[0]
     assert report.rebuilt and finished_after_the_sale  # it waited for the sale's commit
     assert on_hand_by_product() == {product.id: 8}
-    assert stock.available(product_ids=[product.id]) == {product.id: 8}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8}
 
 
 @pytest.mark.slow
@@ -291,7 +285,7 @@ def test_reconciliation_running_during_a_stream_of_orders_never_sees_false_drift
     assert [p for r in reports for p in r.drifted] == []
     final = inventory_reconcile(grace_seconds=0)
     assert final.drifted == []
-    counts = stock.available(product_ids=[p.id for p in products])
+    counts = redis_counts.available(product_ids=[p.id for p in products])
     assert counts == {pid: units for pid, units in on_hand_by_product().items()}
 
 
@@ -303,7 +297,7 @@ def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_bac
 
     assert stock_release(token=reservation.token) is False  # e.g. the COMMIT's answer was lost
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
 
 
 def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, settings):
@@ -322,23 +316,23 @@ def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, 
             process.kill()
             process.wait()
             process = start_redis_server(port, tmp_path)
-            stock.redis_client().connection_pool.disconnect()
+            redis_counts.redis_client().connection_pool.disconnect()
 
-            assert stock.redis_client().get(stock.READY_KEY) is not None  # replayed from the file
-            assert not stock.is_loaded()
+            assert redis_counts.redis_client().get(redis_counts.READY_KEY) is not None  # replayed from the file
+            assert not redis_counts.is_loaded()
             with pytest.raises(StockNotLoaded):
                 stock_reserve(quantities={product.id: 1})
-            assert stock.is_loaded()  # the refusal rebuilt it from the database
-            assert stock.available(product_ids=[product.id]) == {product.id: 7}  # 3 still in flight
+            assert redis_counts.is_loaded()  # the refusal rebuilt it from the database
+            assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}  # 3 still in flight
             inventory_reconcile(grace_seconds=0)
-            assert stock.available(product_ids=[product.id]) == {product.id: 10}
+            assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
     finally:
         process.kill()
         process.wait()
 
 
 def _tracked() -> list[str]:
-    return stock.tokens_reserved_before(cutoff_ms=int(time.time() * 1000) + 60_000)
+    return redis_counts.tokens_reserved_before(cutoff_ms=int(time.time() * 1000) + 60_000)
 
 
 def test_forgetting_sold_reservations_keeps_the_ones_in_flight_and_reconciliation_exact():
@@ -376,12 +370,12 @@ def test_forgetting_waits_its_turn_while_a_reconciliation_holds_the_lock():
 
 def test_the_periodic_reconciliation_leaves_the_old_designs_counts_alone(settings):
     product = make_product(price=10, stock_quantity=20)
-    stock.add_available(product_id=product.id, quantity=-3)  # as an old-design sale, committed, moves it
+    redis_counts.add_available(product_id=product.id, quantity=-3)  # as an old-design sale, committed, moves it
     settings.ORDER_STRATEGY = "old"
 
     assert inventory_tasks.reconcile_inventory() == 0
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 17}  # not "repaired" under its feet
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 17}  # not "repaired" under its feet
     settings.ORDER_STRATEGY = "new"
     assert inventory_tasks.reconcile_inventory() == 1  # the new design's job does repair drift
-    assert stock.available(product_ids=[product.id]) == {product.id: 20}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 20}

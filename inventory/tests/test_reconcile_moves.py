@@ -16,15 +16,10 @@ import pytest
 from django.db import transaction
 
 from devtools.testing import make_product, make_user, race
-from inventory import models, stock
+from inventory import models, redis_counts
 from inventory.errors import PurchaseLimitReached
-from inventory.services import (
-    inventory_reconcile,
-    on_hand_by_product,
-    product_create,
-    product_purchase_limit_set,
-    stock_adjust,
-)
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from inventory.services import product_create, product_purchase_limit_set, stock_adjust
 from orders.services import OrderLine, order_cancel, order_place
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,10 +52,10 @@ def around_the_redis_snapshot(
 ):
     """Run `before` inside the next reconciliation after its database snapshot and just before
     its Redis snapshot, and `after` just after its Redis snapshot (before its repair)."""
-    real = stock.snapshot
+    real = redis_counts.snapshot
 
     def snapshot(**kwargs):
-        monkeypatch.setattr(stock, "snapshot", real)  # once
+        monkeypatch.setattr(redis_counts, "snapshot", real)  # once
         if before is not None:
             before()
         taken = real(**kwargs)
@@ -68,7 +63,7 @@ def around_the_redis_snapshot(
             after()
         return taken
 
-    monkeypatch.setattr(stock, "snapshot", snapshot)
+    monkeypatch.setattr(redis_counts, "snapshot", snapshot)
 
 
 def limited_product(limit: int, *, stock_quantity: int):
@@ -83,14 +78,14 @@ def buy(user, product, quantity: int):
 
 def nothing_left_pending() -> bool:
     """Every move acknowledged in the database and forgotten by Redis."""
-    return not models.PendingMove.objects.exists() and not stock.redis_client().scard(stock.MOVES_KEY)
+    return not models.PendingMove.objects.exists() and not redis_counts.redis_client().scard(redis_counts.MOVES_KEY)
 
 
 def assert_redis_matches_the_ledger(product) -> None:
-    assert stock.available(product_ids=[product.id]) == {product.id: on_hand_by_product()[product.id]}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: on_hand_by_product()[product.id]}
     later = inventory_reconcile()
     assert later.drifted == [] and later.holding_drifts == {}
-    assert stock.available(product_ids=[product.id]) == {product.id: on_hand_by_product()[product.id]}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: on_hand_by_product()[product.id]}
     assert nothing_left_pending()
 
 
@@ -112,8 +107,8 @@ def test_a_cancel_committed_before_the_database_snapshot_and_applied_after_the_r
         around_the_redis_snapshot(monkeypatch, after=lambda: run_all(held))
         report = inventory_reconcile()
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
-    assert stock.holdings(product_id=product.id) == {buyer.id: 1}  # the return taken off once
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 1}  # the return taken off once
     assert report.drifted == [] and report.holding_drifts == {}  # pending, not drift
     with pytest.raises(PurchaseLimitReached):
         buy(buyer, product, 2)  # 1 held + 2 would pass the limit of 2
@@ -134,11 +129,11 @@ def test_a_cancel_committed_after_the_database_snapshot_and_applied_before_the_r
 
     report = inventory_reconcile()
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 1} == on_hand_by_product()
-    assert stock.holdings(product_id=product.id) == {buyer.id: 1}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 1} == on_hand_by_product()
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 1}
     assert report.drifted == [] and report.holding_drifts == {}
     buy(buyer, product, 1)  # neither OUT_OF_STOCK nor PURCHASE_LIMIT_REACHED: the unit is back
-    assert stock.holdings(product_id=product.id) == {buyer.id: 2}
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 2}
     assert_redis_matches_the_ledger(product)
 
 
@@ -164,7 +159,7 @@ def test_a_restock_racing_reconciliation_counts_once(monkeypatch, ordering):
 
     report = inventory_reconcile()
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
     assert report.drifted == []
     assert_redis_matches_the_ledger(product)
 
@@ -176,7 +171,7 @@ def test_a_new_products_initial_stock_applied_after_the_redis_snapshot_counts_on
 
     report = inventory_reconcile()
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 4}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 4}
     assert report.drifted == []
     assert_redis_matches_the_ledger(product)
 
@@ -188,13 +183,13 @@ def test_a_cancel_whose_redis_step_lands_after_a_rebuild_counts_once():
     cancelled = buy(buyer, product, 2)
     with redis_steps_held() as held:
         order_cancel(order_id=cancelled.id, user_id=buyer.id)
-    stock.redis_client().flushdb()  # Redis lost its data, and the cancel's step has not run yet
+    redis_counts.redis_client().flushdb()  # Redis lost its data, and the cancel's step has not run yet
 
     assert inventory_reconcile().rebuilt
     run_all(held)  # the delayed step arrives after the rebuild counted the return
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
-    assert stock.holdings(product_id=product.id) == {buyer.id: 1}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 1}
     assert_redis_matches_the_ledger(product)
 
 
@@ -209,8 +204,8 @@ def test_a_cancel_whose_redis_step_never_ran_is_applied_by_reconciliation_once()
     inventory_reconcile()
     inventory_reconcile()
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
-    assert stock.holdings(product_id=product.id) == {buyer.id: 1}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 1}
     assert_redis_matches_the_ledger(product)
 
 
@@ -223,9 +218,12 @@ def test_a_late_copy_of_a_moves_redis_step_after_it_was_acknowledged_changes_not
 
     run_all(held)  # the step at last (a process frozen between its commit and its Redis call)
 
-    assert stock.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
     assert nothing_left_pending()
-    assert stock.redis_client().ttl(f"{stock.MOVE_PREFIX}{models.StockMovement.objects.last().move_token}") > 0
+    assert (
+        redis_counts.redis_client().ttl(f"{redis_counts.MOVE_PREFIX}{models.StockMovement.objects.last().move_token}")
+        > 0
+    )
 
 
 def test_a_crash_between_acknowledging_a_move_and_redis_forgetting_it_is_repeated_harmlessly(monkeypatch):
@@ -238,15 +236,15 @@ def test_a_crash_between_acknowledging_a_move_and_redis_forgetting_it_is_repeate
         raise ConnectionError("Redis went away")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stock, "repair", redis_gone)
+        patch.setattr(redis_counts, "repair", redis_gone)
         with pytest.raises(ConnectionError):
             inventory_reconcile()
     assert not models.PendingMove.objects.exists()  # acknowledged...
-    assert stock.redis_client().scard(stock.MOVES_KEY) == 1  # ...and still tracked in Redis
+    assert redis_counts.redis_client().scard(redis_counts.MOVES_KEY) == 1  # ...and still tracked in Redis
 
     report = inventory_reconcile()
 
     assert report.drifted == [] and report.holding_drifts == {}
-    assert stock.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
-    assert stock.holdings(product_id=product.id) == {buyer.id: 1}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9} == on_hand_by_product()
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 1}
     assert nothing_left_pending()

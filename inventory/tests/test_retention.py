@@ -12,15 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from devtools.testing import make_product
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import StockReservation
-from inventory.services import (
-    inventory_reconcile,
-    inventory_trim_reservations,
-    on_hand_by_product,
-    stock_record_sale,
-    stock_reserve,
-)
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from inventory.services import inventory_trim_reservations, stock_record_sale, stock_reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,7 +53,9 @@ def test_a_sold_reservation_redis_still_tracks_keeps_its_row_so_reconciliation_n
     with transaction.atomic():
         stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="two days ago")
     two_days_ago = time.time() - 2 * DAY
-    stock.redis_client().zadd(stock.RESERVATIONS_KEY, {str(reservation.token): int(two_days_ago * 1000)}, xx=True)
+    redis_counts.redis_client().zadd(
+        redis_counts.RESERVATIONS_KEY, {str(reservation.token): int(two_days_ago * 1000)}, xx=True
+    )
     StockReservation.objects.filter(token=reservation.token).update(
         created_at=datetime.datetime.fromtimestamp(two_days_ago + 0.5, tz=datetime.UTC)
     )
@@ -70,6 +67,6 @@ def test_a_sold_reservation_redis_still_tracks_keeps_its_row_so_reconciliation_n
     assert StockReservation.objects.filter(token=reservation.token, state=StockReservation.State.SOLD).exists()
     report = inventory_reconcile()
     assert report.released_tokens == [] and report.forgotten_tokens == 1
-    assert stock.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
     # Forgotten now, the row may go at the next run.
     assert inventory_trim_reservations().deleted == 1

@@ -3,9 +3,11 @@
 import pytest
 
 from devtools.testing import make_product
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import OutOfStock, PurchaseLimitReached, StockNotLoaded
-from inventory.services import on_hand_by_product, stock_adjust, stock_epoch, stock_release, stock_reserve
+from inventory.reconciliation import on_hand_by_product
+from inventory.reservations import stock_epoch
+from inventory.services import stock_adjust, stock_release, stock_reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,9 +19,9 @@ def test_a_reservation_takes_every_item_or_none_and_names_the_one_that_failed():
         stock_reserve(quantities={a.id: 3, b.id: 3})
 
     assert failure.value.details == {"productId": b.id, "requested": 3, "available": 2}
-    assert stock.available(product_ids=[a.id, b.id]) == {a.id: 5, b.id: 2}
+    assert redis_counts.available(product_ids=[a.id, b.id]) == {a.id: 5, b.id: 2}
     stock_reserve(quantities={a.id: 3, b.id: 2})
-    assert stock.available(product_ids=[a.id, b.id]) == {a.id: 2, b.id: 0}
+    assert redis_counts.available(product_ids=[a.id, b.id]) == {a.id: 2, b.id: 0}
 
 
 @pytest.mark.parametrize("product_id", [2**53 + 1, 2**63 - 1])
@@ -27,8 +29,8 @@ def test_a_refusal_names_a_bigint_product_id_exactly(product_id):
     """Ids past 2**53 are not exact as Lua numbers (doubles): the script answers them as sent."""
     with pytest.raises(OutOfStock) as out:
         stock_reserve(quantities={product_id: 1})
-    stock.add_available(product_id=product_id, quantity=5)
-    stock.set_purchase_limit(product_id=product_id, limit=1)
+    redis_counts.add_available(product_id=product_id, quantity=5)
+    redis_counts.set_purchase_limit(product_id=product_id, limit=1)
     with pytest.raises(PurchaseLimitReached) as limited:
         stock_reserve(quantities={product_id: 2}, holder=7)
 
@@ -42,38 +44,41 @@ def test_releasing_twice_gives_the_units_back_once():
 
     assert stock_release(token=token) is True
     assert stock_release(token=token) is False
-    assert stock.available(product_ids=[a.id]) == {a.id: 5}
+    assert redis_counts.available(product_ids=[a.id]) == {a.id: 5}
 
 
 def test_stock_loaded_by_another_run_of_the_redis_server_does_not_count_as_loaded():
     a = make_product(stock_quantity=5)
-    stock.redis_client().set(stock.READY_KEY, "0123456789abcdef")  # as replayed after a restart
+    redis_counts.redis_client().set(redis_counts.READY_KEY, "0123456789abcdef")  # as replayed after a restart
 
-    assert not stock.is_loaded()
+    assert not redis_counts.is_loaded()
     with pytest.raises(StockNotLoaded):
         stock_reserve(quantities={a.id: 1})
-    assert stock.is_loaded()  # the refusal rebuilt it
+    assert redis_counts.is_loaded()  # the refusal rebuilt it
 
 
 def test_a_repair_computed_before_a_restart_leaves_stock_not_loaded():
-    stock.mark_not_loaded()
+    redis_counts.mark_not_loaded()
 
-    assert stock.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef", epoch=stock_epoch()) is False
-    assert not stock.is_loaded()
-    assert stock.repair(drifts={}, forget_tokens=[], run_id=stock.server_run_id(), epoch=stock_epoch()) is True
-    assert stock.is_loaded()
+    assert redis_counts.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef", epoch=stock_epoch()) is False
+    assert not redis_counts.is_loaded()
+    assert (
+        redis_counts.repair(drifts={}, forget_tokens=[], run_id=redis_counts.server_run_id(), epoch=stock_epoch())
+        is True
+    )
+    assert redis_counts.is_loaded()
 
 
 def test_reserving_before_stock_is_loaded_is_refused():
     a = make_product(stock_quantity=5)
-    stock.mark_not_loaded()
-    stock.redis_client().delete(f"{stock.STOCK_PREFIX}{a.id}")
+    redis_counts.mark_not_loaded()
+    redis_counts.redis_client().delete(f"{redis_counts.STOCK_PREFIX}{a.id}")
 
     with pytest.raises(StockNotLoaded):
         stock_reserve(quantities={a.id: 1})
     # the refusal triggered the rebuild: the next reservation works
     stock_reserve(quantities={a.id: 1})
-    assert stock.available(product_ids=[a.id]) == {a.id: 4}
+    assert redis_counts.available(product_ids=[a.id]) == {a.id: 4}
 
 
 def test_admin_adjustments_write_the_ledger_and_redis_and_never_take_held_units():
@@ -81,8 +86,8 @@ def test_admin_adjustments_write_the_ledger_and_redis_and_never_take_held_units(
     stock_reserve(quantities={a.id: 4})
 
     stock_adjust(product=a, quantity=10, reason="delivery")
-    assert (stock.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (11, 15)
+    assert (redis_counts.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (11, 15)
     stock_adjust(product=a, quantity=-11, reason="damaged")
-    assert (stock.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (0, 4)
+    assert (redis_counts.available(product_ids=[a.id])[a.id], on_hand_by_product()[a.id]) == (0, 4)
     with pytest.raises(OutOfStock):
         stock_adjust(product=a, quantity=-1, reason="more than is free")

@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import StockReservation
-from inventory.services import inventory_forget_sold
+from inventory.reconciliation import inventory_forget_sold
 from loadtest.invariants import Baseline, check_invariants
 from loadtest.seeding import SeedShape, seed
 from orders import events
@@ -87,11 +87,11 @@ BREAKAGES = {
         {"money conserved", "paid orders have payments"},
     ),
     "redis holds the wrong available count": (
-        lambda: stock.redis_client().incrby(f"{stock.STOCK_PREFIX}1", 5),
+        lambda: redis_counts.redis_client().incrby(f"{redis_counts.STOCK_PREFIX}1", 5),
         {"redis matches database"},
     ),
     "a reservation was left in flight": (
-        lambda: stock.reserve(token=uuid.uuid4(), quantities={2: 1}),
+        lambda: redis_counts.reserve(token=uuid.uuid4(), quantities={2: 1}),
         {"redis matches database"},
     ),
 }  # fmt: skip

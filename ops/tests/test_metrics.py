@@ -29,8 +29,8 @@ from devtools.testing import (
     order_body,
     wait_for,
 )
-from inventory import stock
-from inventory.services import inventory_reconcile
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile
 from kernel import metrics
 from loadtest import cpu, server
 from ops.metrics_api import metrics_view
@@ -172,7 +172,7 @@ def test_a_settled_batch_is_measured_with_each_orders_time_to_paid():
 
 def test_reconciliation_counts_the_drift_it_found_and_repaired():
     product = make_product(price=1, stock_quantity=10)
-    stock.add_available(product_id=product.id, quantity=3)  # Redis now says 13
+    redis_counts.add_available(product_id=product.id, quantity=3)  # Redis now says 13
     scraped = Scraped()
 
     assert [p.product_id for p in inventory_reconcile().drifted] == [product.id]

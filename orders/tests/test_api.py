@@ -18,9 +18,9 @@ from accounts.selectors import ledger_balance
 from accounts.services import account_change_balance
 from coupons.models import Coupon, CouponRedemption
 from devtools.testing import client_for, make_product, make_user, order_body
-from inventory import stock
+from inventory import redis_counts
 from inventory.models import StockMovement
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders.api import request_fingerprint
 from orders.models import Order
 
@@ -36,7 +36,7 @@ def state_fingerprint() -> dict:
         "entries": BalanceEntry.objects.count(),
         "balances": sorted(Account.objects.values_list("user_id", "balance", "version")),
         "on_hand": products,
-        "redis": stock.available(product_ids=list(products)),
+        "redis": redis_counts.available(product_ids=list(products)),
         "coupon_uses": list(Coupon.objects.values_list("code", "times_used")),
         "redemptions": CouponRedemption.objects.count(),
     }
@@ -64,7 +64,7 @@ def test_place_order_answers_201_with_the_order_and_takes_stock_and_money(shop):
     ]
     assert body["createdAt"]
     assert Account.objects.get(user=user).balance == 550 == ledger_balance(user_id=user.id)
-    assert stock.available(product_ids=[product.id, other.id]) == {product.id: 8, other.id: 4}
+    assert redis_counts.available(product_ids=[product.id, other.id]) == {product.id: 8, other.id: 4}
     assert on_hand_by_product() == {product.id: 8, other.id: 4}
 
 
@@ -78,7 +78,7 @@ def test_the_seed_body_with_a_repeated_product_adds_the_quantities(shop):
 
     assert response.status_code == 201
     assert response.json()["items"] == [{"productId": product.id, "quantity": 4, "unitPrice": 100}]
-    assert stock.available(product_ids=[product.id]) == {product.id: 6}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 6}
 
 
 def test_coupon_discount_is_applied_and_paid_amount_reduced(shop):
@@ -110,7 +110,7 @@ def test_get_order_list_orders_and_cancel_gives_everything_back(shop):
     assert cancel_again.status_code == 409 and cancel_again.json()["error"]["code"] == "INVALID_STATUS"
     assert Account.objects.get(user=user).balance == 1_000 == ledger_balance(user_id=user.id)
     assert Coupon.objects.get(code="FIVE").times_used == 0
-    assert stock.available(product_ids=[product.id]) == {product.id: 10}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
     assert on_hand_by_product()[product.id] == 10
 
 
@@ -296,7 +296,10 @@ def test_lines_of_one_product_are_bounded_by_their_sum_and_nothing_is_reserved()
     half = {**line, "quantity": limit // 2}
     body = {"userId": user.id, "orderItems": [half, half, {**line, "productId": other.id}]}
     assert client.post("/api/v1/orders", body, format="json").status_code == 201
-    assert stock.available(product_ids=[product.id, other.id]) == {product.id: 2_000_000 - limit, other.id: 10_000}
+    assert redis_counts.available(product_ids=[product.id, other.id]) == {
+        product.id: 2_000_000 - limit,
+        other.id: 10_000,
+    }
 
 
 def _huge_items(count):
@@ -493,7 +496,7 @@ def test_postgres_down_answers_503_and_reconciliation_gives_the_reservation_back
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
     # The database could not say whether the sale committed, so the units stay held until
     # reconciliation settles the reservation; then everything is as before.
-    assert stock.available(product_ids=[product.id])[product.id] == 9
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 9
     inventory_reconcile(grace_seconds=0)
     assert state_fingerprint() == before
 

@@ -18,8 +18,8 @@ from devtools.testing import (
     settlement_batch_in_flight,
     wait_for,
 )
-from inventory import stock
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders import events, sales_counter
 from orders.models import Order, OrderEvent, OrderStatus
 from orders.services import OrderLine, order_place, orders_expire_pending
@@ -61,7 +61,7 @@ def test_an_async_order_answers_202_then_the_worker_pays_it_and_progress_shows_t
     body = response.json()
     assert body["status"] == "PENDING_PAYMENT" and body["paidAmount"] == 0
     assert response.headers["Location"] == f"/api/v1/orders/{body['orderId']}"
-    assert stock.available(product_ids=[product.id]) == {product.id: 7}  # reserved at once
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}  # reserved at once
     assert _final(body["orderId"]) == "PAID"
     detail = client.get(response.headers["Location"]).json()
     assert detail["paidAmount"] == 300
@@ -82,7 +82,7 @@ def test_a_payment_that_fails_gives_back_stock_and_coupon(settler):
     assert _final(order_id) == "CANCELLED"
     progress = [s["step"] for s in client.get(f"/api/v1/orders/{order_id}").json()["progress"]]
     assert progress == ["reserved", "paying", "failed", "cancelled"]
-    assert stock.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
     assert Coupon.objects.get(code="ONE").times_used == 0
     assert Account.objects.get(user=user).balance == 50
     assert Payment.objects.count() == 0
@@ -132,13 +132,13 @@ def test_an_order_left_unpaid_past_the_timeout_is_cancelled_and_a_late_settler_c
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
     placed = order_place(user_id=user.id, lines=[OrderLine(product.id, 4, 100)], asynchronous=True)
-    assert stock.available(product_ids=[product.id]) == {product.id: 6}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 6}
 
     assert orders_expire_pending(older_than_seconds=3600) == []  # not yet expired
     assert orders_expire_pending(older_than_seconds=0) == [placed.order.id]
 
     assert _status(placed.order.id) == "CANCELLED"
-    assert stock.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10} == on_hand_by_product()
     assert orders_settle_batch().claimed == 0  # a settler arriving late finds nothing to pay
     assert Payment.objects.count() == 0 and Account.objects.get(user=user).balance == 1_000
 
@@ -168,11 +168,11 @@ def test_an_event_is_never_lost_when_the_relay_dies_between_publish_and_mark_and
     crashed = run_in_django_process(RELAY_DIES_AFTER_PUBLISHING)
 
     assert crashed.returncode == 9, crashed.stderr
-    assert stock.redis_client().xlen(events.STREAM_KEY) == written
+    assert redis_counts.redis_client().xlen(events.STREAM_KEY) == written
     assert OrderEvent.objects.filter(published_at__isnull=True).count() == written
     sales_counter.consume(block_ms=None)
     assert events.events_relay() == written  # published again: at least once
-    assert stock.redis_client().xlen(events.STREAM_KEY) == 2 * written
+    assert redis_counts.redis_client().xlen(events.STREAM_KEY) == 2 * written
     sales_counter.consume(block_ms=None)
 
     assert OrderEvent.objects.filter(published_at__isnull=True).count() == 0

@@ -17,7 +17,7 @@ from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config.local import current_database_url
 from devtools.testing import client_for, make_product, make_user, order_body, wait_for
-from inventory import stock
+from inventory import redis_counts
 from orders.models import IdempotencyRecord, Order
 from payments.models import Payment
 
@@ -73,4 +73,4 @@ def test_a_first_request_slower_than_the_stale_bound_loses_its_key_and_orders_no
     assert (record.order_id, record.status_code) == (order.id, 201)
     assert Payment.objects.count() == 1
     assert Account.objects.get(user=user).balance == 900 == ledger_balance(user_id=user.id)
-    assert stock.available(product_ids=[product.id]) == {product.id: 9}  # the first's reservation went back
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9}  # the first's reservation went back

@@ -15,10 +15,11 @@ from django.db.models import Sum
 
 from coupons.models import Coupon
 from devtools.testing import client_for, make_product, make_user, order_body, race, run_in_django_process, wait_for
-from inventory import stock
+from inventory import redis_counts
 from inventory.errors import PurchaseLimitReached
 from inventory.models import StockMovement
-from inventory.services import inventory_reconcile, product_purchase_limit_set
+from inventory.reconciliation import inventory_reconcile
+from inventory.services import product_purchase_limit_set
 from orders import sales_counter
 from orders.errors import TooManyUnpaidOrders
 from orders.models import IdempotencyRecord, Order, OrderItem, OrderStatus
@@ -63,8 +64,8 @@ def test_one_users_parallel_orders_never_pass_a_limit_of_two():
     assert len(refused) == 6
     assert all(r == {"productId": product.id, "limit": 2, "alreadyHeld": 2, "requested": 1} for r in refused)
     assert units_bought(buyer, product) == 2
-    assert stock.available(product_ids=[product.id])[product.id] == 98
-    assert stock.holdings(product_id=product.id) == {buyer.id: 2}
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 98
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 2}
 
 
 def test_over_the_limit_is_409_purchase_limit_reached_and_others_are_unaffected():
@@ -78,7 +79,7 @@ def test_over_the_limit_is_409_purchase_limit_reached_and_others_are_unaffected(
     assert client_for(other).post("/api/v1/orders", order_body(other, (product, 2)), format="json").status_code == 201
     unlimited = make_product(price=1)
     assert client_for(buyer).post("/api/v1/orders", order_body(buyer, (unlimited, 5)), format="json").status_code == 201
-    assert stock.available(product_ids=[product.id])[product.id] == 96
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 96
 
 
 def test_a_cancelled_order_gives_its_allowance_back():
@@ -88,7 +89,7 @@ def test_a_cancelled_order_gives_its_allowance_back():
     first = client.post("/api/v1/orders", order_body(buyer, (product, 2)), format="json").json()
     assert client.post("/api/v1/orders", order_body(buyer, (product, 1)), format="json").status_code == 409
     assert client.post(f"/api/v1/orders/{first['orderId']}/cancel").status_code == 200
-    assert stock.holdings(product_id=product.id) == {}
+    assert redis_counts.holdings(product_id=product.id) == {}
     assert client.post("/api/v1/orders", order_body(buyer, (product, 2)), format="json").status_code == 201
 
 
@@ -97,8 +98,8 @@ def test_an_order_that_fails_after_reserving_gives_its_allowance_back():
     product = limited_product(2)
     answer = client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 2)), format="json")
     assert answer.json()["error"]["code"] == "INSUFFICIENT_BALANCE"
-    assert stock.holdings(product_id=product.id) == {}
-    assert stock.available(product_ids=[product.id])[product.id] == 100
+    assert redis_counts.holdings(product_id=product.id) == {}
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 100
 
 
 def test_reconciliation_rebuilds_wiped_holdings_from_the_database_and_in_flight_reservations():
@@ -108,14 +109,14 @@ def test_reconciliation_rebuilds_wiped_holdings_from_the_database_and_in_flight_
     cancelled = order_place(user_id=other.id, lines=[OrderLine(product.id, 3, product.price)]).order
     client_for(other).post(f"/api/v1/orders/{cancelled.id}/cancel")
     order_place(user_id=other.id, lines=[OrderLine(product.id, 1, product.price)])
-    in_flight = stock.reserve(token=uuid.uuid4(), quantities={product.id: 1}, holder=buyer.id)
+    in_flight = redis_counts.reserve(token=uuid.uuid4(), quantities={product.id: 1}, holder=buyer.id)
     assert in_flight.ok  # an order of the buyer's that has not committed yet
-    stock.redis_client().delete(f"{stock.HELD_PREFIX}{product.id}")  # Redis lost the holdings
-    stock.redis_client().delete(f"{stock.LIMIT_PREFIX}{product.id}")  # and the limit
+    redis_counts.redis_client().delete(f"{redis_counts.HELD_PREFIX}{product.id}")  # Redis lost the holdings
+    redis_counts.redis_client().delete(f"{redis_counts.LIMIT_PREFIX}{product.id}")  # and the limit
 
     report = inventory_reconcile()
     assert report.holding_drifts == {(product.id, buyer.id): 3, (product.id, other.id): 1}
-    assert stock.holdings(product_id=product.id) == {buyer.id: 3, other.id: 1}
+    assert redis_counts.holdings(product_id=product.id) == {buyer.id: 3, other.id: 1}
     with pytest.raises(PurchaseLimitReached):
         order_place(user_id=buyer.id, lines=[OrderLine(product.id, 1, product.price)])
     assert inventory_reconcile().holding_drifts == {}
@@ -149,7 +150,7 @@ def test_over_the_per_user_rate_limit_is_429_with_retry_after_and_reserves_nothi
     assert answer.json()["error"]["code"] == "RATE_LIMITED"
     assert answer.json()["error"]["details"] == {"scope": "user", "limit": 3, "windowSeconds": 600}
     assert 1 <= int(answer["Retry-After"]) <= 600
-    assert stock.available(product_ids=[product.id])[product.id] == 97  # nothing reserved
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 97  # nothing reserved
     assert Order.objects.filter(user=buyer).count() == 3
     assert client_for(other).post("/api/v1/orders", order_body(other, (product, 1)), format="json").status_code == 201
 
@@ -186,7 +187,7 @@ def test_every_order_attempt_counts_against_the_rate_limit_whatever_refuses_it(s
 
     first = 404 if "unknown" in refused else 409
     assert codes == [first] * 5 + [429, 429]
-    assert stock.available(product_ids=[product.id])[product.id] == 100
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 100
     assert not Order.objects.filter(user=buyer).exists()
     assert IdempotencyRecord.objects.filter(user=buyer).count() == 0
 
@@ -198,7 +199,7 @@ def test_a_refusal_before_anything_was_reserved_is_not_kept_for_the_key_so_its_r
     body = order_body(buyer, (product, 2))
 
     first = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
-    stock.add_available(product_id=product.id, quantity=5)
+    redis_counts.add_available(product_id=product.id, quantity=5)
     retry = client.post("/api/v1/orders", body, format="json", HTTP_IDEMPOTENCY_KEY="retry-me")
 
     assert first.json()["error"]["code"] == "OUT_OF_STOCK"
@@ -289,7 +290,7 @@ def test_a_user_with_too_many_unpaid_orders_gets_409_until_a_settler_pays_them(s
         "message": TooManyUnpaidOrders.default_message,
         "details": {"limit": 2, "unpaid": 2},
     }
-    assert stock.available(product_ids=[product.id])[product.id] == 98  # its reservation given back
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 98  # its reservation given back
     assert client.post("/api/v1/orders", order_body(buyer, (product, 1)), format="json").status_code == 201
     assert orders_settle_batch().paid
     assert order_async(3).status_code == 202
@@ -368,7 +369,7 @@ def test_a_buyer_stuck_in_its_payment_does_not_hold_the_coupon_other_buyers_need
 
 
 def test_seen_event_ids_are_kept_for_their_retention_then_trimmed_in_batches():
-    client = stock.redis_client()
+    client = redis_counts.redis_client()
     now_ms = int(time.time() * 1000)
     client.sadd(sales_counter.SEEN_KEY, "from-before")  # the old set is converted on first use
     fields = {b"eventId": b"new", b"type": b"order.paid", b"payload": orjson.dumps({"items": []})}

@@ -19,9 +19,9 @@ from devtools.testing import (
     race,
     wait_for,
 )
-from inventory import stock
+from inventory import redis_counts
 from inventory.legacy import LOCK_PREFIX
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders.models import Order
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -44,7 +44,7 @@ def test_old_design_never_oversells_and_leaves_redis_matching_the_database(old_d
 
     assert Counter(r.status_code for r in responses)[201] == 10 == Order.objects.count()
     assert on_hand_by_product()[product.id] == 0
-    assert stock.available(product_ids=[product.id]) == {product.id: 0}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 0}
     assert inventory_reconcile().drifted == []
 
 
@@ -102,7 +102,7 @@ def test_old_design_gives_up_with_lock_timeout_when_a_product_stays_locked(old_d
     settings.LEGACY_LOCK_WAIT_MS = 200
     user = make_user(balance=100)
     product = make_product(price=1, stock_quantity=10)
-    stock.redis_client().set(f"{LOCK_PREFIX}{product.id}", "someone-else", px=10_000)
+    redis_counts.redis_client().set(f"{LOCK_PREFIX}{product.id}", "someone-else", px=10_000)
 
     response = client_for(user).post("/api/v1/orders", order_body(user, (product, 1)), format="json")
 
@@ -141,7 +141,9 @@ def test_a_lock_that_expires_mid_transaction_keeps_the_next_holder_out_until_the
         with ThreadPoolExecutor(max_workers=2) as pool:
             first_order = pool.submit(post, first)
             wait_for(lambda: _orders_waiting_on_a_lock() == 1, what="the first order to wait at its payment")
-            wait_for(lambda: not stock.redis_client().exists(f"{LOCK_PREFIX}{product.id}"), what="its lock to expire")
+            wait_for(
+                lambda: not redis_counts.redis_client().exists(f"{LOCK_PREFIX}{product.id}"), what="its lock to expire"
+            )
             second_order = pool.submit(post, second)
             wait_for(lambda: second_order.done() or _orders_waiting_on_a_lock() == 2, what="the second order")
             blocker.rollback()  # the first order pays and commits

@@ -10,8 +10,8 @@ from accounts.models import Account
 from accounts.selectors import ledger_balance
 from coupons.models import Coupon, CouponRedemption
 from devtools.testing import CountedSince, client_for, make_product, make_user, order_body, race
-from inventory import stock
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders.models import Order, OrderItem
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -30,7 +30,7 @@ def test_one_user_ordering_50_times_at_once_loses_no_update_and_never_conflicts(
     assert account.balance == 10_000 - 50 * 21 == ledger_balance(user_id=user.id)
     assert account.version == 1 + 50  # the opening top-up, then one bump per order
     assert counted["balance_conflict_failures"] == 0
-    assert stock.available(product_ids=[product.id]) == {product.id: 1_000 - 150}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 1_000 - 150}
 
 
 def test_two_concurrent_orders_never_oversell_the_last_units_stock_10_against_100_orders():
@@ -46,7 +46,7 @@ def test_two_concurrent_orders_never_oversell_the_last_units_stock_10_against_10
     assert codes == {201: 10, 409: 90}
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"OUT_OF_STOCK"}
     assert Order.objects.count() == 10 == sum(OrderItem.objects.values_list("quantity", flat=True))
-    assert stock.available(product_ids=[product.id]) == {product.id: 0}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 0}
     report = inventory_reconcile()
     assert report.drifted == []
     assert on_hand_by_product()[product.id] == 0
@@ -69,7 +69,7 @@ def test_a_coupon_limited_to_5_is_used_exactly_5_times_by_50_concurrent_orders()
         "USAGE_LIMIT_REACHED"
     }
     assert Coupon.objects.get(code="FLASH").times_used == 5 == CouponRedemption.objects.count()
-    assert stock.available(product_ids=[product.id]) == {product.id: 95}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 95}
 
 
 def test_a_per_user_coupon_limit_holds_when_one_user_races_it():
@@ -105,7 +105,7 @@ def test_the_same_idempotency_key_sent_50_times_at_once_makes_one_order(stock_qu
     assert len({r.json()["orderId"] for r in responses}) == 1
     assert Order.objects.count() == 1
     assert Account.objects.get(user=user).balance == 990
-    assert stock.available(product_ids=[product.id]) == {product.id: stock_quantity - 2}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: stock_quantity - 2}
 
 
 def test_201s_equal_orders_and_money_and_stock_are_conserved_in_a_mixed_race():
@@ -128,7 +128,7 @@ def test_201s_equal_orders_and_money_and_stock_are_conserved_in_a_mixed_race():
     sold = Counter()
     for item in OrderItem.objects.all():
         sold[item.product_id] += item.quantity
-    counts = stock.available(product_ids=[p.id for p in products])
+    counts = redis_counts.available(product_ids=[p.id for p in products])
     for p in products:
         assert counts[p.id] + sold[p.id] == 30 == on_hand_by_product()[p.id] + sold[p.id]
     paid = sum(r.json()["paidAmount"] for r in created)

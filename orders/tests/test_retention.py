@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 from devtools.testing import make_product, make_user
-from inventory import stock
+from inventory import redis_counts
 from orders import events, idempotency
 from orders.models import IdempotencyRecord, OrderEvent
 from orders.services import OrderLine, order_place
@@ -54,7 +54,7 @@ def test_published_events_past_retention_go_in_batches_and_unpublished_and_recen
 
 def test_stream_entries_older_than_its_retention_are_trimmed_a_batch_at_a_time(settings):
     settings.ORDER_EVENTS_STREAM_RETENTION_HOURS = 24
-    client = stock.redis_client()
+    client = redis_counts.redis_client()
     for i in range(350):  # published in 1970: ids are publishing times
         client.xadd(events.STREAM_KEY, {"n": i}, id=f"{1000 + i}-0")
     recent = [client.xadd(events.STREAM_KEY, {"n": "new"}) for _ in range(5)]

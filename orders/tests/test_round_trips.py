@@ -18,7 +18,7 @@ from psycopg import pq
 from redis import Redis
 
 from devtools.testing import client_for, make_product, make_user, order_body
-from inventory import stock
+from inventory import redis_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,7 +33,7 @@ def wire_count() -> Iterator[WireCount]:
     connection.ensure_connection()
     pgconn = connection.connection.pgconn
     counted = WireCount()
-    redis = stock.redis_client()
+    redis = redis_counts.redis_client()
     watcher = Redis.from_url(settings.REDIS_URL)  # its own connection: the order's stays warm
     with watcher.monitor() as monitor, tempfile.TemporaryFile("w+") as trace:
         pgconn.trace(trace.fileno())
@@ -95,7 +95,7 @@ def test_the_wire_count_sees_every_statement_and_command(warm_caller):
     with wire_count() as counted, connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         cursor.execute("SELECT 2")
-        stock.redis_client().set("round-trips:probe", 1)
-        stock.redis_client().eval("return redis.call('GET', KEYS[1])", 1, "round-trips:probe")
+        redis_counts.redis_client().set("round-trips:probe", 1)
+        redis_counts.redis_client().eval("return redis.call('GET', KEYS[1])", 1, "round-trips:probe")
     assert counted.postgres_round_trips == 2
     assert counted.redis_commands == ["SET", "EVAL"]

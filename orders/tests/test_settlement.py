@@ -23,8 +23,8 @@ from devtools.testing import (
     race,
     wait_for,
 )
-from inventory import stock
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders import events
 from orders.models import Order, OrderEvent, OrderStatus
 from orders.services import OrderLine, order_cancel, order_place
@@ -62,7 +62,7 @@ def test_a_short_balance_in_the_middle_of_a_batch_cancels_that_order_alone():
     assert _event_types(placed[1]) == [events.CREATED, events.PAYMENT_STARTED, events.PAYMENT_FAILED, events.CANCELLED]
     assert _event_types(placed[0]) == [events.CREATED, events.PAYMENT_STARTED, events.PAID]
     assert [Account.objects.get(user=u).balance for u in (rich, poor, other)] == [900, 50, 800]
-    assert stock.available(product_ids=[product.id]) == {product.id: 7}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}
     assert on_hand_by_product()[product.id] == 7
     assert not Payment.objects.filter(order_id=placed[1].id).exists()
     assert inventory_reconcile().drifted == []
@@ -162,7 +162,9 @@ def test_cancel_racing_settlement_either_refunds_a_paid_order_or_cancels_it_unpa
             assert payment is None
         assert Account.objects.get(user=user).balance == 1_000 == ledger_balance(user_id=user.id)
     assert on_hand_by_product()[product.id] == 100
-    wait_for(lambda: stock.available(product_ids=[product.id])[product.id] == 100, what="every unit back in Redis")
+    wait_for(
+        lambda: redis_counts.available(product_ids=[product.id])[product.id] == 100, what="every unit back in Redis"
+    )
 
 
 def test_two_settler_processes_share_the_work_and_pay_each_order_once():
@@ -231,7 +233,7 @@ def test_past_the_backlog_bound_a_new_async_order_gets_503_with_retry_after_and_
     assert response.json()["error"]["details"]["limitSeconds"] == 0.3
     assert int(response.headers["Retry-After"]) >= 1
     assert Order.objects.count() == 1
-    assert stock.available(product_ids=[product.id]) == {product.id: 9}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9}
     assert client.post("/api/v1/orders", order_body(user, (product, 2)), format="json").status_code == 201  # sync
     orders_settle_batch()
     assert client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", **ASYNC).status_code == 202

@@ -22,8 +22,8 @@ from devtools.testing import (
     start_redis_server,
     wait_for,
 )
-from inventory import stock
-from inventory.services import inventory_reconcile, on_hand_by_product
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from orders.models import Order, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
@@ -92,9 +92,9 @@ def test_redis_crashing_with_accepted_orders_in_flight_keeps_every_promise(tmp_p
                 settler.stop()
 
             process = start_redis_server(port, tmp_path)
-            stock.redis_client().connection_pool.disconnect()
+            redis_counts.redis_client().connection_pool.disconnect()
             assert inventory_reconcile().rebuilt  # another run of the server: rebuilt from the ledger
-            assert stock.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 40}
+            assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 40}
     finally:
         process.kill()
         process.wait()
@@ -135,4 +135,4 @@ def test_an_order_committed_by_a_process_that_died_before_answering_is_still_pai
     assert orders_settle_batch().paid == [order.id]
     assert Account.objects.get(user=user).balance == 700
     assert inventory_reconcile().drifted == []
-    assert stock.available(product_ids=[product.id]) == {product.id: 7} == on_hand_by_product()
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 7} == on_hand_by_product()

@@ -7,7 +7,7 @@ import pytest
 
 from accounts.models import Account
 from devtools.testing import Settler, client_for, make_product, make_user, order_body, wait_for
-from inventory import stock
+from inventory import redis_counts
 from kernel import metrics
 from orders.models import Order, OrderStatus
 from orders.services import OrderLine, order_place
@@ -54,7 +54,8 @@ def test_an_order_of_a_user_without_an_account_fails_alone_and_the_rest_of_its_b
     assert not Payment.objects.filter(order_id=placed[1].id).exists()
     assert Account.objects.get(user_id=first.id).balance == 400
     wait_for(
-        lambda: stock.available(product_ids=[product.id])[product.id] == 8, what="the orphan's 3 units back in Redis"
+        lambda: redis_counts.available(product_ids=[product.id])[product.id] == 8,
+        what="the orphan's 3 units back in Redis",
     )
 
 
@@ -69,7 +70,7 @@ def test_a_synchronous_order_of_a_user_without_an_account_is_refused_with_a_code
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "ACCOUNT_MISSING"
     assert not Order.objects.exists()
-    assert stock.available(product_ids=[product.id])[product.id] == 10
+    assert redis_counts.available(product_ids=[product.id])[product.id] == 10
 
 
 @pytest.mark.slow
@@ -98,5 +99,6 @@ def test_a_settler_survives_an_order_that_breaks_every_batch_and_pays_everyone_e
     assert _order_failures() - failures_before == 3
     assert [Account.objects.get(user_id=u.id).balance for u in users] == [300, 500, 300]
     wait_for(
-        lambda: stock.available(product_ids=[product.id])[product.id] == 15, what="the bad order's units back in Redis"
+        lambda: redis_counts.available(product_ids=[product.id])[product.id] == 15,
+        what="the bad order's units back in Redis",
     )

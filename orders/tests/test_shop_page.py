@@ -14,7 +14,7 @@ from accounts.services import token_create
 from coupons.models import Coupon
 from devtools.browser import chromium_page
 from devtools.testing import Settler, make_product, make_user
-from inventory import stock
+from inventory import redis_counts
 from orders.models import Order
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -66,7 +66,7 @@ def test_placing_an_order_shows_progress_then_the_completion_screen(page, live_s
     assert "paid 240" in page.inner_text("#done-summary") and "balance now 760" in page.inner_text("#done-summary")
     order = Order.objects.get()
     assert (order.status, order.paid_amount) == ("PAID", 240)
-    assert stock.available(product_ids=[tea.id]) == {tea.id: 48}
+    assert redis_counts.available(product_ids=[tea.id]) == {tea.id: 48}
 
 
 def test_on_an_idle_server_the_shop_shows_the_order_paid_by_a_settler_its_commit_woke(page, live_server):
@@ -104,7 +104,7 @@ def test_a_payment_that_fails_shows_a_clear_failure_screen_and_gives_the_stock_b
     assert page.inner_text("#failed-title") == "Payment failed"
     assert "nothing was charged" in page.inner_text("#failed-text")
     assert Order.objects.get().status == "CANCELLED"
-    assert stock.available(product_ids=[whisk.id]) == {whisk.id: 5}
+    assert redis_counts.available(product_ids=[whisk.id]) == {whisk.id: 5}
 
 
 def test_sold_out_is_explained_on_a_phone_sized_screen(page, live_server):
@@ -170,7 +170,7 @@ def test_a_coupon_entered_in_the_shop_is_applied_and_a_bad_one_is_explained_unde
         page.wait_for_selector("#catalog:not([hidden]) #coupon-error:not(:empty)")
         page.screenshot(path=SHOTS / "coupon-2-unknown.png", full_page=True)
         assert "There is no such coupon" in page.inner_text("#coupon-error")
-        assert Order.objects.count() == 0 and stock.available(product_ids=[tea.id]) == {tea.id: 50}
+        assert Order.objects.count() == 0 and redis_counts.available(product_ids=[tea.id]) == {tea.id: 50}
 
         page.fill("#coupon", "TEA20")
         page.click("#place")

@@ -2,7 +2,7 @@ import time
 
 from django.core.management.base import BaseCommand
 
-from inventory.services import inventory_reconcile
+from inventory.reconciliation import inventory_reconcile
 from kernel.command_args import positive_seconds
 
 

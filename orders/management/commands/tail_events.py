@@ -1,7 +1,7 @@
 import orjson
 from django.core.management.base import BaseCommand
 
-from inventory.stock import redis_client
+from inventory.redis_counts import redis_client
 from orders.events import STREAM_KEY
 
 

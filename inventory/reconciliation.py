@@ -1,0 +1,350 @@
+"""Reconciliation: Redis' live counts compared with the ledger, abandoned reservations given
+back, drift repaired, and sold reservations forgotten (inventory_reconcile, inventory_forget_sold).
+
+Exact under live traffic for the reasons inventory_reconcile gives; one reconciler at a time
+(AdvisoryLock.STOCK_RECONCILIATION). Moved out of inventory/services.py, which calls it when
+Redis lost its data (a rebuild) and when a purchase limit is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+
+from inventory import redis_counts
+from inventory.errors import (
+    StockNotLoaded,
+)
+from inventory.models import PendingMove, Product, StockMovement, StockReservation
+from inventory.reservations import reservation_mark_released, stock_epoch, stock_epoch_bump
+from kernel import metrics
+from kernel.database import AdvisoryLock
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ProductDrift:
+    product_id: int
+    on_hand: int
+    in_flight: int
+    redis: int | None
+    unapplied: int = 0  # units of committed moves (returns, restocks) Redis had not applied yet
+    unrecorded: int = 0  # units of moves Redis had applied that committed after the database snapshot
+
+    @property
+    def expected(self) -> int:
+        """What Redis should say at its snapshot."""
+        return self.on_hand - self.in_flight - self.unapplied + self.unrecorded
+
+    @property
+    def drift(self) -> int:
+        return self.expected - (self.redis or 0)
+
+
+@dataclass
+class ReconcileReport:
+    rebuilt: bool = False
+    released_tokens: list[str] = field(default_factory=list)
+    forgotten_tokens: int = 0
+    products: list[ProductDrift] = field(default_factory=list)
+    holding_drifts: dict[tuple[int, int], int] = field(default_factory=dict)  # purchase limits
+    pending_moves: int = 0  # moves between the snapshots: committed or applied, not yet both
+    repaired: bool = False
+
+    @property
+    def drifted(self) -> list[ProductDrift]:
+        # A count missing from Redis is drift, unless a move not yet applied will create it.
+        return [p for p in self.products if p.drift != 0 or (p.redis is None and not p.unapplied)]
+
+
+def purchase_limits() -> dict[int, int | None]:
+    return dict(Product.objects.values_list("id", "purchase_limit"))
+
+
+def holdings_by_holder(*, product_ids: list[int]) -> dict[tuple[int, int], int]:
+    """Units each holder holds for good (sold, less returned) of the given products, from the
+    ledger: (product id, holder) -> units."""
+    rows = (
+        StockMovement.objects.filter(product_id__in=product_ids, holder__isnull=False)
+        .values("product_id", "holder")
+        .annotate(units=Sum("quantity"))
+        .values_list("product_id", "holder", "units")
+    )
+    return {(pid, holder): -units for pid, holder, units in rows if units}
+
+
+def pending_moves() -> dict[str, redis_counts.Units]:
+    """Moves that put units in (returns, restocks), committed and not yet acknowledged as applied
+    in Redis: token -> their units and holder."""
+    # move_token IS NOT NULL said outright, so that the planner may use the partial index.
+    rows = StockMovement.objects.filter(
+        move_token__isnull=False, move_token__in=PendingMove.objects.values("token")
+    ).values_list("move_token", "product_id", "quantity", "holder")
+    moves: dict[str, redis_counts.Units] = {}
+    for token, pid, quantity, holder in rows:
+        move = moves.setdefault(str(token), redis_counts.Units(items={}, holder=holder))
+        move.items[pid] = move.items.get(pid, 0) + quantity
+    return moves
+
+
+def _recorded_moves(tokens: list[str]) -> set[str]:
+    """The moves among `tokens` whose ledger rows this transaction sees (the partial index on
+    move_token)."""
+    recorded: set[str] = set()
+    for chunk in _chunks(tokens):
+        found = StockMovement.objects.filter(move_token__in=chunk).values_list("move_token", flat=True).distinct()
+        recorded.update(str(token) for token in found)
+    return recorded
+
+
+def _acknowledge_moves(tokens: list[str]) -> None:
+    """The moves a snapshot showed both committed and applied are no longer pending (each chunk
+    committed on its own: deleting again is harmless)."""
+    for chunk in _chunks(tokens):
+        PendingMove.objects.filter(token__in=chunk).delete()
+
+
+def _count_units(
+    units: Iterable[redis_counts.Units],
+    *,
+    holdings: dict[tuple[int, int], int],
+    holding_sign: int,
+    limited: Container[int],
+) -> dict[int, int]:
+    """The units of `units` by product; each also added (times `holding_sign`) to its holder's
+    entry in `holdings`, for the products in `limited`."""
+    by_product: dict[int, int] = {}
+    for each in units:
+        for pid, quantity in each.items.items():
+            by_product[pid] = by_product.get(pid, 0) + quantity
+            if each.holder is not None and pid in limited:
+                holdings[pid, each.holder] = holdings.get((pid, each.holder), 0) + holding_sign * quantity
+    return by_product
+
+
+def _chunks(tokens: list[str], size: int = 5_000) -> Iterator[list[str]]:
+    for start in range(0, len(tokens), size):
+        yield tokens[start : start + size]
+
+
+def on_hand_by_product() -> dict[int, int]:
+    totals = dict(
+        Product.objects.values_list("id").annotate(total=Sum("movements__quantity")).values_list("id", "total")
+    )
+    return {pid: totals[pid] or 0 for pid in sorted(totals)}
+
+
+def _settle_abandoned(*, grace_seconds: float) -> list[str]:
+    """Release reservations older than the grace period whose order never committed.
+
+    Inserting the RELEASED row first means a late order transaction can no longer commit (its
+    SOLD insert conflicts); a crash after the insert just repeats the idempotent release.
+    """
+    cutoff_ms = int((time.time() - grace_seconds) * 1000)
+    tokens = redis_counts.tokens_reserved_before(cutoff_ms=cutoff_ms)
+    if not tokens:
+        return []
+    # Most old reservations were sold long ago: find those in one query and leave them to the
+    # drift pass, which forgets them; only the rest need settling one by one.
+    sold = _sold_tokens(tokens)
+    released = []
+    for token in (t for t in tokens if t not in sold):
+        if reservation_mark_released(token) and redis_counts.release(token=token):
+            released.append(token)
+    if released:
+        logger.warning("released %d abandoned stock reservations", len(released))
+    return released
+
+
+def _sold_tokens(tokens: list[str]) -> set[str]:
+    sold: set[str] = set()
+    for chunk in _chunks(tokens):
+        found = StockReservation.objects.filter(token__in=chunk, state=StockReservation.State.SOLD).values_list(
+            "token", flat=True
+        )
+        sold.update(str(token) for token in found)
+    return sold
+
+
+def _wait_for_older_transactions(*, timeout: float) -> None:
+    """After Redis lost its data, sales reserved before the loss may still be committing:
+    wait until every transaction that began before then has ended (they are time-bounded by
+    statement and idle-in-transaction timeouts)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")  # the database's clock, not this host's
+        started_before = cursor.fetchone()[0]
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND xact_start < %s",
+                [started_before],
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
+    raise StockNotLoaded("Transactions older than the Redis data loss are still running.")
+
+
+def inventory_reconcile(
+    *, repair: bool = True, grace_seconds: float | None = None, rebuild_wait_seconds: float = 60.0
+) -> ReconcileReport:
+    """Compare Redis with the ledger, give back abandoned reservations, repair drift.
+
+    Exact under live traffic: the database snapshot (REPEATABLE READ) is taken before the Redis
+    snapshot, a reservation tracked in Redis counts as in flight unless that same database
+    snapshot shows it SOLD, a move that puts units in (a return, a restock) counts as pending
+    while only one side shows it (committed and not yet applied, or applied and committed after
+    the database snapshot), and the repair shifts counts by the drift rather than setting them,
+    then applies the committed moves Redis had not (each at most once: move.lua).
+    With `repair=False` it only reports. Only one reconciler runs at a time (advisory lock).
+    """
+    grace = settings.STOCK_RESERVATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    report = ReconcileReport()
+    with _reconciliation_lock() as locked:
+        if not locked:
+            logger.info("another reconciliation is running; skipped")
+            return report
+        return _reconcile(report, repair=repair, grace=grace, rebuild_wait_seconds=rebuild_wait_seconds)
+
+
+@contextlib.contextmanager
+def _reconciliation_lock() -> Iterator[bool]:
+    """The session advisory lock that keeps reconciliations (and forgetting) from overlapping;
+    yields whether it was taken."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
+        locked = cursor.fetchone()[0]
+    try:
+        yield locked
+    finally:
+        if locked:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
+
+
+def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_wait_seconds: float) -> ReconcileReport:
+    run_id = redis_counts.server_run_id()
+    epoch = stock_epoch()
+    if not redis_counts.is_loaded(run_id=run_id):
+        report.rebuilt = True
+        if repair:  # a check changes nothing: it need not wait for transactions older than the loss
+            # First the fence: reservations made before the loss can no longer be recorded...
+            epoch = stock_epoch_bump()
+            # ...then the wait for the sales that read the old epoch, so the rebuild counts them.
+            _wait_for_older_transactions(timeout=rebuild_wait_seconds)
+    elif repair:
+        report.released_tokens = _settle_abandoned(grace_seconds=grace)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        on_hand = on_hand_by_product()
+        limits = purchase_limits()
+        limited = sorted(pid for pid, limit in limits.items() if limit)
+        held_for_good = holdings_by_holder(product_ids=limited)
+        pending = pending_moves()
+        snap = redis_counts.snapshot(product_ids=list(on_hand), limited_ids=limited)
+        sold = _sold_tokens(list(snap.reservations))
+        recorded = _recorded_moves(list(snap.moves))
+    # Reservations in flight are in Redis' counts and holdings, not in the ledger.
+    expected_held = dict(held_for_good)
+    in_flight = _count_units(
+        (tracked for token, tracked in snap.reservations.items() if token not in sold),
+        holdings=expected_held, holding_sign=1, limited=snap.holdings,
+    )  # fmt: skip
+    # Moves between the two snapshots: committed but not applied in Redis yet (the repair applies
+    # them, unless their own step gets there first), or applied but committed after the database
+    # snapshot. Either way they are pending, not drift: Redis is expected without the first and
+    # with the second.
+    unapplied = {token: move for token, move in pending.items() if token not in snap.moves}
+    unrecorded = {token: move for token, move in snap.moves.items() if token not in recorded}
+    not_applied = _count_units(unapplied.values(), holdings=expected_held, holding_sign=1, limited=snap.holdings)
+    not_recorded = _count_units(unrecorded.values(), holdings=expected_held, holding_sign=-1, limited=snap.holdings)
+    report.holding_drifts = _holding_drifts(expected_held, snap.holdings)
+    report.products = [
+        ProductDrift(product_id=pid, on_hand=units, in_flight=in_flight.get(pid, 0), redis=snap.available[pid],
+                     unapplied=not_applied.get(pid, 0), unrecorded=not_recorded.get(pid, 0))
+        for pid, units in on_hand.items()
+    ]  # fmt: skip
+    report.forgotten_tokens = len(sold)
+    report.pending_moves = len(unapplied) + len(unrecorded)
+    if repair:
+        # Acknowledged (committed) before Redis forgets the markers: a crash in between leaves a
+        # marker whose move the next snapshot shows recorded, and it is forgotten then.
+        _acknowledge_moves(sorted(recorded))
+        report.repaired = redis_counts.repair(
+            drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
+            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts, apply=unapplied,
+            forget_moves=sorted(recorded),
+        )  # fmt: skip
+    drifted = [] if report.rebuilt else report.drifted
+    metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
+    if report.repaired:
+        metrics.STOCK_DRIFT_REPAIRED.inc(len(drifted))
+    for product in drifted:
+        logger.warning(
+            "stock drift on product %s: redis %s, expected %s (on hand %s, in flight %s, moves not yet applied %s,"
+            " applied but not yet in the snapshot %s)%s",
+            product.product_id,
+            product.redis,
+            product.expected,
+            product.on_hand,
+            product.in_flight,
+            product.unapplied,
+            product.unrecorded,
+            " - repaired" if repair else "",
+        )
+    if report.holding_drifts and not report.rebuilt:
+        logger.warning("purchase-limit holdings drifted for %d holders%s", len(report.holding_drifts),
+                       " - repaired" if repair else "")  # fmt: skip
+    return report
+
+
+def _holding_drifts(
+    expected: dict[tuple[int, int], int], redis: dict[int, dict[int, int]]
+) -> dict[tuple[int, int], int]:
+    """(product id, holder) -> units to add to Redis' holdings to make them the expected ones."""
+    drifts = {}
+    for pid, holders in redis.items():
+        for holder, units in holders.items():
+            if expected.get((pid, holder), 0) != units:
+                drifts[pid, holder] = expected.get((pid, holder), 0) - units
+    for (pid, holder), units in expected.items():
+        if holder not in redis.get(pid, {}) and units:
+            drifts[pid, holder] = units
+    return drifts
+
+
+def inventory_forget_sold(*, older_than_seconds: float = 1.0, chunk: int = 2_000) -> int:
+    """Stop tracking, in Redis, the reservations whose sale has committed. Returns how many.
+
+    Reconciliation forgets them too, but only once a minute: under a flash sale tens of
+    thousands pile up meanwhile, and its snapshot and repair scripts, which must see them all
+    at once, then held Redis (and every order's reservation) for 100-170 ms each (measured in
+    Redis' SLOWLOG at 600 orders/s). Run every few seconds, in chunks, this keeps the tracked
+    set to the last seconds' orders. Safe because it holds the reconciliation's lock: a
+    reservation forgotten between a reconciliation's database snapshot and its Redis snapshot
+    (its sale committed in between) would count as units nobody holds. Reservations not SOLD
+    (in flight, or abandoned) are left for reconciliation.
+    """
+    cutoff_ms = int((time.time() - older_than_seconds) * 1000)
+    forgotten = kept = 0
+    with _reconciliation_lock() as locked:
+        if not locked:
+            return 0
+        while tokens := redis_counts.tokens_reserved_before(cutoff_ms=cutoff_ms, offset=kept, limit=chunk):
+            sold = _sold_tokens(tokens)
+            if sold:
+                forgotten += redis_counts.forget(tokens=sorted(sold))
+            kept += len(tokens) - len(sold)
+            if len(tokens) < chunk:
+                break
+    return forgotten
