@@ -36,7 +36,7 @@ from orders.errors import (
 )
 from orders.idempotency import KeyTakenOver, RequestInProgress
 from orders.results import Placement, placement_status_code
-from orders.selectors import order_get, order_list
+from orders.selectors import order_get, order_list, orders_with_items
 from orders.serializers import (
     OrderDetailOutputSerializer,
     OrderInputSerializer,
@@ -138,7 +138,7 @@ class OrderListCreateApi(APIView):
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
-        return paginator.get_paginated_response([order_to_dict(order) for order in page])
+        return paginator.get_paginated_response([order_to_dict(order) for order in orders_with_items(page)])
 
 
 class OrderDetailApi(APIView):

@@ -162,7 +162,7 @@ def _replay(record: IdempotencyRecord) -> PlacedOrder:
     if record.order_id is None:
         raise RememberedError(record)
     order = Order.objects.get(pk=record.order_id)
-    order.items_cache = PlacedItem.of_order(order)
+    PlacedItem.attach([order])
     return PlacedOrder(order=order, placement=placement_of_status_code(record.status_code), replayed=True)
 
 

@@ -83,10 +83,15 @@ class PlacedItem:
     unit_price: int
 
     @classmethod
-    def of_order(cls, order: Order) -> list[PlacedItem]:
-        """The order's items as written, in the order written (one query)."""
-        rows = OrderItem.objects.filter(order_id=order.pk).order_by("id")
-        return [cls(*row) for row in rows.values_list("product_id", "quantity", "unit_price")]
+    def attach(cls, orders: list[Order]) -> None:
+        """Set each order's `items_cache`: its items as written, in the order written, for all
+        the orders in one query (the settler's batch, a page of the order list, one order)."""
+        by_order: dict[int, list[PlacedItem]] = {order.pk: [] for order in orders}
+        rows = OrderItem.objects.filter(order_id__in=list(by_order)).order_by("id")
+        for order_id, *item in rows.values_list("order_id", "product_id", "quantity", "unit_price"):
+            by_order[order_id].append(cls(*item))
+        for order in orders:
+            order.items_cache = by_order[order.pk]
 
 
 class IdempotencyRecord(models.Model):

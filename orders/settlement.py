@@ -33,9 +33,6 @@ from payments.services import Charge, payment_take_many
 
 logger = logging.getLogger(__name__)
 
-_ITEMS_SQL = (
-    "SELECT order_id, product_id, quantity, unit_price FROM orders_orderitem WHERE order_id = ANY(%s) ORDER BY id"
-)
 # The database went away (PostgreSQL restarting, a lost connection, a deadlock between two
 # batches): the batch is rolled back and tried again whole once it is back. Any other error
 # belongs to the orders of the batch (see BatchFailed).
@@ -106,7 +103,7 @@ def orders_settle_batch(
 
 def _settle(orders: list[Order], batch: SettledBatch) -> list[Order]:
     """The claimed orders paid or failed, inside the batch's transaction; returns those paid."""
-    _attach_items(orders)
+    PlacedItem.attach(orders)
     if settings.PAYMENT_GATEWAY_LATENCY_MS:
         time.sleep(settings.PAYMENT_GATEWAY_LATENCY_MS / 1000)  # a payment provider's round trip, per batch
     outcomes = payment_take_many(charges=[Charge(o.id, o.user_id, o.total_amount - o.discount_amount) for o in orders])
@@ -138,7 +135,7 @@ def order_set_aside(*, order_id: int) -> bool:
         orders = _claim(1, only=[order_id], skip=frozenset())
         if not orders:
             return False
-        _attach_items(orders)
+        PlacedItem.attach(orders)
         _fail_and_cancel(orders[0])
     return True
 
@@ -165,14 +162,6 @@ def _claim(limit: int, *, only: list[int] | None, skip: frozenset[int]) -> list[
         order.waited_at_claim = waited  # seconds since its acceptance, for the time-to-PAID histogram
         orders.append(order)
     return orders
-
-
-def _attach_items(orders: list[Order]) -> None:
-    by_order: dict[int, list[PlacedItem]] = {o.id: [] for o in orders}
-    for order_id, product_id, quantity, unit_price in sql_all(_ITEMS_SQL, [list(by_order)]):
-        by_order[order_id].append(PlacedItem(product_id, quantity, unit_price))
-    for order in orders:
-        order.items_cache = by_order[order.id]
 
 
 def _mark_paid(orders: list[Order]) -> None:

@@ -49,7 +49,7 @@ def order_lock(order_id: int, *, user_id: int | None = None, skip_locked: bool =
         queryset = queryset.filter(user_id=user_id)
     order = queryset.first()
     if order is not None:
-        order.items_cache = PlacedItem.of_order(order)
+        PlacedItem.attach([order])
     return order
 
 
