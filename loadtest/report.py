@@ -365,35 +365,68 @@ def _jobs_table(columns: dict[str, list[JobTiming] | None]) -> str:
 
 
 def render_run(result: RunResult) -> str:
+    """One run's report.md: what ran and its verdict, its figures, then each thing it measured."""
+    parts = [
+        *_run_heading(result),
+        *_run_result(result),
+        *_thresholds_section({"result": result.figures}, name_runs=False),
+        *_answers_and_payment(result),
+        *_processes_and_cpu(result),
+        *_jobs_on_this_run(result),
+        *_counters_and_invariants(result),
+        *_machine_and_chart(result.machine, "throughput and latency over time"),
+        *_server_metrics_over_time(result),
+        _files_line(result),
+    ]
+    return "\n".join(parts)
+
+
+def _run_heading(result: RunResult) -> list[str]:
+    """The title, what the run was made against (seed shape, scale, peak VUs) and its verdict:
+    thresholds and invariants, each failed when any one of them is."""
     f = result.figures
     shape = ", ".join(f"{key} {value}" for key, value in result.shape.items())
     verdict = "held" if result.invariants_hold else "**BROKEN**"
-    parts = [
+    return [
         f"# Load test: {result.scenario}, {result.strategy} strategy\n",
         f"Started {result.started_at} against {result.base_url}; duration scale {result.duration_scale}; "
         f"peak {f.peak_vus} VUs; seed: {shape}.\n",
         f"Thresholds {'passed' if f.thresholds_passed else '**FAILED**'}; invariants {verdict}.\n",
-        "## Result\n",
     ]
-    if result.ceiling is not None:
-        parts.append(
-            figures_table(
-                {result.scenario: f, "ceiling (GET /healthz)": result.ceiling},
-                ratio_label=f"{result.scenario} / ceiling",
-                throughput_only=True,
-            )
-        )
-        parts.append(
-            "\nThe ceiling run sends GET /healthz with the same VU profile to the same server: what the "
-            "framework and gunicorn serve when the order path costs nothing."
-        )
-    else:
-        parts.append(figures_table({"value": f}))
-    parts += [
+
+
+def _run_result(result: RunResult) -> list[str]:
+    """The run's figures; beside a ceiling run, the ceiling's too, with throughput as a share of it."""
+    if result.ceiling is None:
+        return ["## Result\n", figures_table({"value": result.figures})]
+    return [
+        "## Result\n",
+        figures_table(
+            {result.scenario: result.figures, "ceiling (GET /healthz)": result.ceiling},
+            ratio_label=f"{result.scenario} / ceiling",
+            throughput_only=True,
+        ),
+        "\nThe ceiling run sends GET /healthz with the same VU profile to the same server: what the "
+        "framework and gunicorn serve when the order path costs nothing.",
+    ]
+
+
+def _thresholds_section(columns: dict[str, Figures], *, name_runs: bool) -> list[str]:
+    """Each threshold passed or failed per run, then what the p99 threshold asks of throughput
+    at the run's concurrency; with `name_runs`, each run's sentence starts with its column's name."""
+    return [
         "\n## Thresholds\n",
-        _thresholds_table({"result": f}),
+        _thresholds_table(columns),
         "",
-        _closed_loop_text("", f),
+        *(_closed_loop_text(f"{name}: " if name_runs else "", f) for name, f in columns.items()),
+    ]
+
+
+def _answers_and_payment(result: RunResult) -> list[str]:
+    """The answers by HTTP status and error code; an asynchronous run's payment figures; in a
+    sellout, why its 409s are not failures."""
+    f = result.figures
+    parts = [
         "\n## Answers\n",
         _counts_table("HTTP status", f.statuses),
         _counts_table("error code", f.errors_by_code),
@@ -402,34 +435,59 @@ def render_run(result: RunResult) -> str:
         parts += ["## Asynchronous payment\n", _payments_table({"value": result.payments})]
     if result.scenario == "sellout":
         parts.append("In a sellout, 409 OUT_OF_STOCK is an expected answer: not counted as a failure.\n")
-    parts += ["## Processes and CPU per order\n", _bullets(result.processes), ""]
+    return parts
+
+
+def _processes_and_cpu(result: RunResult) -> list[str]:
+    """What ran, and the CPU each side used per order where it was measured."""
+    parts = ["## Processes and CPU per order\n", _bullets(result.processes), ""]
     if result.cpu is not None:
         parts.append(_cpu_table({"value": result.cpu}))
-    if result.jobs is not None:
-        parts += ["## Periodic jobs on this run's data\n", _jobs_table({"time (outcome)": result.jobs}), ""]
-    parts += [
+    return parts
+
+
+def _jobs_on_this_run(result: RunResult) -> list[str]:
+    """The periodic jobs' times on the data the run left, when they were timed."""
+    if result.jobs is None:
+        return []
+    return ["## Periodic jobs on this run's data\n", _jobs_table({"time (outcome)": result.jobs}), ""]
+
+
+def _counters_and_invariants(result: RunResult) -> list[str]:
+    """What the server counted during the run, and whether every invariant held after it."""
+    return [
         "## Server counters\n",
         _counts_table("counter (server /metrics, this run)", result.server_counters),
         "## Invariants\n",
         _invariants_table(result.invariants),
-        "## Machine\n",
-        _bullets(result.machine),
-        "\n## Over time\n",
-        "![throughput and latency over time](chart.png)\n",
     ]
-    if result.server_metrics is not None:
-        parts += [
-            "## Server metrics over time\n",
-            _server_table({"value": result.server_metrics}),
-            "![server metrics beside k6's throughput and latency](server-metrics.png)\n",
-        ]
-    parts.append(
+
+
+def _machine_and_chart(machine: dict[str, str], chart_alt: str) -> list[str]:
+    """The machine the run (a comparison: its last run) was made on, and the chart over time."""
+    return ["## Machine\n", _bullets(machine), "\n## Over time\n", f"![{chart_alt}](chart.png)\n"]
+
+
+def _server_metrics_over_time(result: RunResult) -> list[str]:
+    """The server's own metrics over the run and their chart, when /metrics was scraped."""
+    if result.server_metrics is None:
+        return []
+    return [
+        "## Server metrics over time\n",
+        _server_table({"value": result.server_metrics}),
+        "![server metrics beside k6's throughput and latency](server-metrics.png)\n",
+    ]
+
+
+def _files_line(result: RunResult) -> str:
+    """The files beside report.md: the settlers' logs only when settlers paid, the server
+    metrics' CSV only when /metrics was scraped."""
+    return (
         "Files: `k6-summary.json` (k6 --summary-export), `k6-timeseries.csv.gz` (k6 --out csv), "
         f"`gunicorn.log`,{' `settler-<n>.log`,' if result.payments else ''}"
         f"{' `server-metrics.csv` (the server metrics per interval),' if result.server_metrics else ''} "
         "`summary.json` (the figures above).\n"
     )
-    return "\n".join(parts)
 
 
 @dataclass(frozen=True)
@@ -494,71 +552,91 @@ def shape_comparison(scenario_shape: RunResult, given: RunResult) -> Comparison:
 
 
 def render_comparison(comparison: Comparison) -> str:
+    """Two runs' report.md side by side: the figures with the ratio of the second to the first,
+    the sections some run measured, the thresholds, each run's answers and checks in turn."""
     runs = comparison.columns
-    columns = {label: run.figures for label, run in runs.items()}
-    links = ", ".join(f"[{key}]({key}/report.md)" for key in comparison.runs)
     parts = [
+        *_comparison_result(comparison),
+        *_ceiling_shares(runs),
+        *_measured_sections(comparison),
+        *_thresholds_section({label: run.figures for label, run in runs.items()}, name_runs=True),
+        *_each_run_in_turn(runs),
+        *_machine_and_chart(list(runs.values())[-1].machine, f"{' and '.join(runs)} over time"),
+    ]
+    return "\n".join(parts)
+
+
+def _comparison_result(comparison: Comparison) -> list[str]:
+    """The title, how the runs were made comparable with a link to each one's own report, and the
+    figures side by side with the second over the first."""
+    columns = {label: run.figures for label, run in comparison.columns.items()}
+    links = ", ".join(f"[{key}]({key}/report.md)" for key in comparison.runs)
+    return [
         f"# Load test: {comparison.heading}\n",
         f"{comparison.how} Full reports: {links}.\n",
         "## Result\n",
         figures_table(columns, ratio_label=comparison.ratio_label, ratio_of=(1, 0)),
     ]
+
+
+def _ceiling_shares(runs: dict[str, RunResult]) -> list[str]:
+    """The ceiling is measured once, beside the first run that has one: its figures, then each
+    run's throughput as a share of it."""
     ceiling = next((run.ceiling for run in runs.values() if run.ceiling is not None), None)
-    if ceiling is not None:
-        parts += [
-            "\n## Framework ceiling (GET /healthz, same VU profile)\n",
-            figures_table({"ceiling": ceiling}),
-            "",
-            f"| share of the ceiling | {' | '.join(runs)} |\n|---|{'---|' * len(runs)}",
-        ]
-        for key, label in (("rps", "throughput, whole run"), ("rps_at_peak", "throughput at peak VUs")):
-            shares = (_share_text(_throughput_ratios(run.figures, ceiling)[key]) for run in runs.values())
-            parts.append(f"| {label} | {' | '.join(shares)} |")
-    if any(run.payments is not None for run in runs.values()):
-        parts += [
-            "\n## Asynchronous payment\n",
-            _payments_table({label: run.payments for label, run in runs.items()}),
-        ]
-    if any(run.server_metrics is not None for run in runs.values()):
+    if ceiling is None:
+        return []
+    parts = [
+        "\n## Framework ceiling (GET /healthz, same VU profile)\n",
+        figures_table({"ceiling": ceiling}),
+        "",
+        f"| share of the ceiling | {' | '.join(runs)} |\n|---|{'---|' * len(runs)}",
+    ]
+    for key, label in (("rps", "throughput, whole run"), ("rps_at_peak", "throughput at peak VUs")):
+        shares = (_share_text(_throughput_ratios(run.figures, ceiling)[key]) for run in runs.values())
+        parts.append(f"| {label} | {' | '.join(shares)} |")
+    return parts
+
+
+def _measured(runs: dict[str, RunResult], name: str) -> dict | None:
+    """Each run's `name` (payments, cpu, ...) by column label; None when no run measured it."""
+    found = {label: getattr(run, name) for label, run in runs.items()}
+    return found if any(value is not None for value in found.values()) else None
+
+
+def _measured_sections(comparison: Comparison) -> list[str]:
+    """A section for each thing at least one run measured (asynchronous payment, server metrics,
+    periodic jobs, CPU per order), "-" in the columns of the runs that did not."""
+    runs, parts = comparison.columns, []
+    if (payments := _measured(runs, "payments")) is not None:
+        parts += ["\n## Asynchronous payment\n", _payments_table(payments)]
+    if (server := _measured(runs, "server_metrics")) is not None:
         parts += [
             "\n## Server metrics\n",
-            _server_table({label: run.server_metrics for label, run in runs.items()}),
+            _server_table(server),
             f"Over time: {', '.join(f'[{key}]({key}/server-metrics.png)' for key in comparison.runs)}.\n",
         ]
-    if any(run.jobs is not None for run in runs.values()):
-        parts += [
-            "\n## Periodic jobs on each run's data\n",
-            _jobs_table({label: run.jobs for label, run in runs.items()}),
-        ]
-    if any(run.cpu is not None for run in runs.values()):
-        parts += [
-            "\n## CPU per order\n",
-            _cpu_table({label: run.cpu for label, run in runs.items()}, ratio_label=comparison.ratio_label),
-        ]
-    parts += [
-        "\n## Thresholds\n",
-        _thresholds_table(columns),
-        "",
-        *(_closed_loop_text(f"{name}: ", f) for name, f in columns.items()),
-    ]
+    if (timings := _measured(runs, "jobs")) is not None:
+        parts += ["\n## Periodic jobs on each run's data\n", _jobs_table(timings)]
+    if (use := _measured(runs, "cpu")) is not None:
+        parts += ["\n## CPU per order\n", _cpu_table(use, ratio_label=comparison.ratio_label)]
+    return parts
+
+
+def _each_run_in_turn(runs: dict[str, RunResult]) -> list[str]:
+    """What is not figures (error codes, processes, counters, invariants): one section each, and
+    in it each run in turn under its label."""
     per_run = [
         ("Errors by code", lambda run: _counts_table("error code", run.figures.errors_by_code)),
         ("Processes", lambda run: _bullets(run.processes) + "\n"),
         ("Server counters", lambda run: _counts_table("counter", run.server_counters)),
         ("Invariants", lambda run: _invariants_table(run.invariants)),
     ]
+    parts = []
     for title, section in per_run:
         parts.append(f"\n## {title}\n" if title == per_run[0][0] else f"## {title}\n")
         for label, run in runs.items():
             parts += [f"**{label}**\n", section(run)]
-    last = list(runs.values())[-1]
-    parts += [
-        "## Machine\n",
-        _bullets(last.machine),
-        "\n## Over time\n",
-        f"![{' and '.join(runs)} over time](chart.png)\n",
-    ]
-    return "\n".join(parts)
+    return parts
 
 
 def write_run_report(out_dir: Path, result: RunResult) -> None:

@@ -38,7 +38,7 @@ from config.local import current_database_url
 from devtools import devservers
 from kernel import metrics
 from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
-from loadtest.invariants import Baseline, check_invariants
+from loadtest.invariants import Baseline, Check, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import (
     RunResult,
@@ -300,93 +300,66 @@ def _processes(
     }
 
 
+@dataclass
+class _ScenarioRun:
+    """What the scenario's k6 run left, measured: k6's figures, the CPU meter, the server's
+    metrics sampler and, for the async scenario, the backlog samples and when it drained."""
+
+    k6: K6Run
+    meter: cpu.CpuMeter
+    scraping: server_metrics.Sampler
+    sampler: async_run.BacklogSampler | None
+    drained_after: float | None
+
+
+@dataclass
+class _Measured:
+    """What a run measured while its servers were up."""
+
+    base_url: str
+    ceiling: K6Run | None
+    scenario_run: _ScenarioRun
+    processes: dict[str, str]
+    server_counters: dict[str, int]  # what the run added to each
+    steal: str  # the host's share of this machine's CPU time over the run
+
+
 def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
-    """One full run of the chosen scenario with one strategy; writes its report into `out_dir`."""
+    """One full run of the chosen scenario with one strategy; writes its report into `out_dir`.
+
+    Reseed, serve and load under measurement (servers stopped whatever happens), then, from what
+    the run left: the server's metrics, the payment figures, the CPU per order, the invariants
+    and, if asked, the periodic jobs' times."""
     scenario = SCENARIOS[options.scenario]
     out_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now().astimezone().isoformat(timespec="seconds")
-    shape = options.seed_shape
-    echo(f"seeding: {shape}")
-    seeding.seed(shape, progress=lambda message: echo(f"  {message}"))
-    baseline = Baseline.from_shape(shape)
-    ceiling = None
-    cpu_before = cpu_times()
-    with _serving(options, strategy, out_dir, echo) as served:
-        base_url = served.base_url
-        counters_before = _server_counters(base_url, echo)
-        if with_ceiling:
-            ceiling = run_k6(
-                scenario="ceiling",
-                base_url=base_url,
-                out_dir=out_dir / "ceiling",
-                options=options,
-                shape=shape,
-                like=scenario.name,
-                echo=echo,
-            )
-        with _beside_the_server(options, strategy, out_dir, echo) as (settlers, periodic):
-            meter = _cpu_meter(served, settlers, periodic, echo)
-            sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
-            scraping = server_metrics.Sampler(base_url, token=settings.METRICS_TOKEN or None)
-            with sampling as sampler, scraping:
-                run = run_k6(
-                    scenario=scenario.name, base_url=base_url, out_dir=out_dir, options=options,
-                    shape=shape, echo=echo,
-                )  # fmt: skip
-                meter.stop("request")
-                if sampler is not None:
-                    echo("k6 done; waiting for the settlers to drain the backlog")
-                    drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
-                    echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
-                meter.stop("settlement", "periodic", "postgres")
-            processes = _processes(options, served, settlers, periodic)
-        # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
-        counters_after = _server_counters(base_url, echo)
-    cpu_after = cpu_times()
-    server_series = scraping.series(origin=run.series.first_second if run.series.buckets else None)
-    echo(f"server metrics: {server_series.scrapes} scrapes of {base_url}/metrics, {server_series.failed} failed"
-         + (f" (last: {scraping.last_failure})" if scraping.failed else ""))  # fmt: skip
-    payments = None
-    if sampler is not None:
-        batches = async_run.batch_stats(async_run.settler_logs(out_dir))
-        payments = async_run.payment_figures(
-            samples=sampler.samples, drained_after_s=drained_after, batches=batches, past=baseline.orders
-        )
-    cpu_use = cpu.CpuUse(
-        orders=run.figures.orders_created,
-        request_ms=meter.used_ms.get("request"),
-        settlement_ms=meter.used_ms.get("settlement"),
-        postgres_ms=meter.used_ms.get("postgres"),
-        periodic_ms=meter.used_ms.get("periodic"),
-    )
-    echo("checking invariants against PostgreSQL and Redis")
-    checks = check_invariants(
-        baseline=baseline, orders_answered=run.figures.orders_created, sold_out_expected=scenario.sold_out_expected
-    )
-    if scenario.asynchronous:
-        checks += async_run.async_checks(past=baseline.orders)
-    job_timings = None
-    if options.time_jobs:
-        echo("timing the periodic jobs on this run's data")
-        job_timings = jobs.time_periodic_jobs(echo=echo)
+    baseline = _reseed(options.seed_shape, echo)
+    measured = _serve_and_load(options, scenario, strategy=strategy, out_dir=out_dir, with_ceiling=with_ceiling,
+                               echo=echo)  # fmt: skip
+    run, ceiling = measured.scenario_run, measured.ceiling
+    server_series = _server_series(measured, echo)
+    payments = _payment_figures(run, out_dir=out_dir, baseline=baseline)
+    cpu_use = _cpu_use(run)
+    checks = _invariant_checks(scenario, baseline=baseline, k6=run.k6, echo=echo)
+    job_timings = _timed_jobs(options, echo)
     served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
     result = RunResult(
         scenario=scenario.name,
         strategy=strategy,
         started_at=started_at,
         duration_scale=options.duration_scale,
-        base_url=base_url,
-        shape=asdict(shape),
-        figures=run.figures,
-        series=run.series,
-        k6_exit_code=run.exit_code,
+        base_url=measured.base_url,
+        shape=asdict(options.seed_shape),
+        figures=run.k6.figures,
+        series=run.k6.series,
+        k6_exit_code=run.k6.exit_code,
         invariants=checks,
-        server_counters={name: counters_after[name] - counters_before.get(name, 0) for name in counters_after},
-        machine=machine_info(k6=k6_binary(), server=served_by, steal=steal_share(cpu_before, cpu_after)),
+        server_counters=measured.server_counters,
+        machine=machine_info(k6=k6_binary(), server=served_by, steal=measured.steal),
         ceiling=ceiling.figures if ceiling else None,
         ceiling_series=ceiling.series if ceiling else None,
         payments=payments,
-        processes=processes,
+        processes=measured.processes,
         cpu=cpu_use,
         server_metrics=server_series,
         jobs=job_timings,
@@ -394,6 +367,125 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
     return result
+
+
+def _reseed(shape: seeding.SeedShape, echo: Echo) -> Baseline:
+    """Every run starts from a fresh seed of its shape, which is the invariants' baseline."""
+    echo(f"seeding: {shape}")
+    seeding.seed(shape, progress=lambda message: echo(f"  {message}"))
+    return Baseline.from_shape(shape)
+
+
+def _serve_and_load(
+    options: RunOptions, scenario: Scenario, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo
+) -> _Measured:
+    """Under the server: the ceiling first (if asked), then, with the settlers and periodic jobs
+    beside it, the scenario under measurement; the server's counters are read before anything
+    and again at the end (what the run added), the machine's steal around it all."""
+    cpu_before = cpu_times()
+    with _serving(options, strategy, out_dir, echo) as served:
+        counters_before = _server_counters(served.base_url, echo)
+        ceiling = None
+        if with_ceiling:
+            ceiling = run_k6(scenario="ceiling", base_url=served.base_url, out_dir=out_dir / "ceiling",
+                             options=options, shape=options.seed_shape, like=scenario.name, echo=echo)  # fmt: skip
+        with _beside_the_server(options, strategy, out_dir, echo) as (settlers, periodic):
+            scenario_run = _load_under_measure(
+                options, scenario, served, settlers, periodic, out_dir=out_dir, echo=echo
+            )
+            processes = _processes(options, served, settlers, periodic)
+        # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
+        counters_after = _server_counters(served.base_url, echo)
+    cpu_after = cpu_times()
+    return _Measured(
+        base_url=served.base_url,
+        ceiling=ceiling,
+        scenario_run=scenario_run,
+        processes=processes,
+        server_counters={name: counters_after[name] - counters_before.get(name, 0) for name in counters_after},
+        steal=steal_share(cpu_before, cpu_after),
+    )
+
+
+def _load_under_measure(
+    options: RunOptions,
+    scenario: Scenario,
+    served: server.Served,
+    settlers: list[subprocess.Popen],
+    periodic: list[subprocess.Popen],
+    *,
+    out_dir: Path,
+    echo: Echo,
+) -> _ScenarioRun:
+    """The scenario under k6 with the CPU meter running and /metrics scraped (and, async, the
+    backlog sampled) until the work is done: the request side's CPU stops with k6, the other
+    sides' once the settlers have drained the backlog."""
+    meter = _cpu_meter(served, settlers, periodic, echo)
+    sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
+    scraping = server_metrics.Sampler(served.base_url, token=settings.METRICS_TOKEN or None)
+    drained_after = None
+    with sampling as sampler, scraping:
+        run = run_k6(scenario=scenario.name, base_url=served.base_url, out_dir=out_dir, options=options,
+                     shape=options.seed_shape, echo=echo)  # fmt: skip
+        meter.stop("request")
+        if sampler is not None:
+            echo("k6 done; waiting for the settlers to drain the backlog")
+            drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
+            echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
+        meter.stop("settlement", "periodic", "postgres")
+    return _ScenarioRun(k6=run, meter=meter, scraping=scraping, sampler=sampler, drained_after=drained_after)
+
+
+def _server_series(measured: _Measured, echo: Echo) -> server_metrics.ServerSeries:
+    """The scrapes as a series on k6's time axis (from the first scrape when k6 has no series)."""
+    scraping, series = measured.scenario_run.scraping, measured.scenario_run.k6.series
+    found = scraping.series(origin=series.first_second if series.buckets else None)
+    echo(f"server metrics: {found.scrapes} scrapes of {measured.base_url}/metrics, {found.failed} failed"
+         + (f" (last: {scraping.last_failure})" if scraping.failed else ""))  # fmt: skip
+    return found
+
+
+def _payment_figures(run: _ScenarioRun, *, out_dir: Path, baseline: Baseline) -> async_run.PaymentFigures | None:
+    """The async scenario's payments: of the run's own orders (after the seeded past ones), with
+    the batches the settlers logged; None for a run that paid inside the request."""
+    if run.sampler is None:
+        return None
+    batches = async_run.batch_stats(async_run.settler_logs(out_dir))
+    return async_run.payment_figures(
+        samples=run.sampler.samples, drained_after_s=run.drained_after, batches=batches, past=baseline.orders
+    )
+
+
+def _cpu_use(run: _ScenarioRun) -> cpu.CpuUse:
+    """Each side's CPU over the orders k6 saw created (201/202)."""
+    used = run.meter.used_ms
+    return cpu.CpuUse(
+        orders=run.k6.figures.orders_created,
+        request_ms=used.get("request"),
+        settlement_ms=used.get("settlement"),
+        postgres_ms=used.get("postgres"),
+        periodic_ms=used.get("periodic"),
+    )
+
+
+def _invariant_checks(scenario: Scenario, *, baseline: Baseline, k6: K6Run, echo: Echo) -> list[Check]:
+    """The invariants against PostgreSQL and Redis, with as many orders as k6 saw created; the
+    async scenario's also that every accepted order ended PAID or CANCELLED."""
+    echo("checking invariants against PostgreSQL and Redis")
+    checks = check_invariants(
+        baseline=baseline, orders_answered=k6.figures.orders_created, sold_out_expected=scenario.sold_out_expected
+    )
+    if scenario.asynchronous:
+        checks += async_run.async_checks(past=baseline.orders)
+    return checks
+
+
+def _timed_jobs(options: RunOptions, echo: Echo) -> list[jobs.JobTiming] | None:
+    """The periodic jobs timed on the data the run left, only when asked (--time-jobs)."""
+    if not options.time_jobs:
+        return None
+    echo("timing the periodic jobs on this run's data")
+    return jobs.time_periodic_jobs(echo=echo)
 
 
 def _server_counters(base_url: str, echo: Echo) -> dict[str, int]:
