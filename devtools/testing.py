@@ -113,6 +113,16 @@ class BalanceRowHeld:
         self._thread.join(30)
 
 
+def waiting_on_a_row_lock() -> bool:
+    """Some connection to this test's database waits for a lock right now (pg_stat_activity):
+    the moment to release what holds it, when a test forces a conflict behind a held row."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
 def race(count: int, action: Callable[[int], object]) -> list[object]:
     """Run `action(i)` for i in range(count) on `count` real threads released at the same moment.
 

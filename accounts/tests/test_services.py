@@ -10,7 +10,7 @@ from accounts.errors import BalanceConflict, InsufficientBalance
 from accounts.models import Account, User
 from accounts.selectors import ledger_balance
 from accounts.services import account_refund, account_withdraw
-from devtools.testing import BalanceRowHeld, CountedSince, make_user, race, wait_for
+from devtools.testing import BalanceRowHeld, CountedSince, make_user, race, wait_for, waiting_on_a_row_lock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -58,21 +58,13 @@ def test_without_retry_a_withdrawal_whose_version_moved_meanwhile_fails_with_con
 
     with BalanceRowHeld(user_id=user.id, amount=5) as held, ThreadPoolExecutor(max_workers=1) as pool:
         outcome = pool.submit(withdraw)
-        wait_for(_waiting_on_a_row_lock, what="the withdrawal waiting behind the top-up")
+        wait_for(waiting_on_a_row_lock, what="the withdrawal waiting behind the top-up")
         held.release()
         with pytest.raises(BalanceConflict):
             outcome.result(timeout=60)
 
     assert counted["balance_conflict_failures"] == 1
     assert Account.objects.get(user=user).balance == 105 == ledger_balance(user_id=user.id)
-
-
-def _waiting_on_a_row_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0] > 0
 
 
 @pytest.mark.slow

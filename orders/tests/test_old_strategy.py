@@ -18,6 +18,7 @@ from devtools.testing import (
     order_body,
     race,
     wait_for,
+    waiting_on_a_row_lock,
 )
 from inventory import redis_counts
 from inventory.legacy import LOCK_PREFIX
@@ -48,14 +49,6 @@ def test_old_design_never_oversells_and_leaves_redis_matching_the_database(old_d
     assert inventory_reconcile().drifted == []
 
 
-def _waiting_on_a_row_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0] > 0
-
-
 def test_old_design_without_balance_retry_refuses_an_order_whose_balance_changed_meanwhile_with_conflict(
     old_design,
 ):
@@ -73,7 +66,7 @@ def test_old_design_without_balance_retry_refuses_an_order_whose_balance_changed
 
     with BalanceRowHeld(user_id=user.id, amount=5) as held, ThreadPoolExecutor(max_workers=1) as pool:
         answer = pool.submit(place)
-        wait_for(_waiting_on_a_row_lock, what="the order's balance update waiting behind the top-up")
+        wait_for(waiting_on_a_row_lock, what="the order's balance update waiting behind the top-up")
         held.release()
         response = answer.result(timeout=60)
 

@@ -12,7 +12,7 @@ from accounts.errors import InsufficientBalance
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
 from accounts.services import WithdrawalOutcome
-from devtools.testing import BalanceRowHeld, make_user, wait_for
+from devtools.testing import BalanceRowHeld, make_user, wait_for, waiting_on_a_row_lock
 from payments.models import Payment, Refund
 from payments.services import Charge, payment_refund, payment_take, payment_take_many
 
@@ -70,14 +70,6 @@ def test_many_charges_are_taken_in_order_per_user_each_against_what_the_previous
     assert [ledger_balance(user_id=u.id) for u in (first, second)] == [50, 0]
 
 
-def _waiting_on_a_row_lock() -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return cursor.fetchone()[0] > 0
-
-
 def test_a_user_whose_balance_kept_moving_is_conflict_and_not_charged_while_the_others_are(settings):
     settings.BALANCE_UPDATE_MAX_ATTEMPTS = 1
     moving, steady = make_user(balance=500), make_user(balance=500)
@@ -91,7 +83,7 @@ def test_a_user_whose_balance_kept_moving_is_conflict_and_not_charged_while_the_
 
     with BalanceRowHeld(user_id=moving.id, amount=5) as held, ThreadPoolExecutor(max_workers=1) as pool:
         outcome = pool.submit(take)
-        wait_for(_waiting_on_a_row_lock, what="the batch's update waiting behind the top-up")
+        wait_for(waiting_on_a_row_lock, what="the batch's update waiting behind the top-up")
         held.release()
         outcomes = outcome.result(timeout=60)
 
