@@ -42,6 +42,7 @@ from config.local import (  # where the servers are, as the settings find them
     local_password,
     uses_own_database,
 )
+from kernel.database import AdvisoryLock
 
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -55,8 +56,6 @@ local   all   all                  trust
 host    all   all   127.0.0.1/32   scram-sha-256
 host    all   all   ::1/128        scram-sha-256
 """
-# Any constant: two starts at once set the password one after the other.
-_PASSWORD_LOCK_ID = 7_420_004
 
 # Tuned for a small shared box: enough connections for gunicorn workers, test threads and
 # k6 runs; durability left at PostgreSQL's defaults (a 201 must survive a crash).
@@ -180,7 +179,7 @@ def _require_password(pgdata: Path, password: str) -> None:
     socket_dir = str(pgdata)
     with psycopg.connect(host=socket_dir, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as conn:
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [_PASSWORD_LOCK_ID])
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", [AdvisoryLock.DEV_SERVER_PASSWORD])
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(PG_USER), sql.Literal(password)))
         if changed:
             conn.execute("SELECT pg_reload_conf()")

@@ -32,14 +32,13 @@ from inventory import redis_counts
 from inventory.errors import OutOfStock
 from inventory.models import StockMovement
 from kernel import metrics
+from kernel.database import AdvisoryLock
 from kernel.errors import DomainError
 
 logger = logging.getLogger(__name__)
 LOCK_PREFIX = "lock:product:"
-# Advisory locks (class, product id): the two-key form, apart from the one-key ids of the
-# reconciler and the event relay. Ids past int4 share a lock with another product (modulo
-# 2^31): they wait for each other, never wrongly go together.
-_PRODUCT_LOCK_CLASS = 7_420_003
+# Advisory locks (AdvisoryLock.OLD_DESIGN_PRODUCT, product id). Ids past int4 share a lock with
+# another product (modulo 2^31): they wait for each other, never wrongly go together.
 
 
 class LockTimeout(DomainError):
@@ -85,7 +84,9 @@ def _lock_in_the_database(product_ids: list[int]) -> None:
     own, sees whatever a transaction that held the lock before committed."""
     with connection.cursor() as cursor:
         for product_id in sorted(product_ids):
-            cursor.execute("SELECT pg_advisory_xact_lock(%s::int, %s::int)", [_PRODUCT_LOCK_CLASS, product_id % 2**31])
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s::int, %s::int)", [AdvisoryLock.OLD_DESIGN_PRODUCT, product_id % 2**31]
+            )
 
 
 def stock_take_locked(*, quantities: dict[int, int], reference: str) -> None:

@@ -14,26 +14,32 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from psycopg import sql
 
 
-# The order path's statements go through one Django cursor per connection, made once and kept,
-# not a new cursor wrapper each: a new one costs about 25 us of CPU more per statement (1.7x),
-# while a kept public cursor costs the same as a private psycopg cursor did (0.98x, measured
-# side by side by `manage.py cursor_benchmark`, docs/design.md), so the public one it is.
-# Everything Django's cursor does before a statement is kept (the health check when enabled,
-# connecting, the broken-transaction check, turning psycopg errors into Django's, the
-# execute_wrappers that count queries); a new connection gets a new cursor.
-def _order_path_cursor(db):
+# The order path's statements go through one psycopg cursor per connection, not a Django cursor
+# wrapper: a new wrapper per statement cost 1.33-1.46x the CPU, and even a kept public Django cursor
+# 1.07-1.15x (5-9 us more per statement), measured side by side in one process by `manage.py
+# cursor_benchmark` (docs/design.md). What Django's cursor does before a statement is kept (the
+# health check when enabled, the broken-transaction check, connecting), and
+# `wrap_database_errors` still turns psycopg errors into Django's (IntegrityError...), fetching
+# included. Query-counting hooks (execute_wrappers, connection.queries) do not see these
+# statements; orders/tests/test_round_trips.py counts them on the wire instead.
+def _reused_cursor(db):
     db.close_if_health_check_failed()
     db.ensure_connection()
+    db.validate_no_broken_transaction()
+    raw = db.connection
     cached = getattr(db, "_order_path_cursor", None)
-    if cached is None or cached.cursor.connection is not db.connection:
-        cached = db._order_path_cursor = db.cursor()
-    return cached
+    if cached is None or cached[0] is not raw:
+        cached = (raw, raw.cursor())
+        db._order_path_cursor = cached
+    return cached[1]
 
 
 def _run(query: str, params: dict | list | tuple, answer):
-    cursor = _order_path_cursor(connections[DEFAULT_DB_ALIAS])  # this thread's connection, looked up once
-    cursor.execute(query, params)
-    return answer(cursor)
+    db = connections[DEFAULT_DB_ALIAS]  # one lookup of this thread's connection, not one per attribute
+    with db.wrap_database_errors:
+        cursor = _reused_cursor(db)
+        cursor.execute(query, params)
+        return answer(cursor)
 
 
 def sql_one(query: str, params: dict | list | tuple) -> tuple | None:
@@ -59,6 +65,10 @@ class AdvisoryLock(IntEnum):
 
     STOCK_RECONCILIATION = 7_420_001  # inventory_reconcile and inventory_forget_sold, never together
     EVENT_RELAY = 7_420_002  # one relay publishes events at a time, so each order's stay in order
+    # ORDER_STRATEGY=old: the class of the two-key locks (class, product id) its transaction
+    # holds per product (inventory/legacy.py); the two-key form is apart from the one-key ids.
+    OLD_DESIGN_PRODUCT = 7_420_003
+    DEV_SERVER_PASSWORD = 7_420_004  # two starts of the dev servers set the password one after the other
 
 
 class SqlParams:

@@ -8,26 +8,20 @@ from kernel.database import sql_one
 STATEMENT = "SELECT %s::int + 1"
 
 
-def _kept_django_cursor(value: int):
+def _private_psycopg_cursor(value: int):
     return sql_one(STATEMENT, [value])
 
 
-def _private_run(query: str, params: list, answer):
-    """What kernel.database ran before: psycopg's own cursor, kept, under Django's error wrapper."""
+def _kept_django_cursor(value: int):
+    """The public alternative: one Django cursor per connection, made once and kept."""
     db = connections[DEFAULT_DB_ALIAS]
-    with db.wrap_database_errors:
-        db.close_if_health_check_failed()
-        db.ensure_connection()
-        db.validate_no_broken_transaction()
-        cached = getattr(db, "_benchmark_cursor", None)
-        if cached is None or cached[0] is not db.connection:
-            cached = db._benchmark_cursor = (db.connection, db.connection.cursor())
-        cached[1].execute(query, params)
-        return answer(cached[1])
-
-
-def _private_psycopg_cursor(value: int):
-    return _private_run(STATEMENT, [value], lambda cursor: cursor.fetchone())
+    db.close_if_health_check_failed()
+    db.ensure_connection()
+    cached = getattr(db, "_benchmark_cursor", None)
+    if cached is None or cached.cursor.connection is not db.connection:
+        cached = db._benchmark_cursor = db.cursor()
+    cached.execute(STATEMENT, [value])
+    return cached.fetchone()
 
 
 def _new_django_cursor(value: int):
@@ -37,8 +31,8 @@ def _new_django_cursor(value: int):
 
 
 WAYS = {
-    "kept Django cursor (kernel.database)": _kept_django_cursor,
-    "private psycopg cursor (kept)": _private_psycopg_cursor,
+    "private psycopg cursor (kernel.database)": _private_psycopg_cursor,
+    "kept Django cursor": _kept_django_cursor,
     "new Django cursor per statement": _new_django_cursor,
 }
 
@@ -46,8 +40,8 @@ WAYS = {
 class Command(BaseCommand):
     help = (
         "CPU time per statement of the ways the order path could run its SQL, alternating in one "
-        "process against the configured database: kernel.database's kept Django cursor, a kept "
-        "private psycopg cursor, a new Django cursor each time (docs/design.md)."
+        "process against the configured database: kernel.database's private psycopg cursor, a kept "
+        "public Django cursor, a new Django cursor each time (docs/design.md)."
     )
 
     def add_arguments(self, parser):
@@ -66,6 +60,6 @@ class Command(BaseCommand):
                 per_statement_us = (time.process_time() - started) / options["statements"] * 1e6
                 spent[name].append(per_statement_us)
                 self.stdout.write(f"round {round_}: {name}: {per_statement_us:.1f} us CPU per statement")
-        best = min(spent["kept Django cursor (kernel.database)"])
+        best = min(spent["private psycopg cursor (kernel.database)"])
         for name, values in spent.items():
             self.stdout.write(f"{name}: best {min(values):.1f} us, {min(values) / best:.2f}x kernel.database's")
