@@ -209,7 +209,7 @@ def test_an_idle_settler_pays_a_new_order_without_waiting_for_a_poll():
         order = _place(user, product)
         wait_for(lambda: _statuses([order]) == ["PAID"], timeout=60, what="the order to be paid")
     finally:
-        settler.stop()
+        settler.kill()  # a SIGTERM would wait out the hour's poll (or stop()'s 15 s) before it is read
     assert settler.orders_settled() == 1
 
 
