@@ -146,8 +146,7 @@ def run_in_django_process(
 ) -> subprocess.CompletedProcess:
     """Run `code` in a fresh Python process with Django set up on the test database and Redis (or
     the Redis at `redis_url`)."""
-    env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1")
-    env["REDIS_TEST_URL"] = redis_url or settings.REDIS_URL
+    env = child_environment({"REDIS_TEST_URL": redis_url} if redis_url else None)
     script = "import django, os\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings')\ndjango.setup()\n"
     return subprocess.run(
         [sys.executable, "-c", script + textwrap.dedent(code)],
@@ -160,9 +159,8 @@ def run_in_django_process(
 
 
 def child_environment(extra_env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a process a test starts: this test's database and Redis."""
-    env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1", LOG_LEVEL="INFO")
-    env["REDIS_TEST_URL"] = settings.REDIS_URL
+    """The environment of a process a test starts: this test's database and Redis, then `extra_env`."""
+    env = dict(os.environ, DATABASE_URL=current_database_url(), SHOP_TESTING="1", REDIS_TEST_URL=settings.REDIS_URL)
     env.update(extra_env or {})
     return env
 
@@ -172,7 +170,7 @@ class Settler:
     killable for crash tests. Its log (one line per batch) is at `log_path`."""
 
     def __init__(self, *, extra_env: dict[str, str] | None = None, name: str = "s1", batch_size: int | None = None):
-        env = child_environment(extra_env)
+        env = child_environment({"LOG_LEVEL": "INFO", **(extra_env or {})})  # its batch lines are INFO
         log_dir = Path(settings.BASE_DIR) / "test-output"
         log_dir.mkdir(exist_ok=True)
         self.log_path = log_dir / f"settler-{name}.log"
