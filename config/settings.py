@@ -318,8 +318,21 @@ SETTLE_BATCH_WINDOW_MS = env.int("SETTLE_BATCH_WINDOW_MS", default=50)
 # A batch that fails for a reason other than the database going away is settled again one
 # order at a time; an order that fails alone this many times in a row is cancelled (set aside).
 SETTLE_ORDER_MAX_TRIES = env.int("SETTLE_ORDER_MAX_TRIES", default=3)
-# An idle settler is woken by each new order (NOTIFY); it also looks every this many seconds.
+# An idle settler is woken by each new order (the intake stream); it also looks in the database
+# every this many seconds.
 SETTLE_IDLE_WAIT_SECONDS = env.float("SETTLE_IDLE_WAIT_SECONDS", default=1.0)
+# Where the usual asynchronous order (no coupon, no Idempotency-Key) is accepted: "redis", the
+# intake (one Redis script, no SQL in the request: orders/intake.py), or "database", the order
+# and its sale written by the request and the settlers paying it from there (the design before,
+# kept to compare against). Orders with a coupon or an Idempotency-Key take the database's path.
+ORDER_ASYNC_INTAKE = env.str("ORDER_ASYNC_INTAKE", default="redis")
+if ORDER_ASYNC_INTAKE not in ("redis", "database"):
+    raise ValueError(f"ORDER_ASYNC_INTAKE must be 'redis' or 'database', not {ORDER_ASYNC_INTAKE!r}")
+# Order ids the intake takes from PostgreSQL's sequence at a time (one statement per block).
+ORDER_ID_BLOCK_SIZE = env.int("ORDER_ID_BLOCK_SIZE", default=1000)
+# An intake entry a settler took and has not acknowledged for this long (it died, or hangs) is
+# taken over by another; the database's unique order id keeps a slow one from writing it twice.
+SETTLE_CLAIM_IDLE_MS = env.int("SETTLE_CLAIM_IDLE_MS", default=5000)
 # New asynchronous orders are refused (503, Retry-After) while the oldest unpaid order has
 # waited longer than this; each web thread looks again at most every CHECK seconds.
 PAYMENT_BACKLOG_MAX_SECONDS = env.float("PAYMENT_BACKLOG_MAX_SECONDS", default=5.0)

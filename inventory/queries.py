@@ -161,6 +161,45 @@ settled AS (
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StockSales(SqlParams):
+    """Many reservations' sales at once (a settler's batch of accepted orders): a JSON array of
+    {token, product_id, quantity, holder, reference}, one element per product of a reservation."""
+
+    prefix = "stock_"
+    sold: str
+    kind: str
+    sales: str
+
+
+def stock_sales_ctes(*, source: sql.Identifier) -> sql.Composed:
+    """The CTEs `settled` and `movements` that record every sale in StockSales whose token is in
+    the column `token` of the CTE `source` (the orders the statement wrote): the SOLD rows and
+    the ledger's. The caller fences `source` by EPOCH_FENCE."""
+    return sql.SQL("""
+sale AS (
+    SELECT sale.* FROM jsonb_to_recordset({sales}::jsonb)
+        AS sale(token uuid, product_id bigint, quantity bigint, holder bigint, reference text)
+    JOIN {source} ON {source}.token = sale.token
+), settled AS (
+    INSERT INTO {reservation} (token, state, created_at)
+    SELECT DISTINCT token, {sold}, now() FROM sale
+    RETURNING token
+), movements AS (
+    INSERT INTO {movement} (product_id, quantity, kind, reference, reason, holder, created_at)
+    SELECT sale.product_id, -sale.quantity, {kind}, sale.reference, '', sale.holder, now()
+    FROM sale
+    RETURNING 1
+)""").format(
+        reservation=_RESERVATION,
+        movement=_MOVEMENT,
+        source=source,
+        sales=StockSales.placeholder("sales"),
+        sold=StockSales.placeholder("sold"),
+        kind=StockSales.placeholder("kind"),
+    )
+
+
 # A reservation's units recorded on their own (a sale inside an order's transaction, or an
 # adjustment), fenced by the epoch; counts the ledger rows written (0: the epoch moved on).
 RECORD_UNITS = Statement.compose(

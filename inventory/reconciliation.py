@@ -143,7 +143,8 @@ def on_hand_by_product() -> dict[int, int]:
 
 
 def _settle_abandoned(*, grace_seconds: float) -> list[str]:
-    """Release reservations older than the grace period whose order never committed.
+    """Release reservations older than the grace period whose order never committed. Those of
+    accepted orders (orders' intake) are not abandoned: a settler will record their sale.
 
     Inserting the RELEASED row first means a late order transaction can no longer commit (its
     SOLD insert conflicts); a crash after the insert just repeats the idempotent release.
@@ -155,8 +156,10 @@ def _settle_abandoned(*, grace_seconds: float) -> list[str]:
     # Most old reservations were sold long ago: find those in one query and leave them to the
     # drift pass, which forgets them; only the rest need settling one by one.
     sold = _sold_tokens(tokens)
+    unsettled = [t for t in tokens if t not in sold]
+    held = redis_counts.held_by_accepted_orders(tokens=unsettled) if unsettled else set()
     released = []
-    for token in (t for t in tokens if t not in sold):
+    for token in (t for t in unsettled if t not in held):
         if reservation_mark_released(token) and redis_counts.release(token=token):
             released.append(token)
     if released:

@@ -15,6 +15,11 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:moves                set of the applied moves reconciliation has not yet seen the
                              database acknowledge; a move leaves it, and its marker expires a
                              MOVE_MARKER_TTL_SECONDS later, once the database has
+    inv:price:{product_id}   the catalogue's mirror: the price while on sale, `off` when not;
+                             absent when not known (an order then reads the database)
+
+A reservation hash may carry `o`, the id of the accepted order whose settler will record its sale
+(orders' intake): reconciliation counts it in flight and never gives it back as abandoned.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ LIMIT_PREFIX = "inv:limit:"
 HELD_PREFIX = "inv:held:"
 MOVE_PREFIX = "inv:move:"
 MOVES_KEY = "inv:moves"
+PRICE_PREFIX = "inv:price:"
 # How long a move's marker outlives its acknowledgement. The step that applies a move is sent
 # right after its commit; a copy of it arriving later than this (a process frozen between its
 # commit and its Redis call for a day) would find no marker and apply the move again.
@@ -108,6 +114,31 @@ def reserve(
     if result[0] == -3:
         return ReserveResult(ok=False, failed_product_id=int(result[1]), limit=int(result[2]), held=int(result[3]))
     return ReserveResult(ok=False, failed_product_id=int(result[1]), available=int(result[2]))
+
+
+@dataclass(frozen=True)
+class ReservationKeys:
+    """The keys a script that reserves as reserve.lua does declares (orders' intake): the
+    reservation's own, then four per product (stock, price mirror, purchase limit, holdings)."""
+
+    head: list[str]  # ready flag, epoch, tracked-reservations zset, this reservation's hash
+    per_product: list[str]
+
+
+def reservation_keys(*, token: uuid.UUID | str, product_ids: Sequence[int]) -> ReservationKeys:
+    per_product: list[str] = []
+    for pid in product_ids:
+        per_product += [f"{STOCK_PREFIX}{pid}", f"{PRICE_PREFIX}{pid}", f"{LIMIT_PREFIX}{pid}", f"{HELD_PREFIX}{pid}"]
+    return ReservationKeys(head=[READY_KEY, EPOCH_KEY, RESERVATIONS_KEY, reservation_key(token)],
+                           per_product=per_product)  # fmt: skip
+
+
+def held_by_accepted_orders(*, tokens: list[str]) -> set[str]:
+    """The reservations among `tokens` that an accepted order holds (field `o`): never abandoned."""
+    pipe = redis_client().pipeline(transaction=False)
+    for token in tokens:
+        pipe.hexists(reservation_key(token), "o")
+    return {token for token, held in zip(tokens, pipe.execute(), strict=True) if held}
 
 
 def release(*, token: uuid.UUID | str) -> bool:

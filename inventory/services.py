@@ -40,6 +40,7 @@ from inventory.queries import RECORD_UNITS, LedgerReference, ReservationToken, S
 from inventory.reconciliation import inventory_reconcile
 from inventory.reservations import reservation_mark_released
 from kernel.database import sql_all, sql_one
+from kernel.errors import DomainError
 from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
 
 logger = logging.getLogger(__name__)
@@ -84,17 +85,23 @@ def stock_reserve(
     result = redis_counts.reserve(token=token, quantities=quantities, holder=holder, counters=counters)
     if result.ok:
         return Reservation(token=token, epoch=result.epoch, holder=holder)
+    raise stock_refusal(result, quantities=quantities)
+
+
+def stock_refusal(result: redis_counts.ReserveResult, *, quantities: dict[int, int]) -> DomainError:
+    """The error a refused reservation comes to (a script that reserves as reserve.lua does, such
+    as orders' intake, answers the same way). Stock not loaded starts the rebuild first."""
     if not result.loaded:
         _rebuild_if_lost()
-        raise StockNotLoaded()
+        return StockNotLoaded()
     if result.refused_by is not None:
         counter = result.refused_by
-        raise RateLimited(
+        return RateLimited(
             details={"scope": counter.scope, "limit": counter.limit, "windowSeconds": counter.window_ms / 1000},
             retry_after=max(1, math.ceil(result.retry_after_ms / 1000)),
         )
     if result.limit is not None:
-        raise PurchaseLimitReached(
+        return PurchaseLimitReached(
             details={
                 "productId": result.failed_product_id,
                 "limit": result.limit,
@@ -102,7 +109,7 @@ def stock_reserve(
                 "requested": quantities[result.failed_product_id],
             }
         )
-    raise OutOfStock(
+    return OutOfStock(
         details={
             "productId": result.failed_product_id,
             "requested": quantities[result.failed_product_id],

@@ -80,6 +80,10 @@ TIME_TO_PAID = Histogram(
     "Asynchronous orders: from acceptance (202) to the commit of the batch that paid them.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+INTAKE_LOST_ORDERS = Counter(
+    "shop_intake_lost_orders",
+    "Orders the intake accepted (202) that Redis lost with its data before a settler drained them: never charged.",
+)
 
 # The load-test report's names for the counters it shows (kernel.metrics kept them in Redis).
 REPORT_COUNTERS = {

@@ -138,7 +138,9 @@ class OrderListCreateApi(APIView):
     def get(self, request):
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(order_list(user_id=request.user.id), request, view=self)
-        return paginator.get_paginated_response([order_to_dict(order) for order in orders_with_items(page)])
+        first_page = paginator.get_previous_link() is None
+        orders = orders_with_items(page, user_id=request.user.id if first_page else None)
+        return paginator.get_paginated_response([order_to_dict(order) for order in orders])
 
 
 class OrderDetailApi(APIView):

@@ -21,11 +21,14 @@ from psycopg import sql
 from accounts.queries import BalanceChange, balance_change_ctes, balance_entry_cte
 from inventory.queries import (
     EPOCH_AND_PRICES_FENCE,
+    EPOCH_FENCE,
     QuotedPrices,
     ReservationToken,
     StockEpoch,
     StockSale,
+    StockSales,
     stock_sale_ctes,
+    stock_sales_ctes,
 )
 from kernel.database import SqlParams, Statement
 from orders.models import PENDING_SQL, Order, OrderEvent, OrderItem
@@ -362,6 +365,63 @@ SELECT count(*) FROM paid
     NewEvents,
 )
 
+# --- The intake's batch (orders/settlement.py): accepted orders written at last ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedBatch(SqlParams):
+    """The orders of a batch (JSON: id, user_id, total, token, created_at) and their items
+    (JSON: order_id, product_id, quantity, unit_price)."""
+
+    pending: str
+    orders: str
+    items: str
+
+
+# The batch's orders PENDING_PAYMENT with their items, events and sales, fenced by the stock
+# epoch the batch was claimed under; an order already written (its entry delivered again) is
+# skipped by its id. The settler pays them next, in the same transaction.
+INTAKE_INSERT = Statement.compose(
+    "intake_insert",
+    sql.SQL("""
+WITH fence AS ({fence}), new_orders AS (
+    INSERT INTO {order} (id, user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
+                         reservation_token, created_at, updated_at)
+    SELECT o.id, o.user_id, {pending}, o.total, 0, 0, '', o.token, o.created_at, now()
+    FROM fence, jsonb_to_recordset({orders}::jsonb)
+        AS o(id bigint, user_id bigint, total bigint, token uuid, created_at timestamptz)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, reservation_token AS token
+), items AS (
+    INSERT INTO {item} (order_id, product_id, quantity, unit_price)
+    SELECT item.order_id, item.product_id, item.quantity, item.unit_price
+    FROM jsonb_to_recordset({items}::jsonb) AS item(order_id bigint, product_id bigint, quantity int, unit_price bigint)
+    JOIN new_orders ON new_orders.id = item.order_id
+), new_events AS (
+    INSERT INTO {event} (event_id, order_id, type, payload, created_at)
+    SELECT gen_random_uuid(), new_orders.id, event.value->>'type', event.value->'payload', clock_timestamp()
+    FROM jsonb_array_elements({events}::jsonb) WITH ORDINALITY AS event(value, position)
+    JOIN new_orders ON new_orders.id = (event.value->>'orderId')::bigint
+    ORDER BY event.position
+), {sales}
+SELECT EXISTS (SELECT 1 FROM fence), (SELECT array_agg(id) FROM new_orders)
+""").format(
+        fence=EPOCH_FENCE,
+        order=_ORDER,
+        item=_ITEM,
+        event=_EVENT,
+        pending=AcceptedBatch.placeholder("pending"),
+        orders=AcceptedBatch.placeholder("orders"),
+        items=AcceptedBatch.placeholder("items"),
+        events=NewEvents.placeholder("events"),
+        sales=stock_sales_ctes(source=sql.Identifier("new_orders")),
+    ),
+    AcceptedBatch,
+    NewEvents,
+    StockEpoch,
+    StockSales,
+)
+
 # The order path's statements, by the name of their file in orders/sql/.
 ORDER_PATH_STATEMENTS: tuple[Statement, ...] = (
     PAY_ORDER,
@@ -372,4 +432,5 @@ ORDER_PATH_STATEMENTS: tuple[Statement, ...] = (
     EVENTS_RECORD,
     SETTLE_CLAIM,
     SETTLE_MARK_PAID,
+    INTAKE_INSERT,
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -25,8 +26,8 @@ from inventory.queries import QuotedPrices, ReservationToken, StockEpoch, StockS
 from inventory.redis_counts import AdmissionCounter
 from inventory.services import Reservation
 from kernel.database import Statement, sql_one
-from kernel.errors import DomainError
-from orders import events, idempotency
+from kernel.errors import DomainError, ServiceUnavailable
+from orders import events, idempotency, intake
 from orders.backlog import payment_backlog_check
 from orders.errors import CancelWindowClosed, InvalidStatusTransition, OrderNotFound, TooManyUnpaidOrders
 from orders.limits import order_admission_counters, unpaid_orders_cap
@@ -114,12 +115,15 @@ def order_place(
         wanted=Placement.ACCEPTED if asynchronous else Placement.PAID,
     )  # fmt: skip
     try:
+        if _takes_the_intake(placing) and (accepted := _accept_in_redis(placing)) is not None:
+            return accepted
         if not placing.pay_now:
             payment_backlog_check()
         if _fits_one_statement(placing):
-            return _place_in_one_statement(placing)
-        return _place_step_by_step(placing, stock_hold(lines=lines, quantities=placing.quantities, user_id=user_id,
-                                                       counters=placing.counters))  # fmt: skip
+            placed = _place_in_one_statement(placing)
+        else:
+            placed = _place_step_by_step(placing, stock_hold(lines=lines, quantities=placing.quantities,
+                                                             user_id=user_id, counters=placing.counters))  # fmt: skip
     except DomainError as error:
         if claim:
             if error.replayable:
@@ -131,6 +135,33 @@ def order_place(
         if claim:
             _give_up_key(claim)
         raise
+    if placed.placement is Placement.ACCEPTED:
+        intake.settlers_wake()  # committed: an idle settler looks in the database at once
+    return placed
+
+
+def _takes_the_intake(placing: _Placing) -> bool:
+    """The usual asynchronous order is accepted by Redis alone (orders/intake.py): not one with
+    a coupon (its discount and use are the database's) or an Idempotency-Key (its answer commits
+    with the order), nor two lines quoting one product at different prices, nor the old design."""
+    return (
+        not placing.pay_now
+        and settings.ORDER_ASYNC_INTAKE == "redis"
+        and settings.ORDER_STRATEGY != "old"
+        and not placing.coupon_code
+        and not placing.claim
+        and placing.quoted is not None
+    )
+
+
+def _accept_in_redis(placing: _Placing) -> PlacedOrder | None:
+    """None if the catalogue's mirror in Redis does not know one of the products (nothing was
+    counted or reserved: the database's path decides)."""
+    accepted = intake.intake_accept(user_id=placing.user_id, quantities=placing.quantities, quoted=placing.quoted,
+                                    counters=placing.counters, unpaid_cap=unpaid_orders_cap())  # fmt: skip
+    if accepted is None:
+        return None
+    return PlacedOrder(order=accepted.as_order(), placement=Placement.ACCEPTED)
 
 
 def _fits_one_statement(placing: _Placing) -> bool:
@@ -359,11 +390,21 @@ def order_cancel(*, order_id: int, user_id: int) -> Order:
     with it the purchase-limit allowance) back. A paid order only within
     ORDER_CANCEL_WINDOW_SECONDS of being placed: a flash sale's stock is not a free option.
 
+    An order the intake holds (not yet drained) is cancelled there, and its settler writes it
+    CANCELLED, its stock given back; one a settler is writing right now is waited for.
+
     The order row is locked for the cancellation, so two cancels cannot both refund; refund,
     coupon release, the stock ledger and the event commit together, and Redis gets the units
     after the commit (a crash in between leaves Redis short until reconciliation adds them
     back). Raises NOT_FOUND, INVALID_STATUS or CANCEL_WINDOW_CLOSED.
     """
+    answer = intake.accepted_order_cancel(order_id=order_id, user_id=user_id)
+    if answer.outcome == "cancelled":
+        return answer.order.as_order()
+    if answer.outcome == "already":
+        raise InvalidStatusTransition(details={"from": OrderStatus.CANCELLED, "to": OrderStatus.CANCELLED})
+    if answer.outcome == "settling":
+        _wait_until_written(order_id)
     with transaction.atomic():
         order = order_lock(order_id, user_id=user_id)
         if order is None:
@@ -373,6 +414,15 @@ def order_cancel(*, order_id: int, user_id: int) -> Order:
         _check_cancel_window(order)
         order_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
     return order
+
+
+def _wait_until_written(order_id: int, *, timeout: float = 5.0) -> None:
+    """A settler is writing the order: it is in the database within a batch's time."""
+    deadline = time.monotonic() + timeout
+    while not Order.objects.filter(pk=order_id).exists():
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(details={"orderId": order_id}, retry_after=1)
+        time.sleep(0.02)
 
 
 def _check_cancel_window(order: Order) -> None:

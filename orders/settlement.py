@@ -12,23 +12,28 @@ for the next one, and none is charged twice (payments' unique order id besides).
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
 import orjson
 import psycopg
+import redis
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection, connections, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from accounts.services import WithdrawalOutcome
+from inventory.models import StockMovement, StockReservation
+from inventory.queries import StockEpoch, StockSales
 from kernel import metrics
 from kernel.database import sql_all, sql_one
-from orders import events, queries
+from orders import events, intake, queries
 from orders.models import Order, OrderStatus, PlacedItem
-from orders.queries import SETTLE_CHANNEL, SETTLE_CLAIM, SETTLE_MARK_PAID
+from orders.queries import INTAKE_INSERT, SETTLE_CLAIM, SETTLE_MARK_PAID
 from orders.status import order_give_back, order_move
+from payments.references import order_reference
 from payments.services import Charge, payment_take_many
 
 logger = logging.getLogger(__name__)
@@ -119,6 +124,96 @@ def _settle(orders: list[Order], batch: SettledBatch) -> list[Order]:
     return paid
 
 
+# --- The intake's batches: orders Redis accepted, written here for the first time -------------
+
+
+class IntakeNotReady(Exception):
+    """The batch cannot be written yet: stock is not loaded in Redis (a rebuild is due), or the
+    stock epoch moved on since the batch was claimed. Its entries stay unacknowledged and the
+    settler takes them again shortly."""
+
+
+def intake_settle_batch(entries: list[intake.IntakeEntry]) -> SettledBatch:
+    """Write the accepted orders of `entries` and pay them, in one transaction; then acknowledge
+    them in the stream.
+
+    Each order is inserted PENDING_PAYMENT with its items, its created event and its sale (fenced
+    by the stock epoch), unless its id is written already (the entry delivered again: after a
+    settler died between its commit and its acknowledgement, or claimed from a slow one, whose
+    insert this one waits for and then skips). Then it is paid as a pending order is (_settle):
+    PAID, or PAYMENT_FAILED then CANCELLED with its stock given back; one its buyer cancelled
+    before the drain is cancelled, stock given back. An order whose balance kept changing stays
+    PENDING_PAYMENT in the database, where the settlers' claim finds it. Entries whose record is
+    gone (Redis lost its data) are acknowledged and counted: see intake_lost. Raises IntakeNotReady,
+    TRANSIENT_ERRORS, and BatchFailed for any other error once nothing was written."""
+    batch = SettledBatch()
+    started = time.monotonic()
+    claimed = intake.entries_claim([entry.order_id for entry in entries])
+    if claimed.epoch is None:
+        raise IntakeNotReady("stock is not loaded")
+    accepted = {oid: order for oid, order in claimed.orders.items() if order is not None}
+    lost = [entry for entry in entries if claimed.orders.get(entry.order_id) is None]
+    paid: list[Order] = []
+    if accepted:
+        with transaction.atomic():
+            written = _intake_insert(list(accepted.values()), epoch=claimed.epoch)
+            try:
+                orders = [_as_pending_order(accepted[oid]) for oid in sorted(written)]
+                paid = _settle([o for o in orders if not accepted[o.id].cancelled], batch)
+                for order in (o for o in orders if accepted[o.id].cancelled):
+                    order_give_back(order, to_status=OrderStatus.CANCELLED, event_type=events.CANCELLED)
+                    batch.cancelled.append(order.id)
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as exc:
+                raise BatchFailed(sorted(written)) from exc
+    intake.entries_drained([(entry, accepted[entry.order_id].user_id) for entry in entries
+                            if entry.order_id in accepted])  # fmt: skip
+    if lost:
+        intake.entries_forget(lost)
+        intake_lost(len(lost), order_ids=[entry.order_id for entry in lost])
+    _observe(batch, waited_at_claim=[time.time() - accepted[o.id].created_ms / 1000 for o in paid], started=started)
+    return batch
+
+
+def intake_lost(count: int, *, order_ids: list[int]) -> None:
+    """Accepted orders Redis no longer holds (it came back empty): never written, so never
+    charged, and their units are back in stock since the rebuild counted only the database."""
+    metrics.INTAKE_LOST_ORDERS.inc(count)
+    logger.error("%d accepted orders were lost with Redis' data before they were drained: %s; none was charged",
+                 count, id_ranges(order_ids))  # fmt: skip
+
+
+def _intake_insert(orders: list[intake.AcceptedOrder], *, epoch: int) -> set[int]:
+    """The orders written now (not before); raises IntakeNotReady if the epoch moved on."""
+    rows, items, sales, new_events = [], [], [], []
+    for accepted in orders:
+        rows.append({"id": accepted.order_id, "user_id": accepted.user_id, "total": accepted.total,
+                     "token": str(accepted.token), "created_at": accepted.created_at.isoformat()})  # fmt: skip
+        reference = order_reference(accepted.order_id)
+        for product_id, quantity, unit_price in accepted.items:
+            items.append({"order_id": accepted.order_id, "product_id": product_id, "quantity": quantity,
+                          "unit_price": unit_price})  # fmt: skip
+            sales.append({"token": str(accepted.token), "product_id": product_id, "quantity": quantity,
+                          "holder": accepted.user_id, "reference": reference})  # fmt: skip
+        new_events.append(events.event_build(_as_pending_order(accepted), events.CREATED))
+    params = INTAKE_INSERT.bind(
+        queries.AcceptedBatch(pending=OrderStatus.PENDING_PAYMENT, orders=orjson.dumps(rows).decode(),
+                              items=orjson.dumps(items).decode()),
+        queries.NewEvents(events=events.as_json(new_events)),
+        StockEpoch(epoch=epoch),
+        StockSales(sold=StockReservation.State.SOLD, kind=StockMovement.Kind.SALE, sales=orjson.dumps(sales).decode()),
+    )  # fmt: skip
+    fence_holds, written = sql_one(INTAKE_INSERT.text, params)
+    if not fence_holds:
+        raise IntakeNotReady("the stock epoch moved on since the batch was claimed")
+    return set(written or ())
+
+
+def _as_pending_order(accepted: intake.AcceptedOrder) -> Order:
+    return accepted.as_order(status=OrderStatus.PENDING_PAYMENT)
+
+
 def _fail_and_cancel(order: Order) -> None:
     """PAYMENT_FAILED then CANCELLED, the stock and the coupon use given back, in the caller's
     transaction, the order row locked."""
@@ -203,61 +298,6 @@ class SettlerTotals:
     set_aside: int = 0
 
 
-class _Wakeup:
-    """A LISTEN on its own connection: wait() returns at the first NOTIFY (or the timeout).
-
-    LISTEN is in place before the settler looks for work, so an order committed between an
-    empty claim and the wait still wakes it: its notification is already queued here."""
-
-    def __init__(self) -> None:
-        self._db = None
-
-    def listen(self) -> None:
-        if self._db is None:
-            db = connections.create_connection("default")
-            db.ensure_connection()
-            db.connection.autocommit = True
-            db.connection.execute(f"LISTEN {SETTLE_CHANNEL}")
-            self._db = db
-
-    def wait(self, timeout: float) -> None:
-        """Until the first notification or `timeout`; then read what else is queued."""
-        if self._db is None:  # lost a moment ago: look for work again at once
-            return
-        with self._reconnecting_on_error():
-            for _ in self._db.connection.notifies(timeout=timeout, stop_after=1):
-                break
-            self._read_queued()
-
-    def drain(self) -> None:
-        """Read the notifications queued meanwhile (many commits, one wake-up), so that none
-        pile up in PostgreSQL's notification queue while the settler is busy."""
-        if self._db is None:
-            return
-        with self._reconnecting_on_error():
-            self._read_queued()
-
-    def _read_queued(self) -> None:
-        for _ in self._db.connection.notifies(timeout=0.001):
-            pass
-
-    @contextlib.contextmanager
-    def _reconnecting_on_error(self):
-        """A lost connection (PostgreSQL restarting) costs one wake-up: the next listen()
-        connects again, and the settler looks for work either way."""
-        try:
-            yield
-        except (DatabaseError, InterfaceError, psycopg.Error, OSError) as exc:
-            logger.warning("settlement wake-up lost (%s); reconnecting", exc)
-            self.close()
-
-    def close(self) -> None:
-        if self._db is not None:
-            with contextlib.suppress(Exception):  # a dead connection: nothing left to close
-                self._db.close()
-            self._db = None
-
-
 class StopFlag:
     """Set from a signal handler to stop the settler after the batch in hand.
 
@@ -310,6 +350,28 @@ class _OrderQuarantine:
                 self._set_aside(order_id, settled)
         return settled
 
+    def settle_entries_apart(self, entries: list[intake.IntakeEntry]) -> SettledBatch:
+        """The intake's entries of a failed batch, one at a time; one that fails alone
+        SETTLE_ORDER_MAX_TRIES times is left unacknowledged, logged and counted (skipped): its
+        units stay held, and nothing of it is written or charged."""
+        settled = SettledBatch()
+        for entry in entries:
+            if entry.order_id in self.skipped:
+                continue
+            for attempt in range(1, self.max_tries + 1):
+                try:
+                    settled.add(intake_settle_batch([entry]))
+                    break
+                except BatchFailed:
+                    metrics.SETTLE_ORDER_FAILURES.inc()
+                    logger.exception("accepted order %s failed to settle alone (try %d of %d)", entry.order_id,
+                                     attempt, self.max_tries)  # fmt: skip
+            else:
+                self.skipped.add(entry.order_id)
+                metrics.SETTLED_ORDERS.labels("skipped").inc()
+                logger.error("accepted order %s cannot be written; this settler skips it from now on", entry.order_id)
+        return settled
+
     def _set_aside(self, order_id: int, settled: SettledBatch) -> None:
         try:
             if order_set_aside(order_id=order_id):
@@ -330,59 +392,101 @@ def settler_run(
     stop: StopFlag | None = None,
     until_empty: bool = False,
 ) -> SettlerTotals:
-    """Settle batches until `stop` is set (or, `until_empty`, until nothing is pending).
+    """Settle batches until `stop` is set (or, `until_empty`, until nothing is waiting).
 
-    It never exits on an error. A database error (PostgreSQL restarting, a deadlock between two
-    batches) rolls the batch back; the settler reconnects after a bounded pause and carries on,
-    so every accepted order is settled once the database is back. A batch that fails for any
-    other reason is settled again one order at a time, and the order at fault is set aside
-    (_OrderQuarantine); the rest are paid."""
+    Each round takes the intake's entries first (this settler's unfinished ones, those a dead
+    settler left for SETTLE_CLAIM_IDLE_MS, then new ones), else the orders waiting in the
+    database (an order with a coupon or an Idempotency-Key, or one whose balance kept changing).
+    Idle, it waits on the stream: an accepted order (or a database one's wake-up entry) wakes it
+    at once, and it looks at the database at least every SETTLE_IDLE_WAIT_SECONDS.
+
+    It never exits on an error. A database or Redis error rolls the batch back; the settler
+    reconnects after a bounded pause and carries on, so every accepted order is settled once the
+    database is back. A batch that fails for any other reason is settled again one order at a
+    time, and the order at fault is set aside (_OrderQuarantine); the rest are paid."""
     stop = stop or StopFlag()
     limit = batch_size or settings.SETTLE_BATCH_SIZE
     totals = SettlerTotals()
-    wakeup = _Wakeup()
     quarantine = _OrderQuarantine(max_tries=settings.SETTLE_ORDER_MAX_TRIES)
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
     pause = 0.05
-    try:
-        while not stop.is_set():
-            try:
-                wakeup.listen()
-                started = time.monotonic()
-                try:
-                    batch = orders_settle_batch(limit=limit, skip=frozenset(quarantine.skipped))
-                except BatchFailed as failed:
-                    logger.exception("%s; settling them one at a time", failed)
-                    batch = quarantine.settle_apart(failed.order_ids)
-            except Exception as exc:
-                log = logger.warning if isinstance(exc, (DatabaseError, psycopg.Error)) else logger.exception
-                log("settlement batch failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause)
-                connection.close()
-                wakeup.close()
-                stop.wait(pause)
-                pause = min(pause * 2, 2.0)
-                continue
-            pause = 0.05
-            if batch.claimed:
-                totals.batches += 1
-                totals.paid += len(batch.paid)
-                totals.cancelled += len(batch.cancelled)
-                totals.retried += len(batch.retried)
-                totals.set_aside += len(batch.set_aside)
-                logger.info(
-                    "settled batch: %d paid, %d cancelled, %d retried in %.1f ms; orders paid %s, cancelled %s, "
-                    "set aside %s", len(batch.paid), len(batch.cancelled), len(batch.retried),
-                    (time.monotonic() - started) * 1000, id_ranges(batch.paid), id_ranges(batch.cancelled),
-                    id_ranges(batch.set_aside),
-                )  # fmt: skip
-            if batch.claimed >= limit or batch.retried:
-                continue  # more is waiting
-            if batch.claimed and settings.SETTLE_BATCH_WINDOW_MS:
-                stop.wait(settings.SETTLE_BATCH_WINDOW_MS / 1000)  # orders are coming: let a batch gather
-                wakeup.drain()
-                continue
-            if until_empty and not Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists():
-                break
-            wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS)
-    finally:
-        wakeup.close()
+    while not stop.is_set():
+        try:
+            started = time.monotonic()
+            batch = _settle_round(consumer=consumer, limit=limit, quarantine=quarantine)
+        except IntakeNotReady as exc:
+            logger.info("intake batch waits: %s", exc)
+            stop.wait(pause)
+            pause = min(pause * 2, 2.0)
+            continue
+        except Exception as exc:
+            log = (
+                logger.warning
+                if isinstance(exc, (DatabaseError, psycopg.Error, redis.RedisError))
+                else logger.exception
+            )
+            log("settlement batch failed (%s: %s); retrying in %.2f s", type(exc).__name__, exc, pause)
+            connection.close()
+            stop.wait(pause)
+            pause = min(pause * 2, 2.0)
+            continue
+        pause = 0.05
+        if batch.claimed:
+            totals.batches += 1
+            totals.paid += len(batch.paid)
+            totals.cancelled += len(batch.cancelled)
+            totals.retried += len(batch.retried)
+            totals.set_aside += len(batch.set_aside)
+            logger.info(
+                "settled batch: %d paid, %d cancelled, %d retried in %.1f ms; orders paid %s, cancelled %s, "
+                "set aside %s", len(batch.paid), len(batch.cancelled), len(batch.retried),
+                (time.monotonic() - started) * 1000, id_ranges(batch.paid), id_ranges(batch.cancelled),
+                id_ranges(batch.set_aside),
+            )  # fmt: skip
+        if batch.claimed >= limit or batch.retried:
+            continue  # more is waiting
+        if batch.claimed and settings.SETTLE_BATCH_WINDOW_MS:
+            stop.wait(settings.SETTLE_BATCH_WINDOW_MS / 1000)  # orders are coming: let a batch gather
+            continue
+        if until_empty and not _anything_waiting():
+            break
+        _idle_wait(consumer=consumer, stop=stop)
     return totals
+
+
+def _settle_round(*, consumer: str, limit: int, quarantine: _OrderQuarantine) -> SettledBatch:
+    try:
+        entries = intake.entries_read(consumer=consumer, count=limit, claim_idle_ms=settings.SETTLE_CLAIM_IDLE_MS)
+    except redis.RedisError as exc:  # the orders waiting in the database need no Redis to be paid
+        logger.warning("intake unreachable (%s); settling the database's orders", exc)
+        entries = []
+    if entries:
+        try:
+            return intake_settle_batch(entries)
+        except BatchFailed as failed:
+            logger.exception("%s; settling them one at a time", failed)
+            return quarantine.settle_entries_apart(entries)
+    try:
+        skip = frozenset(quarantine.skipped) if quarantine.skipped else frozenset()
+        return orders_settle_batch(limit=limit, skip=skip)
+    except BatchFailed as failed:
+        logger.exception("%s; settling them one at a time", failed)
+        return quarantine.settle_apart(failed.order_ids)
+
+
+def _idle_wait(*, consumer: str, stop: StopFlag) -> None:
+    """Until the stream has something (an accepted order, or a database order's wake-up entry) or
+    SETTLE_IDLE_WAIT_SECONDS passed, in slices of at most half a second so that a stop is seen
+    soon (SIGTERM never waits out a long poll)."""
+    deadline = time.monotonic() + settings.SETTLE_IDLE_WAIT_SECONDS
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        slice_ms = max(1, int(min(left, 0.5) * 1000))
+        try:
+            if intake.settlers_wait(consumer=consumer, block_ms=slice_ms):
+                return
+        except redis.RedisError:  # Redis away: wait the slice out, the database is looked at after
+            stop.wait(slice_ms / 1000)
+
+
+def _anything_waiting() -> bool:
+    return intake.intake_backlog() > 0 or Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists()

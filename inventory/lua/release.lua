@@ -18,7 +18,7 @@ for i = 1, #items, 2 do
     if redis.call('HINCRBY', key, holder, -tonumber(items[i + 1])) <= 0 then
       redis.call('HDEL', key, holder)
     end
-  elseif field ~= 'u' then
+  elseif string.match(field, '^%d+$') then  -- not u (holder), nor o (an accepted order)
     redis.call('INCRBY', ARGV[1] .. field, items[i + 1])
   end
 end

@@ -77,8 +77,23 @@ def test_a_paid_order_is_one_statement_and_one_script(warm_caller):
     assert counted.redis_commands == ["EVALSHA"]
 
 
-def test_an_accepted_order_is_one_statement_and_one_script(warm_caller, settings):
+def test_an_accepted_order_is_one_script_and_no_statement(warm_caller):
+    """The intake (orders/intake.py); the order before took the block of order ids."""
     user, product, client = warm_caller
+    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
+    client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", HTTP_PREFER="respond-async")
+    with wire_count() as counted:
+        answer = client.post("/api/v1/orders", order_body(user, (product, 2)), format="json",
+                             HTTP_PREFER="respond-async")  # fmt: skip
+    assert answer.status_code == 202, answer.content
+    assert counted.postgres_round_trips == 0
+    assert counted.redis_commands == ["EVALSHA"]
+
+
+def test_an_order_accepted_by_the_database_is_one_statement_one_script_and_a_wake_up(warm_caller, settings):
+    """ORDER_ASYNC_INTAKE=database, the design before the intake: the request writes the order."""
+    user, product, client = warm_caller
+    settings.ORDER_ASYNC_INTAKE = "database"
     settings.PAYMENT_BACKLOG_CHECK_SECONDS = 3600  # the order before reads the backlog for both
     client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", HTTP_PREFER="respond-async")
     with wire_count() as counted:
@@ -86,7 +101,7 @@ def test_an_accepted_order_is_one_statement_and_one_script(warm_caller, settings
                              HTTP_PREFER="respond-async")  # fmt: skip
     assert answer.status_code == 202, answer.content
     assert counted.postgres_round_trips == 1
-    assert counted.redis_commands == ["EVALSHA"]
+    assert counted.redis_commands == ["EVALSHA", "XADD"]
 
 
 def test_the_wire_count_sees_every_statement_and_command(warm_caller):

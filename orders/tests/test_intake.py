@@ -1,0 +1,234 @@
+"""The intake: an asynchronous order accepted by Redis alone (no SQL in the request), visible at
+once, and drained by settlers into the database, each order exactly once (real PostgreSQL, Redis
+and settler processes)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from accounts.models import Account
+from accounts.selectors import ledger_balance
+from devtools.testing import Settler, client_for, make_product, make_user, order_body, race, wait_for
+from inventory import redis_counts
+from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from orders import intake
+from orders.models import Order, OrderStatus
+from orders.services import OrderLine, order_cancel, order_place
+from orders.settlement import intake_settle_batch, settler_run
+from payments.models import Payment
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+ASYNC = {"HTTP_PREFER": "respond-async"}
+
+
+def _mirror(*products) -> None:
+    for product in products:
+        redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
+
+
+def _accept(user, product, quantity: int = 1, price: int | None = None):
+    lines = [OrderLine(product.id, quantity, product.price if price is None else price)]
+    return order_place(user_id=user.id, lines=lines, asynchronous=True)
+
+
+def _drain() -> None:
+    settler_run(until_empty=True)
+
+
+def test_the_usual_asynchronous_order_is_accepted_by_redis_with_no_sql_statement():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    _mirror(product)
+    intake.order_ids_refill()
+    with CaptureQueriesContext(connection) as queries:
+        placed = _accept(user, product, quantity=2)
+    assert len(queries) == 0, [q["sql"] for q in queries]
+    assert placed.order.status == OrderStatus.PENDING_PAYMENT and placed.order.total_amount == 200
+    assert not Order.objects.filter(pk=placed.order.id).exists()  # Redis alone holds it
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8}
+
+
+def test_an_empty_id_block_is_refilled_from_the_sequence_and_ids_never_repeat():
+    user = make_user(balance=10_000)
+    product = make_product(price=1, stock_quantity=100)
+    _mirror(product)
+    synchronous = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 1)]).order.id
+    ids = [_accept(user, product).order.id for _ in range(3)]
+    later = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 1)]).order.id
+    assert len(set(ids)) == 3 and synchronous < min(ids) and later not in ids
+
+
+def test_a_202_is_visible_at_once_in_the_order_its_list_and_then_paid_after_the_drain():
+    user = make_user(balance=1_000)
+    product = make_product(price=150, stock_quantity=10)
+    _mirror(product)
+    client = client_for(user)
+    response = client.post("/api/v1/orders", order_body(user, (product, 2)), format="json", **ASYNC)
+    assert response.status_code == 202, response.json()
+    order_id = response.json()["orderId"]
+    assert response["Location"] == f"/api/v1/orders/{order_id}"
+
+    detail = client.get(f"/api/v1/orders/{order_id}").json()
+    assert detail["status"] == "PENDING_PAYMENT" and [s["step"] for s in detail["progress"]] == ["reserved"]
+    assert detail["items"] == [{"productId": product.id, "quantity": 2, "unitPrice": 150}]
+    assert [o["orderId"] for o in client.get("/api/v1/orders").json()["results"]] == [order_id]
+    assert APIClient().get(f"/api/v1/orders/{order_id}").status_code == 401
+    other = make_user()
+    assert client_for(other).get(f"/api/v1/orders/{order_id}").status_code == 404
+
+    _drain()
+
+    detail = client.get(f"/api/v1/orders/{order_id}").json()
+    assert detail["status"] == "PAID" and detail["paidAmount"] == 300
+    assert [s["step"] for s in detail["progress"]] == ["reserved", "paying", "paid"]
+    assert [o["orderId"] for o in client.get("/api/v1/orders").json()["results"]] == [order_id]
+    assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
+    assert on_hand_by_product() == {product.id: 8}
+    assert intake.intake_backlog() == 0
+    assert not inventory_reconcile().drifted
+
+
+def test_cancel_before_the_drain_answers_cancelled_and_the_settler_writes_it_so_with_the_stock_back():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    _mirror(product)
+    order_id = _accept(user, product, quantity=3).order.id
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}
+
+    cancelled = order_cancel(order_id=order_id, user_id=user.id)
+    assert cancelled.status == OrderStatus.CANCELLED
+    assert client_for(user).post(f"/api/v1/orders/{order_id}/cancel").status_code == 409  # once
+
+    _drain()
+
+    order = Order.objects.get(pk=order_id)
+    assert order.status == OrderStatus.CANCELLED and not Payment.objects.exists()
+    assert Account.objects.get(user=user).balance == 1_000
+    assert on_hand_by_product() == {product.id: 10}
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
+    assert not inventory_reconcile().drifted
+
+
+def test_a_short_balance_in_a_batch_cancels_that_order_alone_and_gives_its_stock_back():
+    rich, poor = make_user(balance=1_000), make_user(balance=50)
+    product = make_product(price=100, stock_quantity=10)
+    _mirror(product)
+    paid = _accept(rich, product).order.id
+    failed = _accept(poor, product).order.id
+    _drain()
+    assert Order.objects.get(pk=paid).status == OrderStatus.PAID
+    assert Order.objects.get(pk=failed).status == OrderStatus.CANCELLED
+    assert Account.objects.get(user=poor).balance == 50 == ledger_balance(user_id=poor.id)
+    assert on_hand_by_product() == {product.id: 9}
+    assert not inventory_reconcile().drifted
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9}
+
+
+def test_an_entry_delivered_again_after_its_commit_is_acknowledged_without_a_second_charge():
+    """A settler that died between its commit and its acknowledgement: the next one gets the same
+    entries (its own pending list here), finds the orders written and charges nobody again."""
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    _mirror(product)
+    ids = [_accept(user, product).order.id for _ in range(3)]
+    intake.group_ensure()
+    entries = intake.entries_read(consumer="dying", count=10, claim_idle_ms=60_000)
+    records = intake.entries_claim([e.order_id for e in entries])
+    assert sorted(records.orders) == sorted(ids)
+    drained = intake.entries_drained
+    intake.entries_drained = lambda entries: None  # the settler dies right after its commit...
+    try:
+        intake_settle_batch(entries)
+    finally:
+        intake.entries_drained = drained
+    assert Payment.objects.count() == 3 and intake.intake_backlog() == 3  # ...unacknowledged
+
+    again = intake.entries_read(consumer="dying", count=10, claim_idle_ms=60_000)
+    assert [e.entry_id for e in again] == [e.entry_id for e in entries]
+    intake_settle_batch(again)
+
+    assert Payment.objects.count() == 3 and intake.intake_backlog() == 0
+    assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
+    assert on_hand_by_product() == {product.id: 7}
+
+
+@pytest.mark.slow
+def test_two_settler_processes_share_the_intake_and_pay_each_order_once():
+    users = [make_user(balance=10_000) for _ in range(20)]
+    product = make_product(price=10, stock_quantity=1_000)
+    _mirror(product)
+    settlers = [Settler(name="a", batch_size=7), Settler(name="b", batch_size=7)]
+    try:
+        ids = race(20, lambda i: [_accept(users[i], product).order.id for _ in range(10)])
+        ids = [order_id for batch in ids for order_id in batch]
+        wait_for(lambda: Order.objects.filter(pk__in=ids, status=OrderStatus.PAID).count() == 200, timeout=60,
+                 what="every accepted order paid")  # fmt: skip
+    finally:
+        for settler in settlers:
+            settler.stop()
+    assert Payment.objects.count() == 200
+    assert all(s.orders_settled() > 0 for s in settlers), [s.orders_settled() for s in settlers]
+    for user in users:
+        assert Account.objects.get(user=user).balance == 9_900 == ledger_balance(user_id=user.id)
+    assert on_hand_by_product() == {product.id: 800}
+
+
+def test_parallel_orders_of_one_user_never_pass_its_purchase_limit_nor_its_unpaid_cap(settings):
+    settings.ORDER_UNPAID_LIMIT_PER_USER = 5
+    settings.ORDER_RATE_LIMIT_PER_USER = 0
+    user = make_user(balance=100_000)
+    limited = make_product(price=10, stock_quantity=100)
+    free = make_product(price=10, stock_quantity=100)
+    _mirror(limited, free)
+    from inventory.services import product_purchase_limit_set
+
+    product_purchase_limit_set(product=limited, limit=3)
+
+    def attempt(product):
+        try:
+            return _accept(user, product).order.id
+        except Exception as exc:  # the refusals under test
+            return getattr(exc, "code", type(exc).__name__)
+
+    outcomes = race(10, lambda i: attempt(limited))
+    assert sum(isinstance(o, int) for o in outcomes) == 3
+    assert {o for o in outcomes if not isinstance(o, int)} == {"PURCHASE_LIMIT_REACHED"}
+    outcomes = race(10, lambda i: attempt(free))
+    assert sum(isinstance(o, int) for o in outcomes) == 2  # 3 unpaid already, the cap 5
+    assert {o for o in outcomes if not isinstance(o, int)} == {"TOO_MANY_UNPAID_ORDERS"}
+    assert redis_counts.available(product_ids=[limited.id, free.id]) == {limited.id: 97, free.id: 98}
+
+
+def test_a_repriced_or_off_sale_product_is_refused_by_the_intake_and_nothing_is_held():
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", 120)
+    client = client_for(user)
+    response = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", **ASYNC)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "PRICE_CHANGED"
+    assert response.json()["error"]["details"]["currentPrices"] == {str(product.id): 120}
+    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", "off")
+    response = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", **ASYNC)
+    assert response.status_code == 409 and response.json()["error"]["code"] == "PRODUCT_UNAVAILABLE"
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
+    assert intake.intake_backlog() == 0
+
+
+def test_past_the_backlog_bound_the_intake_answers_503_and_reserves_nothing(settings):
+    settings.PAYMENT_BACKLOG_MAX_SECONDS = 0.2
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    _mirror(product)
+    _accept(user, product)
+    import time
+
+    time.sleep(0.3)  # no settler runs: the first order has now waited past the bound
+    response = client_for(user).post("/api/v1/orders", order_body(user, (product, 2)), format="json", **ASYNC)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert int(response["Retry-After"]) >= 1
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 9}
+    assert intake.intake_backlog() == 1
