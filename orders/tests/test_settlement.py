@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-from django.db import connection
 
 from accounts.models import Account, BalanceEntry
 from accounts.selectors import ledger_balance
