@@ -61,15 +61,24 @@ def token_map_read(key_hash: str) -> MappedToken | None:
 
 
 def token_map_write(tokens: Iterable[MappedToken]) -> None:
-    """Map each token to its user until its expiry, but none that has a tombstone (one EVALSHA
-    each, pipelined). Raises RedisError."""
+    """Map each token to its user until its expiry, but none that has a tombstone: one EVALSHA
+    for one token (a pipeline would first ask SCRIPT EXISTS, a round trip more), pipelines of
+    them for many. Raises RedisError."""
+    tokens = list(tokens)
+    if len(tokens) == 1:
+        _write(tokens[0], client=None)
+        return
     redis = get_redis_connection("default")
-    for chunk in _chunks(list(tokens)):
+    for chunk in _chunks(tokens):
         with redis.pipeline(transaction=False) as pipe:
             for token in chunk:
-                run_lua(_WRITE_LUA, keys=[TOKEN_PREFIX + token.key_hash, TOMBSTONE_PREFIX + token.key_hash],
-                        args=[f"{token.user_id}:{token.expires_ms}", token.expires_ms], client=pipe)  # fmt: skip
+                _write(token, client=pipe)
             pipe.execute()
+
+
+def _write(token: MappedToken, *, client) -> None:
+    run_lua(_WRITE_LUA, keys=[TOKEN_PREFIX + token.key_hash, TOMBSTONE_PREFIX + token.key_hash],
+            args=[f"{token.user_id}:{token.expires_ms}", token.expires_ms], client=client)  # fmt: skip
 
 
 def token_map_forget(tokens: Iterable[tuple[str, int]]) -> None:
