@@ -3,7 +3,6 @@
 import pytest
 from redis.connection import parse_url
 
-from accounts.authentication import forget_tokens
 from inventory import redis_counts
 from inventory.reservations import stock_epoch
 from orders.backlog import payment_backlog_forget
@@ -20,7 +19,6 @@ def clean_redis(request, settings):
     client.flushdb()
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
         redis_counts.mark_loaded(epoch=stock_epoch())
-    forget_tokens()
     payment_backlog_forget()
     yield
     client.flushdb()

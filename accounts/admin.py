@@ -10,7 +10,6 @@ from accounts.services import (
     balance_adjust,
     balance_adjustment_approve,
     balance_adjustment_reject,
-    token_caches_clear,
     token_revoke_many,
 )
 from kernel.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
@@ -23,20 +22,7 @@ admin.site.login_form = AdminLoginForm
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ["id", "username", "is_staff", "is_active", "date_joined"]
-
-    # A deactivated or deleted user's tokens are refused within a second, not a cache's minute.
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if change and "is_active" in form.changed_data:
-            token_caches_clear()
-
-    def delete_model(self, request, obj):
-        super().delete_model(request, obj)
-        token_caches_clear()
-
-    def delete_queryset(self, request, queryset):
-        super().delete_queryset(request, queryset)
-        token_caches_clear()
+    # A deactivated or deleted user's tokens leave the Redis token map through accounts/signals.py.
 
 
 class BalanceEntryInline(admin.TabularInline):
@@ -161,5 +147,5 @@ class ApiTokenAdmin(ReadOnlyAdmin):
     @admin.action(description="Revoke selected tokens", permissions=["revoke"])
     def revoke(self, request, queryset):
         revoked = token_revoke_many(token_ids=list(queryset.values_list("id", flat=True)))
-        self.message_user(request, f"Revoked {revoked} token(s); every server refuses them within a second.",
+        self.message_user(request, f"Revoked {revoked} token(s); every server refuses them at once.",
                           messages.SUCCESS)  # fmt: skip

@@ -16,6 +16,7 @@ from django.contrib.auth import authenticate
 from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
+from psycopg import sql
 
 from accounts import queries
 from accounts.errors import (
@@ -29,7 +30,14 @@ from accounts.errors import (
 from accounts.login_limits import login_attempt_count, login_failure_count
 from accounts.models import Account, ApiToken, BalanceAdjustmentRequest, BalanceEntry, User
 from accounts.queries import CHANGE, WITHDRAW_MANY
-from accounts.tokens import generation_bump, token_generate, token_hash
+from accounts.tokens import (
+    MappedToken,
+    token_generate,
+    token_hash,
+    token_map_clear,
+    token_map_forget,
+    token_map_write,
+)
 from kernel import metrics
 from kernel.actors import admin_reference
 from kernel.database import sql_all, sql_execute, sql_one
@@ -295,7 +303,7 @@ def user_create(*, username: str, balance: int = 0, user_id: int | None = None, 
     return user
 
 
-# --- API tokens (see accounts/authentication.py for how revocation reaches every worker) ------
+# --- API tokens (accounts/authentication.py: the Redis map and why revocations stay right) ----
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,11 +323,26 @@ def _token_lifetime() -> timedelta:
     return timedelta(days=settings.TOKEN_LIFETIME_DAYS)
 
 
+def _expires_ms(expires_at: datetime) -> int:
+    """An expiry as the token map keeps it: ms since the epoch, rounded down (never later)."""
+    return int(expires_at.timestamp() * 1000)
+
+
+@transaction.atomic
 def token_create(*, user: User, lifetime: timedelta | None = None) -> IssuedToken:
-    """A new token for `user`, valid for `lifetime` (TOKEN_LIFETIME_DAYS by default)."""
+    """A new token for `user`, valid for `lifetime` (TOKEN_LIFETIME_DAYS by default), mapped in
+    Redis once it commits. Raises InvalidCredentials if the user is no longer active.
+
+    The user's row is locked first (FOR NO KEY UPDATE, as a deactivation's UPDATE locks it):
+    a deactivation running meanwhile commits after this token and then forgets it too, rather
+    than missing a token that commits after it read the user's tokens."""
+    if not User.objects.select_for_update(no_key=True).filter(pk=user.pk, is_active=True).exists():
+        raise InvalidCredentials()
     key, key_hash = token_generate()
     expires_at = timezone.now() + (lifetime if lifetime is not None else _token_lifetime())
-    return IssuedToken(key=key, token=ApiToken.objects.create(key_hash=key_hash, user=user, expires_at=expires_at))
+    token = ApiToken.objects.create(key_hash=key_hash, user=user, expires_at=expires_at)
+    _token_map_write_on_commit([MappedToken(key_hash=key_hash, user_id=user.pk, expires_ms=_expires_ms(expires_at))])
+    return IssuedToken(key=key, token=token)
 
 
 # Two arrays in one statement, rather than bulk_create's 100k model instances and parameters.
@@ -330,14 +353,32 @@ SELECT token.key_hash, token.user_id, now(), %s FROM unnest(%s::bigint[], %s::te
 
 
 def token_create_many(*, user_ids: list[int]) -> dict[int, str]:
-    """One new token for each user, in one statement (the load-test seed makes 100k): user id ->
-    token. Hashing a token takes about a microsecond, so the hashes are made here."""
+    """One new token for each user, in one statement (the load-test seed makes 100k), mapped in
+    Redis in pipelines once they commit: user id -> token. Hashing a token takes about a
+    microsecond, so the hashes are made here."""
     issued = {user_id: token_generate() for user_id in user_ids}
-    sql_execute(
-        _CREATE_MANY_SQL,
-        [timezone.now() + _token_lifetime(), list(issued), [key_hash for _, key_hash in issued.values()]],
+    expires_at = timezone.now() + _token_lifetime()
+    sql_execute(_CREATE_MANY_SQL, [expires_at, list(issued), [key_hash for _, key_hash in issued.values()]])
+    expires_ms = _expires_ms(expires_at)
+    _token_map_write_on_commit(
+        [
+            MappedToken(key_hash=key_hash, user_id=user_id, expires_ms=expires_ms)
+            for user_id, (_, key_hash) in issued.items()
+        ]
     )
     return {user_id: key for user_id, (key, _) in issued.items()}
+
+
+def _token_map_write_on_commit(mapped: list[MappedToken]) -> None:
+    def write() -> None:
+        try:
+            token_map_write(mapped)
+        except redis.RedisError:
+            # The rows are committed: each token's first request reads the database and maps it.
+            logger.warning("could not map %d new token(s) in Redis; their first use maps them", len(mapped),
+                           exc_info=True)  # fmt: skip
+
+    transaction.on_commit(write)
 
 
 def user_authenticate(*, username: str, password: str, client_ip: str) -> User:
@@ -365,48 +406,76 @@ def token_login(*, username: str, password: str, client_ip: str) -> IssuedToken:
     return token_create(user=user_authenticate(username=username, password=password, client_ip=client_ip))
 
 
-def token_caches_clear() -> None:
-    """Make every worker forget the tokens it remembers, once the caller's transaction commits:
-    a worker that forgot before the commit could read the old row again and remember it."""
-    transaction.on_commit(_generation_bump)
+def token_map_clear_all() -> None:
+    """Forget every token of the map, now and again once the caller's transaction commits (the
+    load-test seed, which replaces every token and gives old user ids to new users: an old
+    token's entry must not name a new user). A RedisError here aborts the caller. A lookup that
+    read an old row before the seed committed and refills after the second clear could still
+    map it: the seed is for load-test and development data, not a live shop."""
+    token_map_clear()
+    transaction.on_commit(token_map_clear)
 
 
-def _generation_bump() -> None:
-    try:
-        generation_bump()
-    except redis.RedisError:
-        # Committed already: the workers refuse the token at the latest TOKEN_CACHE_SECONDS from
-        # now (and those that cannot reach Redis either look every token up meanwhile).
-        logger.warning("could not announce a token revocation; workers refuse it within %ss",
-                       settings.TOKEN_CACHE_SECONDS, exc_info=True)  # fmt: skip
+# Revocations, in one statement each, return what the map needs: which tokens, until when.
+_REVOKE_SQL = sql.SQL(
+    "UPDATE {token} SET revoked_at = now() WHERE revoked_at IS NULL AND {which} "
+    "RETURNING key_hash, floor(EXTRACT(EPOCH FROM expires_at) * 1000)::bigint"
+)
+_LIVE_OF_USERS_SQL = sql.SQL(
+    "SELECT key_hash, floor(EXTRACT(EPOCH FROM expires_at) * 1000)::bigint FROM {token} "
+    "WHERE revoked_at IS NULL AND expires_at > now() AND user_id = ANY(%s)"
+).format(token=sql.Identifier(ApiToken._meta.db_table))
+
+
+def _revoke_sql(which: str) -> sql.Composed:
+    return _REVOKE_SQL.format(token=sql.Identifier(ApiToken._meta.db_table), which=sql.SQL(which))
+
+
+_REVOKE_ONE_SQL = _revoke_sql("key_hash = %s AND user_id = %s")
+_REVOKE_ALL_SQL = _revoke_sql("user_id = %s")
+_REVOKE_MANY_SQL = _revoke_sql("id = ANY(%s)")
+
+
+def _token_map_forget(revoked: list[tuple[str, int]]) -> None:
+    """Inside the revoking transaction, before its commit: a tombstone for each token and its
+    entry deleted (see accounts/authentication.py). A RedisError rolls the revocation back:
+    stored but not enforced, it would leave the token working until it expires."""
+    if revoked:
+        token_map_forget(revoked)
 
 
 @transaction.atomic
 def token_revoke(*, key: str, user_id: int) -> bool:
     """Revoke the token `key` of `user_id` (its owner logging out); False if it was not live.
-    Every worker refuses it within TOKEN_REVOCATION_CHECK_SECONDS of the commit."""
-    live = ApiToken.objects.filter(key_hash=token_hash(key), user_id=user_id, revoked_at__isnull=True)
-    revoked = live.update(revoked_at=Now()) > 0
-    if revoked:
-        token_caches_clear()
-    return revoked
+    Refused at once by every server. Lets a RedisError through, nothing revoked."""
+    revoked = sql_all(_REVOKE_ONE_SQL, [token_hash(key), user_id])
+    _token_map_forget(revoked)
+    return bool(revoked)
 
 
 @transaction.atomic
 def token_revoke_all(*, user_id: int) -> int:
     """Revoke every live token of `user_id` (their "sign out everywhere", and a password change);
-    returns how many were live. Every worker refuses them within TOKEN_REVOCATION_CHECK_SECONDS
-    of the commit."""
-    revoked = ApiToken.objects.filter(user_id=user_id, revoked_at__isnull=True).update(revoked_at=Now())
-    if revoked:
-        token_caches_clear()
-    return revoked
+    returns how many were live. Refused at once by every server. Lets a RedisError through,
+    nothing revoked."""
+    revoked = sql_all(_REVOKE_ALL_SQL, [user_id])
+    _token_map_forget(revoked)
+    return len(revoked)
 
 
 @transaction.atomic
 def token_revoke_many(*, token_ids: list[int]) -> int:
-    """Revoke the given tokens (the admin's action); returns how many were live."""
-    revoked = ApiToken.objects.filter(id__in=token_ids, revoked_at__isnull=True).update(revoked_at=Now())
-    if revoked:
-        token_caches_clear()
-    return revoked
+    """Revoke the given tokens (the admin's action); returns how many were live. Lets a
+    RedisError through, nothing revoked."""
+    revoked = sql_all(_REVOKE_MANY_SQL, [token_ids])
+    _token_map_forget(revoked)
+    return len(revoked)
+
+
+def token_forget_for_users(*, user_ids: list[int]) -> None:
+    """Take the live tokens of these users out of the map, for good (a deactivation or deletion,
+    from accounts/signals.py, after the UPDATE or before the DELETE and before the commit): the
+    database refuses them anyway, and a tombstone keeps a racing refill from mapping them again.
+    A reactivated user's old tokens keep working, read from the database on each request. Lets
+    a RedisError through: the caller's transaction rolls back."""
+    _token_map_forget(sql_all(_LIVE_OF_USERS_SQL, [user_ids]))

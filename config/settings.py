@@ -210,12 +210,10 @@ CACHES = {
 STOCK_RESERVATION_GRACE_SECONDS = env.int("STOCK_RESERVATION_GRACE_SECONDS", default=60)
 BALANCE_UPDATE_MAX_ATTEMPTS = env.int("BALANCE_UPDATE_MAX_ATTEMPTS", default=30)
 BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
-# API tokens (accounts/authentication.py, docs/security.md "Tokens"): a worker remembers a
-# token's user for TOKEN_CACHE_SECONDS, never past the token's expiry, and reads the revocation
-# generation in Redis every TOKEN_REVOCATION_CHECK_SECONDS: a revoked token is refused on
-# every worker that much after the revocation.
-TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=60)
-TOKEN_REVOCATION_CHECK_SECONDS = env.float("TOKEN_REVOCATION_CHECK_SECONDS", default=1.0)
+# API tokens (accounts/authentication.py, docs/security.md "Tokens"): a request's token is read
+# from the Redis token map (auth:token:<hash>, expiring with the token), the database only when
+# Redis lost the entry or does not answer; a revocation takes effect at once. Tokens last
+# TOKEN_LIFETIME_DAYS.
 TOKEN_LIFETIME_DAYS = env.int("TOKEN_LIFETIME_DAYS", default=30)
 # Logins (POST /api/v1/auth/token and the admin's): attempts per fixed window, per username and
 # per client address.

@@ -11,9 +11,11 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,8 @@ from pathlib import Path
 import redis
 from django.conf import settings
 from django.db import connection
+from django_redis import get_redis_connection
+from psycopg import pq
 from rest_framework.test import APIClient
 
 from accounts.models import User
@@ -318,3 +322,39 @@ class CountedSince:
 
     def __getitem__(self, name: str) -> int:
         return self._read()[name] - self._before[name]
+
+
+class WireCount:
+    """What a block sent, counted on the wire (wire_count)."""
+
+    postgres_round_trips: int = 0  # Sync (extended protocol) and Query (simple) messages
+    redis_commands: list[str]  # command names, in the order sent
+
+
+@contextlib.contextmanager
+def wire_count() -> Iterator[WireCount]:
+    """Count what this thread's database connection and every Redis client send inside the
+    block: PostgreSQL's side from libpq's own trace of the connection (the order path's plain
+    statements bypass Django's query hooks), Redis' side from MONITOR (not a script's commands)."""
+    connection.ensure_connection()
+    pgconn = connection.connection.pgconn
+    counted = WireCount()
+    client = get_redis_connection("default")
+    watcher = redis.Redis.from_url(settings.REDIS_URL)  # its own connection: the order's stays warm
+    with watcher.monitor() as monitor, tempfile.TemporaryFile("w+") as trace:
+        pgconn.trace(trace.fileno())
+        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            yield counted
+        finally:
+            pgconn.untrace()
+        trace.seek(0)
+        sent = [line.split("\t") for line in trace.read().splitlines()]
+        marker = f"end-of-count-{uuid.uuid4()}"
+        client.echo(marker)
+        counted.redis_commands = []
+        while (seen := monitor.next_command())["command"] != f"ECHO {marker}":
+            if seen["client_type"] != "lua":
+                counted.redis_commands.append(seen["command"].split()[0].upper())
+    watcher.close()
+    counted.postgres_round_trips = sum(1 for fields in sent if fields[0] == "F" and fields[2] in {"Sync", "Query"})

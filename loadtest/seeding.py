@@ -12,7 +12,7 @@ from django.contrib.admin.models import LogEntry
 from django.db import connection, transaction
 
 from accounts.models import Account, BalanceEntry, User
-from accounts.services import token_create_many
+from accounts.services import token_create_many, token_map_clear_all
 from coupons.models import Coupon
 from inventory import redis_counts
 from inventory.models import Product, StockMovement
@@ -121,6 +121,7 @@ def _refuse_staff_in_customer_range(shape: SeedShape) -> None:
 def _clear_all_but_staff(progress: Callable[[str], None]) -> None:
     """Every table the seed fills starts empty with its ids from 1; every user but staff goes."""
     progress("clearing orders, payments, coupons, stock and customers")
+    token_map_clear_all()  # every token goes, and the new customers get the old user ids
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(_RESET_TABLES)} RESTART IDENTITY CASCADE")
         # Set-based: delete() of 100k users binds more parameters than PostgreSQL takes. The

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 STRONG = "a long passphrase nobody guesses"
 
 
-@pytest.fixture(autouse=True)
-def revocations_read_on_every_request(settings):
-    """This process reads the revocation generation on every request, so a test sees a
-    revocation at once (the one-second bound is test_token_workers.py's)."""
-    settings.TOKEN_REVOCATION_CHECK_SECONDS = 0
-    settings.TOKEN_CACHE_SECONDS = 600  # remembered long past the test: only a revocation refuses it
-
-
 def bearer(key: str) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {key}")
@@ -35,8 +27,8 @@ def works(key: str) -> bool:
     return status == 200
 
 
-def remembered_tokens(user: User, count: int) -> list[str]:
-    """`count` tokens of `user`, each used once so that this process remembers it."""
+def used_tokens(user: User, count: int) -> list[str]:
+    """`count` tokens of `user`, each used once (read from the Redis token map)."""
     keys = [token_create(user=user).key for _ in range(count)]
     assert all(works(key) for key in keys)
     return keys
@@ -44,7 +36,7 @@ def remembered_tokens(user: User, count: int) -> list[str]:
 
 def test_changing_a_password_revokes_every_token_of_that_user_and_no_other():
     user, other = make_user(), make_user()
-    keys, others = remembered_tokens(user, 2), remembered_tokens(other, 1)
+    keys, others = used_tokens(user, 2), used_tokens(other, 1)
 
     user.set_password(STRONG)
     user.save()
@@ -56,7 +48,7 @@ def test_changing_a_password_revokes_every_token_of_that_user_and_no_other():
 
 def test_a_password_changed_in_the_admin_revokes_the_users_tokens(admin_client):
     user = make_user()
-    (key,) = remembered_tokens(user, 1)
+    (key,) = used_tokens(user, 1)
 
     response = admin_client.post(
         f"/admin/accounts/user/{user.id}/password/",
@@ -70,7 +62,7 @@ def test_a_password_changed_in_the_admin_revokes_the_users_tokens(admin_client):
 
 def test_saving_a_user_without_a_new_password_revokes_nothing():
     user = user_create(username="alice", password=make_password(STRONG))
-    (key,) = remembered_tokens(user, 1)
+    (key,) = used_tokens(user, 1)
 
     user.first_name = "Alice"
     user.save()
@@ -84,7 +76,7 @@ def test_a_password_hash_upgraded_at_login_is_no_password_change():
     it checks it; the password is the same, so the user's tokens stay."""
     old_hash = PBKDF2PasswordHasher().encode(STRONG, "saltsaltsalt", iterations=1_000)
     user = user_create(username="alice", password=old_hash)
-    (key,) = remembered_tokens(user, 1)
+    (key,) = used_tokens(user, 1)
 
     login = APIClient().post("/api/v1/auth/token", {"username": "alice", "password": STRONG}, format="json")
 
@@ -95,7 +87,7 @@ def test_a_password_hash_upgraded_at_login_is_no_password_change():
 
 def test_a_user_revokes_all_of_their_own_tokens_at_once():
     user, other = make_user(), make_user()
-    keys, others = remembered_tokens(user, 3), remembered_tokens(other, 1)
+    keys, others = used_tokens(user, 3), used_tokens(other, 1)
 
     response = bearer(keys[0]).delete("/api/v1/auth/tokens")
 

@@ -36,10 +36,10 @@ def _in_child(expression: str, **env: str) -> subprocess.CompletedProcess:
             f"{local.PG_PORT} {local.default_redis_url()}",
         ),
         (
-            {"TOKEN_CACHE_SECONDS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
-            "settings.TOKEN_CACHE_SECONDS, settings.DEBUG, settings.DATABASES['default']['OPTIONS']"
+            {"TOKEN_LIFETIME_DAYS": "", "DEBUG": " ", "DB_PREPARE_THRESHOLD": ""},
+            "settings.TOKEN_LIFETIME_DAYS, settings.DEBUG, settings.DATABASES['default']['OPTIONS']"
             "['prepare_threshold']",
-            "60 False 5",
+            "30 False 5",
         ),
         ({"ALLOWED_HOSTS": "shop.example, api.example"}, "settings.ALLOWED_HOSTS", "['shop.example', 'api.example']"),
         (
@@ -77,7 +77,7 @@ def test_unknown_log_level_is_named():
     assert "WARNING" in child.stderr
 
 
-@pytest.mark.parametrize("name", ["TOKEN_CACHE_SECONDS", "IDEMPOTENCY_WAIT_SECONDS"])  # an int, a float
+@pytest.mark.parametrize("name", ["TOKEN_LIFETIME_DAYS", "IDEMPOTENCY_WAIT_SECONDS"])  # an int, a float
 def test_a_number_that_does_not_parse_names_its_variable(name):
     child = _in_child(f"settings.{name}", **{name: "1 minute"})
     assert child.returncode != 0

@@ -2,82 +2,42 @@
 
 PostgreSQL's side is libpq's own trace of this connection (every message the client sends);
 Redis' side is what MONITOR shows clients sending (not the commands a script runs). The
-token is looked up once beforehand, as a worker under load has it remembered."""
+token is read from the Redis token map, a GET (accounts/authentication.py); it was mapped when
+it was issued, so no statement reads it."""
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-import uuid
-from collections.abc import Iterator
-
 import pytest
-from django.conf import settings
 from django.db import connection
-from psycopg import pq
-from redis import Redis
 
-from devtools.testing import client_for, make_product, make_user, order_body
+from devtools.testing import client_for, make_product, make_user, order_body, wire_count
 from inventory import redis_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class WireCount:
-    postgres_round_trips: int = 0  # Sync (extended protocol) and Query (simple) messages
-    redis_commands: list[str]  # command names, in the order sent
-
-
-@contextlib.contextmanager
-def wire_count() -> Iterator[WireCount]:
-    connection.ensure_connection()
-    pgconn = connection.connection.pgconn
-    counted = WireCount()
-    redis = redis_counts.redis_client()
-    watcher = Redis.from_url(settings.REDIS_URL)  # its own connection: the order's stays warm
-    with watcher.monitor() as monitor, tempfile.TemporaryFile("w+") as trace:
-        pgconn.trace(trace.fileno())
-        pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        try:
-            yield counted
-        finally:
-            pgconn.untrace()
-        trace.seek(0)
-        sent = [line.split("\t") for line in trace.read().splitlines()]
-        marker = f"end-of-count-{uuid.uuid4()}"
-        redis.echo(marker)
-        counted.redis_commands = []
-        while (seen := monitor.next_command())["command"] != f"ECHO {marker}":
-            if seen["client_type"] != "lua":
-                counted.redis_commands.append(seen["command"].split()[0].upper())
-    watcher.close()
-    counted.postgres_round_trips = sum(1 for fields in sent if fields[0] == "F" and fields[2] in {"Sync", "Query"})
-
-
 @pytest.fixture
-def warm_caller(settings):
-    # Revocations are checked on the first request (below), then not again during the test.
-    settings.TOKEN_REVOCATION_CHECK_SECONDS = 3600
+def warm_caller():
     user = make_user(balance=1_000)
     product = make_product(price=7, stock_quantity=50)
     client = client_for(user)
-    assert client.get("/api/v1/accounts/me").status_code == 200  # the token is remembered now
+    assert client.get("/api/v1/accounts/me").status_code == 200
     # As in a worker that has served orders: its scripts are loaded in Redis, its statements
     # prepared (a fresh Redis answers the first EVALSHA with NOSCRIPT, and redis-py loads it).
     assert client.post("/api/v1/orders", order_body(user, (product, 1)), format="json").status_code == 201
     return user, product, client
 
 
-def test_a_paid_order_is_one_statement_and_one_script(warm_caller):
+def test_a_paid_order_is_one_statement_the_token_get_and_one_script(warm_caller):
     user, product, client = warm_caller
     with wire_count() as counted:
         answer = client.post("/api/v1/orders", order_body(user, (product, 2)), format="json")
     assert answer.status_code == 201, answer.content
     assert counted.postgres_round_trips == 1
-    assert counted.redis_commands == ["EVALSHA"]
+    assert counted.redis_commands == ["GET", "EVALSHA"]
 
 
-def test_an_accepted_order_is_one_script_and_no_statement(warm_caller):
+def test_an_accepted_order_is_the_token_get_one_script_and_no_statement(warm_caller):
     """The intake (orders/intake.py); the order before took the block of order ids."""
     user, product, client = warm_caller
     redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
@@ -87,7 +47,7 @@ def test_an_accepted_order_is_one_script_and_no_statement(warm_caller):
                              HTTP_PREFER="respond-async")  # fmt: skip
     assert answer.status_code == 202, answer.content
     assert counted.postgres_round_trips == 0
-    assert counted.redis_commands == ["EVALSHA"]
+    assert counted.redis_commands == ["GET", "EVALSHA"]
 
 
 def test_an_order_accepted_by_the_database_is_one_statement_one_script_and_a_wake_up(warm_caller, settings):
@@ -101,7 +61,7 @@ def test_an_order_accepted_by_the_database_is_one_statement_one_script_and_a_wak
                              HTTP_PREFER="respond-async")  # fmt: skip
     assert answer.status_code == 202, answer.content
     assert counted.postgres_round_trips == 1
-    assert counted.redis_commands == ["EVALSHA", "XADD"]
+    assert counted.redis_commands == ["GET", "EVALSHA", "XADD"]
 
 
 def test_the_wire_count_sees_every_statement_and_command(warm_caller):
