@@ -331,6 +331,9 @@ ORDER_ID_BLOCK_SIZE = env.int("ORDER_ID_BLOCK_SIZE", default=1000)
 # An intake entry a settler took and has not acknowledged for this long (it died, or hangs) is
 # taken over by another; the database's unique order id keeps a slow one from writing it twice.
 SETTLE_CLAIM_IDLE_MS = env.int("SETTLE_CLAIM_IDLE_MS", default=5000)
+# Crash drills only: a settler sleeps this long between a batch's commit and its acknowledgement,
+# the window in which a settler killed leaves entries another must take over (0: none).
+SETTLE_PAUSE_BEFORE_ACK_SECONDS = env.float("SETTLE_PAUSE_BEFORE_ACK_SECONDS", default=0.0)
 # New asynchronous orders are refused (503, Retry-After) while the oldest unpaid order has
 # waited longer than this; each web thread looks again at most every CHECK seconds.
 PAYMENT_BACKLOG_MAX_SECONDS = env.float("PAYMENT_BACKLOG_MAX_SECONDS", default=5.0)

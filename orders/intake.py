@@ -15,13 +15,17 @@ Keys:
                             C its buyer cancelled it
     ord:undrained:{user}    set of the user's orders not yet drained (the unpaid cap, the list)
     ord:intake              the stream settlers drain (entry: o = order id)
-    ord:intake:accepted     how many orders the intake accepted, ever (loss detection)
+    ord:intake:accepted     how many orders this generation of the intake accepted...
+    ord:intake:drained      ...and how many settlers drained (loss detection: IntakeGeneration)
+    ord:intake:generation   a random id made with the first of these keys: absent or another
+                            after Redis lost its data
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,18 +39,23 @@ from inventory import redis_counts
 from inventory.errors import ProductUnavailable
 from inventory.redis_counts import AdmissionCounter, ReserveResult
 from inventory.services import stock_refusal
+from kernel import metrics
 from kernel.database import sql_all
 from kernel.errors import DomainError
 from kernel.redis_scripts import run_lua
 from orders import events
 from orders.errors import PaymentBacklogFull, PriceChanged, TooManyUnpaidOrders
-from orders.models import Order, OrderEvent, OrderStatus, PlacedItem
+from orders.models import IntakeGeneration, Order, OrderEvent, OrderStatus, PlacedItem
+
+logger = logging.getLogger(__name__)
 
 ID_BLOCK_KEY = "ord:ids"
 RECORDS_KEY = "ord:accepted"
 UNDRAINED_PREFIX = "ord:undrained:"
 STREAM_KEY = "ord:intake"
 ACCEPTED_COUNT_KEY = "ord:intake:accepted"
+DRAINED_COUNT_KEY = "ord:intake:drained"
+GENERATION_KEY = "ord:intake:generation"
 GROUP = "settlers"
 _LUA_DIR = Path(__file__).parent / "lua"
 
@@ -230,12 +239,51 @@ class IntakeEntry:
 
 
 def group_ensure() -> None:
-    """The settlers' consumer group, made with the stream if need be (again after Redis lost both)."""
+    """The settlers' consumer group, made with the stream if need be (again after Redis lost
+    both: then the orders lost with it are counted, intake_lost_count)."""
     try:
         redis_counts.redis_client().xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
+    intake_seen()
+
+
+def intake_seen() -> str:
+    """Record in the database what this generation of the intake has accepted and drained (a
+    settler does after each batch), and count the orders of any earlier generation Redis lost
+    since (once, whichever settler sees it first). Returns the current generation."""
+    client = redis_counts.redis_client()
+    client.set(GENERATION_KEY, uuid.uuid4().hex, nx=True)
+    generation, accepted, drained = (v.decode() if v else "0" for v in client.mget(
+        GENERATION_KEY, ACCEPTED_COUNT_KEY, DRAINED_COUNT_KEY))  # fmt: skip
+    sql_all(_SEEN_SQL, {"generation": generation, "accepted": int(accepted), "drained": int(drained)})
+    for gone, lost in sql_all(_LOST_SQL, {"generation": generation}):
+        if lost:
+            _count_lost(lost, generation=gone)
+    return generation
+
+
+def _count_lost(count: int, *, generation: str) -> None:
+    metrics.INTAKE_LOST_ORDERS.inc(count)
+    logger.error("Redis lost its data: at least %d accepted orders of intake generation %s were never drained; "
+                 "none was charged, and their units are back in stock once it is rebuilt", count,
+                 generation)  # fmt: skip
+
+
+_TABLE = IntakeGeneration._meta.db_table
+_SEEN_SQL = f"""
+INSERT INTO {_TABLE} (generation, accepted, drained, seen_at) VALUES (%(generation)s, %(accepted)s, %(drained)s, now())
+ON CONFLICT (generation) DO UPDATE SET accepted = GREATEST({_TABLE}.accepted, EXCLUDED.accepted),
+    drained = GREATEST({_TABLE}.drained, EXCLUDED.drained), seen_at = now()
+RETURNING 1
+"""
+# The generations before the current one that nobody has counted yet: counted now, once.
+_LOST_SQL = f"""
+UPDATE {_TABLE} SET lost = GREATEST(accepted - drained, 0)
+WHERE generation <> %(generation)s AND lost IS NULL
+RETURNING generation, lost
+"""
 
 
 def settlers_wake() -> None:
@@ -326,7 +374,7 @@ def entries_drained(entries: Sequence[tuple[IntakeEntry, int]]) -> None:
     """After the batch's commit: (entry, its order's user id) acknowledged and forgotten."""
     if not entries:
         return
-    keys = [STREAM_KEY, RECORDS_KEY, *(undrained_key(user_id) for _, user_id in entries)]
+    keys = [STREAM_KEY, RECORDS_KEY, DRAINED_COUNT_KEY, *(undrained_key(user_id) for _, user_id in entries)]
     args: list[object] = [GROUP]
     for entry, _ in entries:
         args += [entry.entry_id, entry.order_id]

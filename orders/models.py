@@ -136,3 +136,19 @@ class OrderEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} of order {self.order_id}"
+
+
+class IntakeGeneration(models.Model):
+    """One life of the intake's data in Redis (orders/intake.py), as the settlers last saw it:
+    how many orders it had accepted and how many were drained. When Redis comes back empty, a
+    new generation begins, and the old one's accepted less drained are the orders lost with it
+    (at least: those accepted after the last look are not known), counted once."""
+
+    generation = models.CharField(max_length=32, primary_key=True)
+    accepted = models.BigIntegerField(default=0)
+    drained = models.BigIntegerField(default=0)
+    seen_at = models.DateTimeField(auto_now=True)
+    lost = models.BigIntegerField(null=True, blank=True, help_text="Set once Redis was found to have lost it.")
+
+    def __str__(self) -> str:
+        return f"intake {self.generation}"

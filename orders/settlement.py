@@ -144,7 +144,7 @@ def intake_settle_batch(entries: list[intake.IntakeEntry]) -> SettledBatch:
     PAID, or PAYMENT_FAILED then CANCELLED with its stock given back; one its buyer cancelled
     before the drain is cancelled, stock given back. An order whose balance kept changing stays
     PENDING_PAYMENT in the database, where the settlers' claim finds it. Entries whose record is
-    gone (Redis lost its data) are acknowledged and counted: see intake_lost. Raises IntakeNotReady,
+    gone (Redis lost its data) are acknowledged; intake.intake_seen counts them. Raises IntakeNotReady,
     TRANSIENT_ERRORS, and BatchFailed for any other error once nothing was written."""
     batch = SettledBatch()
     started = time.monotonic()
@@ -167,21 +167,17 @@ def intake_settle_batch(entries: list[intake.IntakeEntry]) -> SettledBatch:
                 raise
             except Exception as exc:
                 raise BatchFailed(sorted(written)) from exc
+    if settings.SETTLE_PAUSE_BEFORE_ACK_SECONDS:
+        time.sleep(settings.SETTLE_PAUSE_BEFORE_ACK_SECONDS)  # a crash drill's window: committed, not acknowledged
     intake.entries_drained([(entry, accepted[entry.order_id].user_id) for entry in entries
                             if entry.order_id in accepted])  # fmt: skip
-    if lost:
+    if lost:  # counted with their generation (intake.intake_seen)
         intake.entries_forget(lost)
-        intake_lost(len(lost), order_ids=[entry.order_id for entry in lost])
+        logger.error("accepted orders %s are gone from Redis: not written, not charged",
+                     id_ranges([entry.order_id for entry in lost]))  # fmt: skip
+    intake.intake_seen()
     _observe(batch, waited_at_claim=[time.time() - accepted[o.id].created_ms / 1000 for o in paid], started=started)
     return batch
-
-
-def intake_lost(count: int, *, order_ids: list[int]) -> None:
-    """Accepted orders Redis no longer holds (it came back empty): never written, so never
-    charged, and their units are back in stock since the rebuild counted only the database."""
-    metrics.INTAKE_LOST_ORDERS.inc(count)
-    logger.error("%d accepted orders were lost with Redis' data before they were drained: %s; none was charged",
-                 count, id_ranges(order_ids))  # fmt: skip
 
 
 def _intake_insert(orders: list[intake.AcceptedOrder], *, epoch: int) -> set[int]:
@@ -410,6 +406,10 @@ def settler_run(
     quarantine = _OrderQuarantine(max_tries=settings.SETTLE_ORDER_MAX_TRIES)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     pause = 0.05
+    try:
+        intake.group_ensure()  # and count what an earlier generation of Redis lost
+    except (redis.RedisError, DatabaseError) as exc:
+        logger.warning("intake not reachable at start (%s); settling what the database holds", exc)
     while not stop.is_set():
         try:
             started = time.monotonic()

@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
-from devtools.testing import Settler, client_for, make_product, make_user, order_body, race, wait_for
+from devtools.testing import (
+    Settler,
+    client_for,
+    free_port,
+    make_product,
+    make_user,
+    order_body,
+    race,
+    start_redis_server,
+    wait_for,
+)
 from inventory import redis_counts
 from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from kernel import metrics
 from orders import intake
 from orders.models import Order, OrderStatus
 from orders.services import OrderLine, order_cancel, order_place
@@ -232,3 +244,114 @@ def test_past_the_backlog_bound_the_intake_answers_503_and_reserves_nothing(sett
     assert int(response["Retry-After"]) >= 1
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 9}
     assert intake.intake_backlog() == 1
+
+
+def _own_redis(settings, port: int) -> dict:
+    return dict(settings.CACHES["default"], LOCATION=f"redis://127.0.0.1:{port}/15")
+
+
+@pytest.mark.slow
+def test_redis_killed_with_accepted_orders_in_the_stream_and_restarted_from_its_file_keeps_every_202(
+    tmp_path, settings
+):
+    """SIGKILL, then a restart from the append-only file (fsync always): the stream, the records
+    and the reservations are all there; the rebuild counts the reservations as held, and the
+    settler writes every order once, under the new stock epoch."""
+    port = free_port()
+    own_redis = _own_redis(settings, port)
+    process = start_redis_server(port, tmp_path)
+    try:
+        with override_settings(CACHES={"default": own_redis}):
+            users = [make_user(balance=1_000) for _ in range(6)]
+            product = make_product(price=100, stock_quantity=50)
+            inventory_reconcile()  # stock loaded into our own Redis
+            _mirror(product)
+            ids = [_accept(user, product, quantity=2).order.id for user in users]
+            assert not Order.objects.exists()
+
+            process.kill()  # SIGKILL: Redis dies holding the only copy of six accepted orders
+            process.wait()
+            process = start_redis_server(port, tmp_path)
+            redis_counts.redis_client().connection_pool.disconnect()
+            assert intake.intake_backlog() == 6  # replayed from the append-only file
+            assert inventory_reconcile().rebuilt  # another run of the server: rebuilt, the six held
+            assert redis_counts.available(product_ids=[product.id]) == {product.id: 38}
+            settler = Settler(extra_env={"REDIS_TEST_URL": own_redis["LOCATION"]})
+            try:
+                wait_for(lambda: Order.objects.filter(pk__in=ids, status=OrderStatus.PAID).count() == 6, timeout=60,
+                         what="every accepted order paid")  # fmt: skip
+            finally:
+                settler.stop()
+            assert intake.intake_backlog() == 0
+            assert not inventory_reconcile().drifted
+            assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 38}
+    finally:
+        process.kill()
+        process.wait()
+    assert Payment.objects.count() == 6
+    assert {Account.objects.get(user=u).balance for u in users} == {800}
+
+
+@pytest.mark.slow
+def test_a_settler_killed_between_its_commit_and_its_acknowledgement_charges_no_order_twice():
+    """A real settler process, SIGKILLed inside the window (its batch committed, its entries not
+    yet acknowledged); another takes its entries over after SETTLE_CLAIM_IDLE_MS."""
+    users = [make_user(balance=1_000) for _ in range(5)]
+    product = make_product(price=100, stock_quantity=50)
+    _mirror(product)
+    ids = [_accept(user, product).order.id for user in users]
+    dying = Settler(name="dying", extra_env={"SETTLE_PAUSE_BEFORE_ACK_SECONDS": "60"})
+    try:
+        wait_for(lambda: Payment.objects.count() == 5, what="the batch committed")
+        assert intake.intake_backlog() == 5  # committed, not acknowledged
+    finally:
+        dying.kill()
+    survivor = Settler(name="survivor", extra_env={"SETTLE_CLAIM_IDLE_MS": "500"})
+    try:
+        wait_for(lambda: intake.intake_backlog() == 0, what="the dead settler's entries taken over and acknowledged")
+    finally:
+        survivor.stop()
+    assert Payment.objects.count() == 5
+    assert set(Order.objects.filter(pk__in=ids).values_list("status", flat=True)) == {OrderStatus.PAID}
+    assert {Account.objects.get(user=u).balance for u in users} == {900}
+    assert on_hand_by_product() == {product.id: 45}
+
+
+@pytest.mark.slow
+def test_redis_come_back_empty_loses_its_undrained_orders_charges_none_and_stock_is_rebuilt_exact(tmp_path, settings):
+    port = free_port()
+    own_redis = _own_redis(settings, port)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    process = start_redis_server(port, tmp_path / "a")
+    try:
+        with override_settings(CACHES={"default": own_redis}):
+            users = [make_user(balance=1_000) for _ in range(4)]
+            product = make_product(price=100, stock_quantity=20)
+            inventory_reconcile()
+            _mirror(product)
+            paid = _accept(users[0], product).order.id
+            settler_run(until_empty=True)  # one drained...
+            lost = [_accept(user, product).order.id for user in users[1:]]  # ...three not
+            intake.intake_seen()  # the settlers' last look at the intake before the loss
+
+            process.kill()
+            process.wait()
+            process = start_redis_server(port, tmp_path / "b")  # its data gone
+            redis_counts.redis_client().connection_pool.disconnect()
+            lost_before = _lost_orders()
+            assert inventory_reconcile().rebuilt
+            _mirror(product)
+            settler_run(until_empty=True)
+            assert _lost_orders() - lost_before == 3
+            assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 19}
+    finally:
+        process.kill()
+        process.wait()
+    assert list(Order.objects.values_list("id", flat=True)) == [paid]
+    assert not Order.objects.filter(pk__in=lost).exists() and Payment.objects.count() == 1
+    assert [Account.objects.get(user=u).balance for u in users] == [900, 1_000, 1_000, 1_000]
+
+
+def _lost_orders() -> float:
+    return metrics.INTAKE_LOST_ORDERS._value.get()
