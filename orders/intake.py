@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,7 +137,8 @@ def intake_accept(
     stock_keys = redis_counts.reservation_keys(token=token, product_ids=product_ids)
     keys = [*stock_keys.head, ID_BLOCK_KEY, RECORDS_KEY, undrained_key(user_id), STREAM_KEY, ACCEPTED_COUNT_KEY,
             *(c.key for c in counters), *stock_keys.per_product]  # fmt: skip
-    args: list[object] = [str(token), user_id, unpaid_cap or 0, int(settings.PAYMENT_BACKLOG_MAX_SECONDS * 1000),
+    bound = settings.PAYMENT_BACKLOG_MAX_SECONDS
+    args: list[object] = [str(token), user_id, unpaid_cap or 0, int(bound * 1000) if math.isfinite(bound) else 0,
                           len(counters), len(product_ids)]  # fmt: skip
     for counter in counters:
         args += [counter.limit, counter.window_ms]
