@@ -5,7 +5,13 @@ from django.utils.html import format_html
 
 from inventory import redis_counts
 from inventory.models import Product, StockMovement
-from inventory.services import product_purchase_limit_set, stock_adjust
+from inventory.services import (
+    product_create,
+    product_delete,
+    product_purchase_limit_set,
+    product_update,
+    stock_adjust,
+)
 from kernel.actors import admin_reference
 from kernel.admin_tools import AdjustLinkMixin, ReadOnlyAdmin, adjust_url, adjust_view
 
@@ -21,9 +27,23 @@ class ProductAdmin(AdjustLinkMixin, admin.ModelAdmin):
     readonly_fields = ["database_stock", "live_stock", "adjust_link"]
 
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        if "purchase_limit" in form.changed_data:  # orders check it in Redis: the service puts it there
+        # Orders check the price, the on-sale flag and the purchase limit in Redis too: the
+        # services write the database and Redis in the order that keeps them honest.
+        if change:
+            changed = {name: getattr(obj, name) for name in ("name", "price", "active") if name in form.changed_data}
+            product_update(product=obj, **changed)
+        else:
+            created = product_create(name=obj.name, price=obj.price, active=obj.active)
+            obj.pk, obj.created_at = created.pk, created.created_at
+        if "purchase_limit" in form.changed_data:
             product_purchase_limit_set(product=obj, limit=obj.purchase_limit)
+
+    def delete_model(self, request, obj):
+        product_delete(product=obj)
+
+    def delete_queryset(self, request, queryset):
+        for product in queryset:
+            product_delete(product=product)
 
     def get_queryset(self, request):
         # A sum per product shown, over its own movements (index on product): a join and GROUP BY

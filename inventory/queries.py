@@ -221,3 +221,17 @@ SELECT count(*) FROM movements
 def quoted_prices_params(*, prices: dict[int, int]) -> dict[str, object]:
     """QuotedPrices' parameters, for a statement run by hand (a plan test)."""
     return QuotedPrices.of(prices).params()
+
+
+# The price mirror's read (inventory.reconciliation.prices_mirror_load), not on the order path:
+# the products' prices and whether they are on sale, their rows share-locked until the mirror is
+# written (no change of them commits in between), in id order. For every product, or those of
+# the parameter `ids` (a list of ids).
+PRODUCTS_FOR_MIRROR_SQL = (
+    sql.SQL("SELECT id, price, active FROM {product} ORDER BY id FOR SHARE").format(product=_PRODUCT).as_string(None)
+)
+PRODUCTS_FOR_MIRROR_BY_ID_SQL = (
+    sql.SQL("SELECT id, price, active FROM {product} WHERE id = ANY({ids}) ORDER BY id FOR SHARE")
+    .format(product=_PRODUCT, ids=sql.Placeholder("ids"))
+    .as_string(None)
+)

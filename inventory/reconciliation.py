@@ -1,5 +1,6 @@
 """Reconciliation: Redis' live counts compared with the ledger, abandoned reservations given
-back, drift repaired, and sold reservations forgotten (inventory_reconcile, inventory_forget_sold).
+back, drift repaired, and sold reservations forgotten (inventory_reconcile, inventory_forget_sold);
+the price mirror written again from the database (prices_mirror_load).
 
 Exact under live traffic for the reasons inventory_reconcile gives; one reconciler at a time
 (AdvisoryLock.STOCK_RECONCILIATION). Moved out of inventory/services.py, which calls it when
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from inventory.errors import (
     StockNotLoaded,
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
+from inventory.queries import PRODUCTS_FOR_MIRROR_BY_ID_SQL, PRODUCTS_FOR_MIRROR_SQL
 from inventory.reservations import reservation_mark_released, stock_epoch, stock_epoch_bump
 from kernel import metrics
 from kernel.database import AdvisoryLock
@@ -58,11 +60,37 @@ class ReconcileReport:
     holding_drifts: dict[tuple[int, int], int] = field(default_factory=dict)  # purchase limits
     pending_moves: int = 0  # moves between the snapshots: committed or applied, not yet both
     repaired: bool = False
+    prices_mirrored: int = 0  # products whose price mirror (inv:price:<id>) the repair wrote
 
     @property
     def drifted(self) -> list[ProductDrift]:
         # A count missing from Redis is drift, unless a move not yet applied will create it.
         return [p for p in self.products if p.drift != 0 or (p.redis is None and not p.unapplied)]
+
+
+def prices_mirror_load(*, product_ids: Sequence[int] | None = None) -> int:
+    """Write the price mirror (inv:price:<id>: the price, or "off") of the given products, or of
+    every product, from the database, in one round trip to Redis; returns how many it wrote. A
+    product asked for by id and not found loses its key.
+
+    Safe because the read holds FOR SHARE on the rows until the mirror is written: a change of
+    price or on-sale (inventory.services.product_update: the row locked FOR NO KEY UPDATE, the key
+    deleted, the row updated) either committed before the read, and the value read is its own,
+    or waits for this transaction to end and deletes the key after this write. In a transaction
+    of its own at READ COMMITTED, so that a read that waited for a change reads the row as the
+    change committed it (under REPEATABLE READ it would fail instead). A crash before the write
+    leaves the keys as they were (absent, or the committed value); one during it, some written.
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        if product_ids is None:
+            cursor.execute(PRODUCTS_FOR_MIRROR_SQL)
+        else:
+            cursor.execute(PRODUCTS_FOR_MIRROR_BY_ID_SQL, {"ids": list(product_ids)})
+        values = {pid: redis_counts.price_mirror_value(price=price, active=active)
+                  for pid, price, active in cursor.fetchall()}  # fmt: skip
+        gone = sorted(set(product_ids or ()) - set(values))
+        redis_counts.prices_write(values=values, gone=gone)  # before the commit: the rows still locked
+    return len(values)
 
 
 def purchase_limits() -> dict[int, int | None]:
@@ -246,6 +274,8 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
             _wait_for_older_transactions(timeout=rebuild_wait_seconds)
     elif repair:
         report.released_tokens = _settle_abandoned(grace_seconds=grace)
+    if repair:  # before the counts: a rebuilt Redis is marked loaded with its prices there
+        report.prices_mirrored = prices_mirror_load()
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -15,8 +15,11 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
     inv:moves                set of the applied moves reconciliation has not yet seen the
                              database acknowledge; a move leaves it, and its marker expires a
                              MOVE_MARKER_TTL_SECONDS later, once the database has
-    inv:price:{product_id}   the catalogue's mirror: the price while on sale, `off` when not;
-                             absent when not known (an order then reads the database)
+    inv:price:{product_id}   the price mirror, for an order accepted in Redis alone: the price in
+                             minor units (a decimal integer) while the product is on sale, "off"
+                             while it is not; absent: not known, the order takes the database's
+                             path. Never shows a value older than the last committed change (see
+                             inventory.services.product_update and docs/design.md)
 
 A reservation hash may carry `o`, the id of the accepted order whose settler will record its sale
 (orders' intake): reconciliation counts it in flight and never gives it back as abandoned.
@@ -43,11 +46,13 @@ LIMIT_PREFIX = "inv:limit:"
 HELD_PREFIX = "inv:held:"
 MOVE_PREFIX = "inv:move:"
 MOVES_KEY = "inv:moves"
-PRICE_PREFIX = "inv:price:"
 # How long a move's marker outlives its acknowledgement. The step that applies a move is sent
 # right after its commit; a copy of it arriving later than this (a process frozen between its
 # commit and its Redis call for a day) would find no marker and apply the move again.
 MOVE_MARKER_TTL_SECONDS = 24 * 3600
+PRICE_PREFIX = "inv:price:"
+PRICE_OFF = "off"  # the mirror's value for a product not on sale
+_PRICE_CHUNK = 1_000  # keys per MSET / DEL command when the mirror is written whole
 _LUA_DIR = Path(__file__).parent / "lua"
 
 
@@ -199,6 +204,56 @@ def available(*, product_ids: list[int]) -> dict[int, int | None]:
         return {}
     values = redis_client().mget([f"{STOCK_PREFIX}{pid}" for pid in product_ids])
     return {pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, values, strict=True)}
+
+
+def price_key(product_id: int) -> str:
+    return f"{PRICE_PREFIX}{product_id}"
+
+
+def price_mirror_value(*, price: int, active: bool) -> str:
+    """What inv:price:<id> holds for a product: its price while on sale, "off" otherwise."""
+    return str(price) if active else PRICE_OFF
+
+
+def prices_forget(*, product_ids: Sequence[int]) -> None:
+    """Delete the products' mirror keys: orders then take the database's path for them."""
+    if product_ids:
+        redis_client().delete(*(price_key(pid) for pid in product_ids))
+
+
+def prices_forget_all() -> int:
+    """Delete every mirror key (a seed that replaces all products); returns how many."""
+    client = redis_client()
+    keys = list(client.scan_iter(f"{PRICE_PREFIX}*", count=1000))
+    for start in range(0, len(keys), _PRICE_CHUNK):
+        client.delete(*keys[start : start + _PRICE_CHUNK])
+    return len(keys)
+
+
+def prices_write(*, values: dict[int, str], gone: Sequence[int] = ()) -> None:
+    """Set the mirror keys (product id -> price_mirror_value) and delete those of `gone`
+    (products that no longer exist), in one round trip. Only from a read that still locks the
+    rows (inventory.reconciliation.prices_mirror_load): a value written from anything else may be
+    older than a change committed meanwhile."""
+    pipe = redis_client().pipeline(transaction=False)
+    items = list(values.items())
+    for start in range(0, len(items), _PRICE_CHUNK):
+        pipe.mset({price_key(pid): value for pid, value in items[start : start + _PRICE_CHUNK]})
+    if gone:
+        pipe.delete(*(price_key(pid) for pid in gone))
+    pipe.execute()
+
+
+def prices_mirrored(product_ids: Sequence[int]) -> dict[int, int | str | None]:
+    """What the mirror says of each product: its price (an int) while on sale, PRICE_OFF
+    ("off") while not, None when the key is absent (orders take the database's path)."""
+    if not product_ids:
+        return {}
+    values = redis_client().mget([price_key(pid) for pid in product_ids])
+    return {
+        pid: None if value is None else PRICE_OFF if value == PRICE_OFF.encode() else int(value)
+        for pid, value in zip(product_ids, values, strict=True)
+    }
 
 
 def server_run_id() -> str:

@@ -9,6 +9,9 @@ What is the record, what is derived, when they meet:
 - Units coming in (returns, restocks) reach Redis after their commit, each move at most once by
   its token; `PendingMove` lists those reconciliation has not yet seen applied.
 - `inventory_reconcile` compares the two, gives back abandoned reservations and repairs drift.
+- Redis also mirrors each product's price and whether it is on sale (inv:price:<id>), for orders
+  accepted in Redis alone; every change goes through product_update (or product_create,
+  product_delete), which keeps the mirror from ever showing a value older than the last commit.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from inventory.errors import (
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
 from inventory.queries import RECORD_UNITS, LedgerReference, ReservationToken, StockEpoch, StockSale
-from inventory.reconciliation import inventory_reconcile
+from inventory.reconciliation import inventory_reconcile, prices_mirror_load
 from inventory.reservations import reservation_mark_released
 from kernel.database import sql_all, sql_one
 from kernel.errors import DomainError
@@ -265,7 +268,9 @@ def product_purchase_limit_set(*, product: Product, limit: int | None) -> None:
 
 
 def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bool = True) -> Product:
-    """A product and its initial stock (a restock, applied once: _stock_move_in)."""
+    """A product, its initial stock (a restock, applied once: _stock_move_in) and its price
+    mirror, written once it commits (prices_mirror_load: from a locked read, so a change that
+    commits first is not undone by it; a crash before leaves the key absent until reconciliation)."""
     with transaction.atomic():
         product = Product.objects.create(name=name, price=price, active=active)
         if stock_quantity:
@@ -273,7 +278,56 @@ def product_create(*, name: str, price: int, stock_quantity: int = 0, active: bo
                            reason="initial stock")  # fmt: skip
         else:  # its count exists, at 0 (adding 0 twice is harmless)
             transaction.on_commit(lambda: redis_counts.add_available(product_id=product.id, quantity=0), robust=True)
+        transaction.on_commit(lambda: prices_mirror_load(product_ids=[product.id]), robust=True)
     return product
+
+
+def product_update(
+    *, product: Product, name: str | None = None, price: int | None = None, active: bool | None = None
+) -> Product:
+    """Change a product's name, price or whether it is on sale (None: unchanged); returns it.
+
+    The rule: a price change or an off-sale, once committed, is honoured by every order accepted
+    after the commit, those Redis accepts from its price mirror (inv:price:<id>) included. Safe
+    because of the order of the steps: the row is locked first, the mirror key deleted (orders
+    meanwhile take the database's path, which shows the old value until the commit: they were
+    accepted before it), the row updated; after the commit the key is written again, from a read
+    that share-locks the row until the key is written (prices_mirror_load), never from this
+    transaction's values, which a later change may have superseded by the time a slow callback
+    runs. Reconciliation writes the mirror from the same locked read: it waits for this lock,
+    or this waits for its. A crash between the commit and the write, or a rollback after the
+    delete, leaves the key absent (the database's path) until reconciliation writes it.
+
+    The lock is FOR NO KEY UPDATE, not FOR UPDATE: it conflicts with the mirror's FOR SHARE read
+    and with another change, but not with the FOR KEY SHARE that orders' ledger rows take on the
+    product (their foreign key), so orders never wait for an edit. If Redis cannot be reached,
+    the delete raises and nothing changes (the mirror could otherwise keep the old value).
+    Raises Product.DoesNotExist for a product deleted meanwhile.
+    """
+    fields = {key: value for key, value in (("name", name), ("price", price), ("active", active)) if value is not None}
+    if not fields:
+        return product
+    mirrored = "price" in fields or "active" in fields
+    with transaction.atomic():
+        Product.objects.select_for_update(no_key=True).only("id").get(pk=product.pk)
+        if mirrored:
+            redis_counts.prices_forget(product_ids=[product.pk])
+        Product.objects.filter(pk=product.pk).update(**fields)
+        for key, value in fields.items():
+            setattr(product, key, value)
+        if mirrored:
+            transaction.on_commit(lambda: prices_mirror_load(product_ids=[product.pk]), robust=True)
+    return product
+
+
+def product_delete(*, product: Product) -> None:
+    """Delete a product that has no stock movements (the ledger protects the others:
+    ProtectedError) and its price mirror: the key goes while the row is locked, before the
+    delete commits, as in product_update; nothing writes it again (a locked read finds no row)."""
+    with transaction.atomic():
+        Product.objects.select_for_update(no_key=True).only("id").get(pk=product.pk)
+        redis_counts.prices_forget(product_ids=[product.pk])
+        Product.objects.filter(pk=product.pk).delete()
 
 
 # One batch of the trim: the oldest settled reservations before the cutoff, by created_at's index.

@@ -124,6 +124,11 @@ def _clear_all_but_staff(progress: Callable[[str], None]) -> None:
     token_map_clear_all()  # every token goes, and the new customers get the old user ids
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(_RESET_TABLES)} RESTART IDENTITY CASCADE")
+        # The old products' price mirror goes before the new ones commit under the same ids
+        # (orders meanwhile take the database's path); TRUNCATE's lock keeps reconciliation from
+        # writing it again until then; its load after the commit writes the new prices (a refused
+        # seed leaves them absent until the next reconciliation).
+        redis_counts.prices_forget_all()
         # Set-based: delete() of 100k users binds more parameters than PostgreSQL takes. The
         # truncated tables held the other rows that point at customers.
         customers = f"SELECT id FROM {User._meta.db_table} WHERE NOT is_staff"

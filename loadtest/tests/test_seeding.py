@@ -9,6 +9,7 @@ import pytest
 from accounts.models import User
 from accounts.services import user_create
 from devtools.testing import files_open_to_others
+from inventory import redis_counts
 from loadtest.seeding import CUSTOMER_ID_LIMIT, SeedRefused, SeedShape, seed
 from orders.models import Order
 
@@ -60,3 +61,12 @@ def test_a_staff_user_inside_the_customer_range_stops_the_seed_before_anything_c
 def test_a_customer_range_past_the_limit_is_refused():
     with pytest.raises(SeedRefused):
         seed(SeedShape(users=CUSTOMER_ID_LIMIT))
+
+
+def test_a_reseed_mirrors_its_own_prices_and_none_of_the_last_seeds_products():
+    seed(SeedShape(users=2, products=4, stock=10, price=5))
+    assert redis_counts.prices_mirrored([1, 2, 3, 4]) == {1: 5, 2: 5, 3: 5, 4: 5}
+
+    seed(SeedShape(users=2, products=2, stock=10, price=7))
+
+    assert redis_counts.prices_mirrored([1, 2, 3, 4]) == {1: 7, 2: 7, 3: None, 4: None}

@@ -21,6 +21,7 @@ from devtools.testing import client_for, make_product, make_user, order_body
 from inventory import redis_counts
 from inventory.models import StockMovement
 from inventory.reconciliation import inventory_reconcile, on_hand_by_product
+from inventory.services import product_update
 from orders.api import request_fingerprint
 from orders.models import Order
 
@@ -216,8 +217,7 @@ def test_business_errors_have_stable_codes_and_change_nothing(shop, case, expect
     elif case == "unknown_product":
         body["orderItems"][0]["productId"] = 999_999
     elif case == "inactive_product":
-        product.active = False
-        product.save()
+        product_update(product=product, active=False)
     elif case == "someone_else":
         body["userId"] = make_user().id
     elif case == "no_token":
@@ -254,8 +254,7 @@ def test_the_one_statement_order_checks_its_quoted_prices_first(shop, case, expe
     elif case == "unknown_product":
         body["orderItems"][1]["productId"] = 999_999
     elif case == "inactive_product":
-        other.active = False
-        other.save()
+        product_update(product=other, active=False)
     elif case == "out_of_stock_and_price_changed":
         body = order_body(user, (product, 1), (other, 6))
         body["orderItems"][1]["price"] = 249

@@ -19,7 +19,7 @@ from inventory import redis_counts
 from inventory.errors import PurchaseLimitReached
 from inventory.models import StockMovement
 from inventory.reconciliation import inventory_reconcile
-from inventory.services import product_purchase_limit_set
+from inventory.services import product_purchase_limit_set, product_update
 from orders import sales_counter
 from orders.errors import TooManyUnpaidOrders
 from orders.models import IdempotencyRecord, Order, OrderItem, OrderStatus
@@ -176,7 +176,7 @@ def test_every_order_attempt_counts_against_the_rate_limit_whatever_refuses_it(s
     elif "unknown product" in refused:
         body["orderItems"][0]["productId"] = product.id + 1_000
     else:
-        type(product).objects.filter(pk=product.pk).update(active=False)
+        product_update(product=product, active=False)
     headers = {}
 
     codes = []
