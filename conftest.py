@@ -36,3 +36,12 @@ def admin_client():
     client = Client()
     client.login(username="admin", password="pw")
     return client
+
+
+@pytest.fixture
+def database_intake(settings, monkeypatch):
+    """Asynchronous orders accepted by the database (ORDER_ASYNC_INTAKE=database: the request
+    writes the order PENDING_PAYMENT), as orders with a coupon or an Idempotency-Key always are:
+    for the tests of that path, in this process and in the processes it starts."""
+    settings.ORDER_ASYNC_INTAKE = "database"
+    monkeypatch.setenv("ORDER_ASYNC_INTAKE", "database")

@@ -1,5 +1,5 @@
 """The asynchronous scenario's extra parts: settler processes beside gunicorn, the backlog
-(orders PENDING_PAYMENT) sampled every second, waiting for it to drain, time from 202 to PAID,
+(orders undrained or PENDING_PAYMENT) sampled every second, waiting for it to drain, time from 202 to PAID,
 what the settlers' logs say about their batches, and the scenario's checks.
 
 Time to PAID is read from the order events (outbox rows, stamped when written): from
@@ -25,7 +25,7 @@ from django.db.models import Count, Q
 from loadtest import server
 from loadtest.invariants import Check, _check
 from loadtest.results import percentile
-from orders import events
+from orders import events, intake
 from orders.models import Order, OrderEvent, OrderStatus
 
 SETTLE_TIMEOUT_S = 600.0
@@ -153,8 +153,9 @@ def periodic_jobs(*, env: dict[str, str], log_dir: Path):
 
 
 def backlog() -> int:
-    """Orders waiting for a settler (a partial index keeps this count cheap)."""
-    return Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
+    """Orders waiting for a settler: in the intake (Redis), or PENDING_PAYMENT in the database
+    (a partial index keeps this count cheap)."""
+    return intake.intake_backlog() + Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).count()
 
 
 class BacklogSampler:
@@ -273,6 +274,8 @@ def async_checks(*, past: int = 0) -> list[Check]:
     unsettled = list(
         placed.exclude(status__in=[OrderStatus.PAID, OrderStatus.CANCELLED]).values_list("id", "status")[:50]
     )
+    if not unsettled:  # accepted by the intake and not yet written: ended nothing yet
+        unsettled = [(oid, "not yet drained from the intake") for oid in intake.undrained_order_ids()[:50]]
     settled = _check(
         "every 202 ended PAID or CANCELLED",
         [f"order {oid} is {status}" for oid, status in unsettled],

@@ -394,3 +394,17 @@ def entries_forget(entries: Sequence[IntakeEntry]) -> None:
 def intake_backlog() -> int:
     """Orders accepted and not yet drained."""
     return int(redis_counts.redis_client().hlen(RECORDS_KEY))
+
+
+def undrained_order_ids() -> list[int]:
+    return sorted(int(i) for i in redis_counts.redis_client().hkeys(RECORDS_KEY))
+
+
+def intake_oldest_seconds() -> float:
+    """How long the oldest undrained entry has waited (0: none), by Redis' clock."""
+    client = redis_counts.redis_client()
+    oldest = client.xrange(STREAM_KEY, count=1)
+    if not oldest:
+        return 0.0
+    seconds, micros = client.time()
+    return max(0.0, seconds + micros / 1e6 - int(oldest[0][0].split(b"-")[0]) / 1000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily
 
 from kernel.database import sql_one
+from orders import intake
 from orders.models import PENDING_SQL
 
 _BACKLOG_SQL = f"""
@@ -22,9 +23,12 @@ FROM orders_orderevent WHERE published_at IS NULL
 class OrdersCollector:
     def collect(self):
         pending, oldest = sql_one(_BACKLOG_SQL, [])
+        pending += intake.intake_backlog()
+        oldest = max(float(oldest), intake.intake_oldest_seconds())
         yield GaugeMetricFamily(
-            "shop_payment_backlog_orders", "Accepted orders waiting for a settler (PENDING_PAYMENT).", value=pending
-        )
+            "shop_payment_backlog_orders",
+            "Accepted orders waiting for a settler (in the intake, or PENDING_PAYMENT in the database).", value=pending,
+        )  # fmt: skip
         yield GaugeMetricFamily(
             "shop_payment_backlog_oldest_seconds", "How long the oldest unpaid order has waited (0: none).",
             value=float(oldest),

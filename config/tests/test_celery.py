@@ -15,7 +15,11 @@ from orders.models import Order, OrderEvent, OrderStatus
 from orders.services import OrderLine, order_place
 from orders.tasks import expire_pending_orders
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),  # the database's asynchronous path (the intake: test_intake.py)
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+]
 
 
 def _celery(kind: str, *args: str, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -14,7 +14,10 @@ from orders.models import OrderEvent
 from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),
+    pytest.mark.django_db(transaction=True),
+]  # the database's asynchronous path
 
 
 def _held(checks):

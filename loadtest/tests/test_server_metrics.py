@@ -18,7 +18,10 @@ from kernel import metrics
 from loadtest import async_run, server, server_metrics
 from loadtest.server_metrics import Sampler, histogram_quantile, increase, series
 
-pytestmark = pytest.mark.django_db(transaction=True)  # gunicorn and the settler commit on their own connections
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),  # the database's asynchronous path (the intake: test_intake.py)
+    pytest.mark.django_db(transaction=True),  # gunicorn and the settler commit on their own connections
+]
 INF = math.inf
 
 

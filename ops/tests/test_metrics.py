@@ -37,7 +37,10 @@ from ops.metrics_api import metrics_view
 from orders.models import OrderEvent
 from orders.settlement import orders_settle_batch
 
-pytestmark = pytest.mark.django_db(transaction=True)  # the order path commits on its own connection
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),  # the database's asynchronous path (the intake: test_intake.py)
+    pytest.mark.django_db(transaction=True),  # the order path commits on its own connection
+]
 ASYNC = {"HTTP_PREFER": "respond-async"}
 
 

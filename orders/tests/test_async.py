@@ -26,7 +26,11 @@ from orders.services import OrderLine, order_place, orders_expire_pending
 from orders.settlement import orders_settle_batch
 from payments.models import Payment
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),  # the database's asynchronous path (the intake: test_intake.py)
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+]
 
 ASYNC = {"HTTP_PREFER": "respond-async"}
 

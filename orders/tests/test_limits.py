@@ -24,7 +24,7 @@ from orders import sales_counter
 from orders.errors import TooManyUnpaidOrders
 from orders.models import IdempotencyRecord, Order, OrderItem, OrderStatus
 from orders.services import OrderLine, order_place
-from orders.settlement import orders_settle_batch
+from orders.settlement import settler_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -269,8 +269,13 @@ def test_the_rate_limit_is_shared_with_another_process(settings):
 # --- The unpaid cap ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("idempotency_key", [None, "with-a-key"], ids=["one statement", "transaction"])
-def test_a_user_with_too_many_unpaid_orders_gets_409_until_a_settler_pays_them(settings, idempotency_key):
+@pytest.mark.parametrize(
+    ("intake", "idempotency_key"),
+    [("redis", None), ("database", None), ("database", "with-a-key")],
+    ids=["intake", "one statement", "transaction"],
+)
+def test_a_user_with_too_many_unpaid_orders_gets_409_until_a_settler_pays_them(settings, intake, idempotency_key):
+    settings.ORDER_ASYNC_INTAKE = intake
     settings.ORDER_UNPAID_LIMIT_PER_USER = 2
     settings.PAYMENT_BACKLOG_MAX_SECONDS = 3600
     buyer = make_user(balance=10_000)
@@ -292,7 +297,7 @@ def test_a_user_with_too_many_unpaid_orders_gets_409_until_a_settler_pays_them(s
     }
     assert redis_counts.available(product_ids=[product.id])[product.id] == 98  # its reservation given back
     assert client.post("/api/v1/orders", order_body(buyer, (product, 1)), format="json").status_code == 201
-    assert orders_settle_batch().paid
+    assert settler_run(until_empty=True).paid == 2
     assert order_async(3).status_code == 202
 
 

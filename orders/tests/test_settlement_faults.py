@@ -14,7 +14,10 @@ from orders.services import OrderLine, order_place
 from orders.settlement import orders_settle_batch
 from payments.models import Payment
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [
+    pytest.mark.usefixtures("database_intake"),
+    pytest.mark.django_db(transaction=True),
+]  # the database's asynchronous path
 
 
 def _place_async(user, product, quantity: int = 1) -> Order:
