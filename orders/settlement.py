@@ -220,13 +220,16 @@ class _Wakeup:
             db.connection.execute(f"LISTEN {SETTLE_CHANNEL}")
             self._db = db
 
-    def wait(self, timeout: float) -> None:
-        """Until the first notification or `timeout`; then read what else is queued."""
+    def wait(self, timeout: float, *, stop: StopFlag | None = None) -> None:
+        """Until the first notification, `timeout` or `stop`; then read what else is queued. A
+        signal does not end the socket's wait, so `stop` is looked at every 0.1 s."""
         if self._db is None:  # lost a moment ago: look for work again at once
             return
+        deadline = time.monotonic() + timeout
         with self._reconnecting_on_error():
-            for _ in self._db.connection.notifies(timeout=timeout, stop_after=1):
-                break
+            while (left := deadline - time.monotonic()) > 0 and not (stop and stop.is_set()):
+                if next(self._db.connection.notifies(timeout=min(left, 0.1), stop_after=1), None):
+                    break
             self._read_queued()
 
     def drain(self) -> None:
@@ -382,7 +385,7 @@ def settler_run(
                 continue
             if until_empty and not Order.objects.filter(status=OrderStatus.PENDING_PAYMENT).exists():
                 break
-            wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS)
+            wakeup.wait(settings.SETTLE_IDLE_WAIT_SECONDS, stop=stop)
     finally:
         wakeup.close()
     return totals

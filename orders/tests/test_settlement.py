@@ -209,8 +209,21 @@ def test_an_idle_settler_pays_a_new_order_without_waiting_for_a_poll():
         order = _place(user, product)
         wait_for(lambda: _statuses([order]) == ["PAID"], timeout=60, what="the order to be paid")
     finally:
-        settler.kill()  # a SIGTERM would wait out the hour's poll (or stop()'s 15 s) before it is read
+        settler.stop()
     assert settler.orders_settled() == 1
+
+
+def test_a_settler_waiting_out_an_hours_idle_poll_stops_within_a_second_of_sigterm():
+    settler = Settler(extra_env={"SETTLE_IDLE_WAIT_SECONDS": "3600"})
+    wait_for(_settler_idle, what="the settler waiting for a notification")
+
+    started = time.monotonic()
+    settler.stop()  # SIGTERM; past its 15 s it kills the settler (returncode -9)
+    took = time.monotonic() - started
+
+    assert settler.process.returncode == 0
+    assert took < 1.0, f"stop() took {took:.2f} s"
+    assert "settler: stopped after 0 batches" in settler.log_path.read_text()
 
 
 @pytest.fixture

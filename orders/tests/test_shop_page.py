@@ -83,7 +83,7 @@ def test_on_an_idle_server_the_shop_shows_the_order_paid_by_a_settler_its_commit
         # The settler is woken by the order's commit, and the page asks again every 300 ms.
         page.wait_for_selector("#done:not([hidden])", timeout=60_000)
     finally:
-        settler.kill()  # a SIGTERM would wait out the hour's poll (or stop()'s 15 s) before it is read
+        settler.stop()
     page.screenshot(path=SHOTS / "quick-2-paid.png", full_page=True)
     assert "is paid" in page.inner_text("#done-title")
     assert Order.objects.get().status == "PAID"
