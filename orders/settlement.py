@@ -296,7 +296,7 @@ class _OrderQuarantine:
 
     def __init__(self, *, max_tries: int) -> None:
         self.max_tries = max_tries
-        self.skipped: set[int] = set()
+        self.skipped: frozenset[int] = frozenset()  # a new set per order skipped, none per batch
 
     def settle_apart(self, order_ids: list[int]) -> SettledBatch:
         settled = SettledBatch()
@@ -322,7 +322,7 @@ class _OrderQuarantine:
         except TRANSIENT_ERRORS:
             raise
         except Exception:
-            self.skipped.add(order_id)
+            self.skipped |= {order_id}
             metrics.SETTLED_ORDERS.labels("skipped").inc()
             logger.exception("order %s can be neither paid nor cancelled; this settler skips it from now on", order_id)
 
@@ -352,7 +352,7 @@ def settler_run(
                 wakeup.listen()
                 started = time.monotonic()
                 try:
-                    batch = orders_settle_batch(limit=limit, skip=frozenset(quarantine.skipped))
+                    batch = orders_settle_batch(limit=limit, skip=quarantine.skipped)
                 except BatchFailed as failed:
                     logger.exception("%s; settling them one at a time", failed)
                     batch = quarantine.settle_apart(failed.order_ids)
