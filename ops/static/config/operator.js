@@ -134,7 +134,7 @@
         y: { range: (u, min, max) => [0, uPlot.rangeNum(0, Math.max(max || 0, panel.whole ? 4 : 1), 0.1, true)[1]] },
       },
       axes: [
-        { stroke: ink, grid, values: (u, splits) => labelled(element, "xTicks", splits.map(clock)) },
+        { stroke: ink, grid, space: 90, values: (u, splits) => labelled(element, "xTicks", splits.map(clock)) },
         yAxis,
       ],
       series: [
