@@ -3,7 +3,10 @@ it should not."""
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.db import DatabaseError
 from django_redis import get_redis_connection
+
+from accounts.development import development_password_holders
 
 
 @register(Tags.security, deploy=True)
@@ -15,6 +18,27 @@ def development_secret_key(app_configs, **kwargs) -> list[Error]:
             "SECRET_KEY is not set: a development key made for this checkout signs admin sessions and CSRF tokens.",
             hint="Set SECRET_KEY in the environment or in .env.",
             id="config.E001",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def development_password_in_use(app_configs, **kwargs) -> list[Error]:
+    """`make run` gives the seeded customers one development password (accounts/development.py),
+    printed on its console: whoever read it signs in as any of them. A database this check
+    cannot reach is not its to report (migrate and /readyz say so)."""
+    try:
+        holders = development_password_holders()
+    except DatabaseError:
+        return []
+    if not holders:
+        return []
+    return [
+        Error(
+            f"{holders} user(s) sign in with the development password `make run` gave the seeded customers.",
+            hint="Reseed (manage.py seed_loadtest leaves customers without a password) or give each user a "
+            "password of their own (manage.py changepassword).",
+            id="config.E003",
         )
     ]
 

@@ -1,11 +1,11 @@
 """`make run`: everything from a fresh checkout to a served API, in one command.
 
 Starts the project's own PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set),
-migrates, seeds the load-test data when the database is empty, creates an admin user, loads
-stock into Redis, then serves with gunicorn on 127.0.0.1:8080 beside a settler (pays the
-asynchronous orders in batches), a Celery worker and Celery beat (event relay every second,
-expiry of unpaid orders and stock reconciliation every minute). Ctrl-C stops them all;
-`make stop` also stops the servers.
+migrates, seeds the load-test data when the database is empty, creates an admin user, gives the
+seeded customers the development password (and prints it), loads stock into Redis, then serves
+with gunicorn on 127.0.0.1:8080 beside a settler (pays the asynchronous orders in batches), a
+Celery worker and Celery beat (event relay every second, expiry of unpaid orders and stock
+reconciliation every minute). Ctrl-C stops them all; `make stop` also stops the servers.
 
     python -m devtools.serve [run|stop]
 """
@@ -50,6 +50,7 @@ def _prepare() -> None:
     call_command("collectstatic", interactive=False, verbosity=0)
     call_command("seed_loadtest", if_empty=True)
     _ensure_admin()
+    _give_customers_the_development_password()
     _say("reconciling stock between Redis and the database")
     call_command("reconcile_inventory")
     if settings.SECRET_KEY_IS_DEVELOPMENT:
@@ -77,6 +78,24 @@ def _ensure_admin() -> None:
     password = private_file_read_or_create(ADMIN_PASSWORD_FILE, make=lambda: secrets.token_urlsafe(12))
     User.objects.create_superuser(id=ADMIN_USER_ID, username="admin", password=password)
     _say(f"admin: {url}  user 'admin'  password '{password}' (in {ADMIN_PASSWORD_FILE}), created")
+
+
+def _give_customers_the_development_password() -> None:
+    """The seeded customers without a password get this checkout's development password
+    (accounts/development.py: hashed in the database, derived from SECRET_KEY, stored nowhere),
+    printed here so that the shop can be signed in to. `manage.py check --deploy` refuses it."""
+    from accounts.development import development_password, development_password_give, development_password_holders
+    from loadtest.seeding import CUSTOMER_ID_LIMIT
+
+    given = development_password_give(user_ids_below=CUSTOMER_ID_LIMIT)
+    holders = development_password_holders()
+    if not holders:
+        _say("shop: no customer has the development password (each has one of their own)")
+        return
+    _say(
+        f"shop: http://127.0.0.1:8080/shop/  user 'user1' (any of the {holders} seeded customers)  password "
+        f"'{development_password()}'{', given now' if given else ''} (local use only: check --deploy refuses it)"
+    )
 
 
 class Supervisor:

@@ -37,7 +37,15 @@ def _check(request) -> None:
 
 def _page(request):
     _check(request)
-    context = {**admin.site.each_context(request), "title": "Sale, live"}
+    interval = settings.CELERY_BEAT_SCHEDULE["record-operator-history"]["schedule"]
+    window = max(300, round(interval * settings.OPERATOR_HISTORY_POINTS))  # what the history spans, 5 min at least
+    context = {
+        **admin.site.each_context(request),
+        "title": "Sale, live",
+        "history_interval_seconds": f"{interval:g}",
+        "window_seconds": window,
+        "window_minutes": f"{window / 60:.3g}",
+    }
     return TemplateResponse(request, "admin/operator.html", context)
 
 

@@ -8,6 +8,8 @@ import pytest
 from django.conf import settings
 from django.core.checks import run_checks
 
+from accounts.development import development_password_give
+from accounts.models import User
 from config import local
 from config.env import database_url_naming, redis_url_with_db
 
@@ -135,6 +137,8 @@ def test_the_url_for_child_processes_is_the_configured_one_naming_the_test_datab
     assert database_url_naming(configured, "test_shop") == expected
 
 
+# The deploy checks read the database too (config.E003): these tests let them.
+@pytest.mark.django_db
 @pytest.mark.parametrize("development_key, refused", [(True, True), (False, False)])
 def test_deploy_check_refuses_the_development_secret_key(settings, development_key, refused):
     settings.SECRET_KEY_IS_DEVELOPMENT = development_key
@@ -142,6 +146,7 @@ def test_deploy_check_refuses_the_development_secret_key(settings, development_k
     assert ("config.E001" in ids) is refused
 
 
+@pytest.mark.django_db
 @pytest.mark.parametrize(
     "allow_loopback, token, warned",
     [(True, "", True), (True, "s3cret", False), (False, "", False), (False, "s3cret", False)],
@@ -151,3 +156,19 @@ def test_deploy_check_warns_when_loopback_alone_guards_the_metrics(settings, all
     settings.METRICS_ALLOW_LOOPBACK, settings.METRICS_TOKEN = allow_loopback, token
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
     assert ("config.W003" in ids) is warned
+
+
+@pytest.mark.django_db
+def test_deploy_check_refuses_users_with_the_development_password():
+    customer = User.objects.create(id=7, username="user7", password="!")
+    ids = {message.id for message in run_checks(include_deployment_checks=True)}
+    assert "config.E003" not in ids
+
+    development_password_give(user_ids_below=1_000_000)
+    refused = [m for m in run_checks(include_deployment_checks=True) if m.id == "config.E003"]
+    customer.set_password("one of their own")
+    customer.save()
+    ids_after = {message.id for message in run_checks(include_deployment_checks=True)}
+
+    assert len(refused) == 1 and refused[0].is_serious() and "1 user(s)" in refused[0].msg
+    assert "config.E003" not in ids_after

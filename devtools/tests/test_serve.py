@@ -6,7 +6,9 @@ import stat
 import sys
 
 import pytest
+from rest_framework.test import APIClient
 
+from accounts.development import development_password, development_password_give, development_password_holders
 from accounts.models import User
 from devtools import serve
 from devtools.testing import files_open_to_others, wait_for
@@ -81,3 +83,42 @@ def test_a_helper_that_dies_is_started_again_and_one_that_keeps_dying_waits_long
 
     assert not _alive(supervisor.processes["settler"])
     assert not (tmp_path / "run" / "settler.pid").exists()
+
+
+def test_the_seeded_customers_get_the_development_password_hashed_and_make_run_prints_it(capsys):
+    seeded = [User.objects.create(id=i, username=f"user{i}", password="!") for i in (1, 2)]
+    own = User.objects.create(id=3, username="user3")
+    own.set_password("chosen by the customer")
+    own.save()
+    staff = User.objects.create(id=4, username="clerk", password="!", is_staff=True)
+    elsewhere = User.objects.create(id=2_000_000, username="api-made", password="!")
+
+    serve._give_customers_the_development_password()
+
+    password = development_password()
+    out = capsys.readouterr().out
+    assert f"password '{password}', given now" in out and "any of the 2 seeded customers" in out
+    for user in seeded:
+        stored = User.objects.get(pk=user.pk).password
+        assert stored.startswith("pbkdf2_sha256$") and password not in stored  # a hash, never the password
+        assert User.objects.get(pk=user.pk).check_password(password)
+    assert User.objects.get(pk=own.pk).check_password("chosen by the customer")
+    assert {User.objects.get(pk=u.pk).password for u in (staff, elsewhere)} == {"!"}
+
+    serve._give_customers_the_development_password()  # the next `make run`: printed again, nothing changed
+    again = capsys.readouterr().out
+    assert f"password '{password}'" in again and "given now" not in again
+
+
+def test_signing_in_with_the_development_password_keeps_its_hash_for_the_deploy_check():
+    """Django re-salts a weak salt at the first login; this one's is long enough to stay."""
+    User.objects.create(id=7, username="user7", password="!")
+    development_password_give(user_ids_below=1_000_000)
+    before = User.objects.get(pk=7).password
+
+    answer = APIClient().post(
+        "/api/v1/auth/token", {"username": "user7", "password": development_password()}, format="json"
+    )
+
+    assert answer.status_code == 201
+    assert User.objects.get(pk=7).password == before and development_password_holders() == 1

@@ -216,6 +216,16 @@ def test_an_idle_settler_pays_a_new_order_without_waiting_for_a_poll(path, setti
     assert settler.orders_settled() == 1
 
 
+def test_a_settler_waiting_out_an_hours_idle_poll_stops_within_a_second_of_sigterm():
+    settler = Settler(extra_env={"SETTLE_IDLE_WAIT_SECONDS": "3600"})
+    wait_for(_settler_idle, what="the settler waiting on the stream")
+
+    settler.stop()  # SIGTERM; a settler still waiting out its hour after 15 s is killed (returncode -9)
+
+    assert settler.process.returncode == 0
+    assert "settler: stopped after 0 batches" in settler.log_path.read_text()
+
+
 @pytest.fixture
 def bounded_backlog(settings):
     settings.PAYMENT_BACKLOG_MAX_SECONDS = 0.3
