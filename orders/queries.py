@@ -379,7 +379,8 @@ class AcceptedBatch(SqlParams):
 
 
 # The batch's orders PENDING_PAYMENT with their items, events and sales, fenced by the stock
-# epoch the batch was claimed under; an order already written (its entry delivered again) is
+# epoch the batch was claimed under; order.created carries the time the intake accepted the order
+# (the progress' "reserved", and time to PAID measured from the 202); an order already written (its entry delivered again) is
 # skipped by its id. The settler pays them next, in the same transaction.
 INTAKE_INSERT = Statement.compose(
     "intake_insert",
@@ -391,7 +392,7 @@ WITH fence AS ({fence}), new_orders AS (
     FROM fence, jsonb_to_recordset({orders}::jsonb)
         AS o(id bigint, user_id bigint, total bigint, token uuid, created_at timestamptz)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, reservation_token AS token
+    RETURNING id, reservation_token AS token, created_at
 ), items AS (
     INSERT INTO {item} (order_id, product_id, quantity, unit_price)
     SELECT item.order_id, item.product_id, item.quantity, item.unit_price
@@ -399,7 +400,7 @@ WITH fence AS ({fence}), new_orders AS (
     JOIN new_orders ON new_orders.id = item.order_id
 ), new_events AS (
     INSERT INTO {event} (event_id, order_id, type, payload, created_at)
-    SELECT gen_random_uuid(), new_orders.id, event.value->>'type', event.value->'payload', clock_timestamp()
+    SELECT gen_random_uuid(), new_orders.id, event.value->>'type', event.value->'payload', new_orders.created_at
     FROM jsonb_array_elements({events}::jsonb) WITH ORDINALITY AS event(value, position)
     JOIN new_orders ON new_orders.id = (event.value->>'orderId')::bigint
     ORDER BY event.position

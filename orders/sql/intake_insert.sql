@@ -5,7 +5,7 @@ WITH fence AS (SELECT 1 FROM "inventory_stock_epoch" WHERE last_value = %(stock_
     FROM fence, jsonb_to_recordset(%(orders)s::jsonb)
         AS o(id bigint, user_id bigint, total bigint, token uuid, created_at timestamptz)
     ON CONFLICT (id) DO NOTHING
-    RETURNING id, reservation_token AS token
+    RETURNING id, reservation_token AS token, created_at
 ), items AS (
     INSERT INTO "orders_orderitem" (order_id, product_id, quantity, unit_price)
     SELECT item.order_id, item.product_id, item.quantity, item.unit_price
@@ -13,7 +13,7 @@ WITH fence AS (SELECT 1 FROM "inventory_stock_epoch" WHERE last_value = %(stock_
     JOIN new_orders ON new_orders.id = item.order_id
 ), new_events AS (
     INSERT INTO "orders_orderevent" (event_id, order_id, type, payload, created_at)
-    SELECT gen_random_uuid(), new_orders.id, event.value->>'type', event.value->'payload', clock_timestamp()
+    SELECT gen_random_uuid(), new_orders.id, event.value->>'type', event.value->'payload', new_orders.created_at
     FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS event(value, position)
     JOIN new_orders ON new_orders.id = (event.value->>'orderId')::bigint
     ORDER BY event.position

@@ -86,6 +86,7 @@ def test_a_202_is_visible_at_once_in_the_order_its_list_and_then_paid_after_the_
 
     detail = client.get(f"/api/v1/orders/{order_id}").json()
     assert detail["status"] == "PENDING_PAYMENT" and [s["step"] for s in detail["progress"]] == ["reserved"]
+    reserved_at = detail["progress"][0]["at"]
     assert detail["items"] == [{"productId": product.id, "quantity": 2, "unitPrice": 150}]
     assert [o["orderId"] for o in client.get("/api/v1/orders").json()["results"]] == [order_id]
     assert APIClient().get(f"/api/v1/orders/{order_id}").status_code == 401
@@ -97,6 +98,7 @@ def test_a_202_is_visible_at_once_in_the_order_its_list_and_then_paid_after_the_
     detail = client.get(f"/api/v1/orders/{order_id}").json()
     assert detail["status"] == "PAID" and detail["paidAmount"] == 300
     assert [s["step"] for s in detail["progress"]] == ["reserved", "paying", "paid"]
+    assert detail["progress"][0]["at"] == reserved_at == detail["createdAt"]  # accepted, not written
     assert [o["orderId"] for o in client.get("/api/v1/orders").json()["results"]] == [order_id]
     assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
     assert on_hand_by_product() == {product.id: 8}
