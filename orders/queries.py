@@ -379,9 +379,10 @@ class AcceptedBatch(SqlParams):
 
 
 # The batch's orders PENDING_PAYMENT with their items, events and sales, fenced by the stock
-# epoch the batch was claimed under; order.created carries the time the intake accepted the order
-# (the progress' "reserved", and time to PAID measured from the 202); an order already written (its entry delivered again) is
-# skipped by its id. The settler pays them next, in the same transaction.
+# epoch the batch was claimed under; order.created carries the time the intake accepted the
+# order (the progress' "reserved", and time to PAID measured from the 202). An order already
+# written (its entry delivered again) is skipped by its id. The settler pays them next, in the
+# same transaction.
 INTAKE_INSERT = Statement.compose(
     "intake_insert",
     sql.SQL("""
