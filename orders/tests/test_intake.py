@@ -37,11 +37,6 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 ASYNC = {"HTTP_PREFER": "respond-async"}
 
 
-def _mirror(*products) -> None:
-    for product in products:
-        redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
-
-
 def _accept(user, product, quantity: int = 1, price: int | None = None):
     lines = [OrderLine(product.id, quantity, product.price if price is None else price)]
     return order_place(user_id=user.id, lines=lines, asynchronous=True)
@@ -54,7 +49,6 @@ def _drain() -> None:
 def test_the_usual_asynchronous_order_is_accepted_by_redis_with_no_sql_statement():
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    _mirror(product)
     intake.order_ids_refill()
     with CaptureQueriesContext(connection) as queries:
         placed = _accept(user, product, quantity=2)
@@ -67,7 +61,6 @@ def test_the_usual_asynchronous_order_is_accepted_by_redis_with_no_sql_statement
 def test_an_empty_id_block_is_refilled_from_the_sequence_and_ids_never_repeat():
     user = make_user(balance=10_000)
     product = make_product(price=1, stock_quantity=100)
-    _mirror(product)
     synchronous = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 1)]).order.id
     ids = [_accept(user, product).order.id for _ in range(3)]
     later = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 1)]).order.id
@@ -77,7 +70,6 @@ def test_an_empty_id_block_is_refilled_from_the_sequence_and_ids_never_repeat():
 def test_a_202_is_visible_at_once_in_the_order_its_list_and_then_paid_after_the_drain():
     user = make_user(balance=1_000)
     product = make_product(price=150, stock_quantity=10)
-    _mirror(product)
     client = client_for(user)
     response = client.post("/api/v1/orders", order_body(user, (product, 2)), format="json", **ASYNC)
     assert response.status_code == 202, response.json()
@@ -109,7 +101,6 @@ def test_a_202_is_visible_at_once_in_the_order_its_list_and_then_paid_after_the_
 def test_cancel_before_the_drain_answers_cancelled_and_the_settler_writes_it_so_with_the_stock_back():
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    _mirror(product)
     order_id = _accept(user, product, quantity=3).order.id
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}
 
@@ -130,7 +121,6 @@ def test_cancel_before_the_drain_answers_cancelled_and_the_settler_writes_it_so_
 def test_a_short_balance_in_a_batch_cancels_that_order_alone_and_gives_its_stock_back():
     rich, poor = make_user(balance=1_000), make_user(balance=50)
     product = make_product(price=100, stock_quantity=10)
-    _mirror(product)
     paid = _accept(rich, product).order.id
     failed = _accept(poor, product).order.id
     _drain()
@@ -147,7 +137,6 @@ def test_an_entry_delivered_again_after_its_commit_is_acknowledged_without_a_sec
     entries (its own pending list here), finds the orders written and charges nobody again."""
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    _mirror(product)
     ids = [_accept(user, product).order.id for _ in range(3)]
     intake.group_ensure()
     entries = intake.entries_read(consumer="dying", count=10, claim_idle_ms=60_000)
@@ -174,7 +163,6 @@ def test_an_entry_delivered_again_after_its_commit_is_acknowledged_without_a_sec
 def test_two_settler_processes_share_the_intake_and_pay_each_order_once():
     users = [make_user(balance=10_000) for _ in range(20)]
     product = make_product(price=10, stock_quantity=1_000)
-    _mirror(product)
     settlers = [Settler(name="a", batch_size=7), Settler(name="b", batch_size=7)]
     try:
         ids = race(20, lambda i: [_accept(users[i], product).order.id for _ in range(10)])
@@ -197,7 +185,6 @@ def test_parallel_orders_of_one_user_never_pass_its_purchase_limit_nor_its_unpai
     user = make_user(balance=100_000)
     limited = make_product(price=10, stock_quantity=100)
     free = make_product(price=10, stock_quantity=100)
-    _mirror(limited, free)
     from inventory.services import product_purchase_limit_set
 
     product_purchase_limit_set(product=limited, limit=3)
@@ -236,7 +223,6 @@ def test_past_the_backlog_bound_the_intake_answers_503_and_reserves_nothing(sett
     settings.PAYMENT_BACKLOG_MAX_SECONDS = 0.2
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    _mirror(product)
     _accept(user, product)
     import time
 
@@ -267,7 +253,6 @@ def test_redis_killed_with_accepted_orders_in_the_stream_and_restarted_from_its_
             users = [make_user(balance=1_000) for _ in range(6)]
             product = make_product(price=100, stock_quantity=50)
             inventory_reconcile()  # stock loaded into our own Redis
-            _mirror(product)
             ids = [_accept(user, product, quantity=2).order.id for user in users]
             assert not Order.objects.exists()
 
@@ -300,7 +285,6 @@ def test_a_settler_killed_between_its_commit_and_its_acknowledgement_charges_no_
     yet acknowledged); another takes its entries over after SETTLE_CLAIM_IDLE_MS."""
     users = [make_user(balance=1_000) for _ in range(5)]
     product = make_product(price=100, stock_quantity=50)
-    _mirror(product)
     ids = [_accept(user, product).order.id for user in users]
     dying = Settler(name="dying", extra_env={"SETTLE_PAUSE_BEFORE_ACK_SECONDS": "60"})
     try:
@@ -331,7 +315,6 @@ def test_redis_come_back_empty_loses_its_undrained_orders_charges_none_and_stock
             users = [make_user(balance=1_000) for _ in range(4)]
             product = make_product(price=100, stock_quantity=20)
             inventory_reconcile()
-            _mirror(product)
             paid = _accept(users[0], product).order.id
             settler_run(until_empty=True)  # one drained...
             lost = [_accept(user, product).order.id for user in users[1:]]  # ...three not
@@ -343,7 +326,6 @@ def test_redis_come_back_empty_loses_its_undrained_orders_charges_none_and_stock
             redis_counts.redis_client().connection_pool.disconnect()
             lost_before = _lost_orders()
             assert inventory_reconcile().rebuilt
-            _mirror(product)
             settler_run(until_empty=True)
             assert _lost_orders() - lost_before == 3
             assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 19}

@@ -40,7 +40,6 @@ def test_a_paid_order_is_one_statement_the_token_get_and_one_script(warm_caller)
 def test_an_accepted_order_is_the_token_get_one_script_and_no_statement(warm_caller):
     """The intake (orders/intake.py); the order before took the block of order ids."""
     user, product, client = warm_caller
-    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
     client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", HTTP_PREFER="respond-async")
     with wire_count() as counted:
         answer = client.post("/api/v1/orders", order_body(user, (product, 2)), format="json",

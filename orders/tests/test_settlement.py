@@ -205,7 +205,6 @@ def test_an_idle_settler_pays_a_new_order_without_waiting_for_a_poll(path, setti
     settings.ORDER_ASYNC_INTAKE = "redis" if path == "intake" else "database"
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", product.price)
     settler = Settler(extra_env={"SETTLE_IDLE_WAIT_SECONDS": "3600"})
     try:
         wait_for(_settler_idle, what="the settler waiting on the stream")
