@@ -30,6 +30,7 @@ DEFAULT_BALANCE = 1_000_000
 
 _RESET_TABLES = [
     "orders_idempotencyrecord",
+    "orders_intakegeneration",
     "orders_orderitem",
     "orders_order",
     "payments_refund",
@@ -191,10 +192,12 @@ def _move_id_sequences_past_the_seed() -> None:
 
 def _load_stock_into_redis(progress: Callable[[str], None]) -> None:
     """Redis's stock counts (inv:*) start again from the stock ledger just written: the last
-    seed's keys are deleted, and reconciliation repairs the missing counts from the ledger."""
+    seed's keys are deleted, and reconciliation repairs the missing counts from the ledger. The
+    intake's keys (ord:*) go too: the orders' id sequence restarted with the TRUNCATE, so a block
+    of ids left from the last seed would be handed out again."""
     progress("loading stock into Redis")
     redis = redis_counts.redis_client()
-    keys = list(redis.scan_iter("inv:*", count=1000))
+    keys = [*redis.scan_iter("inv:*", count=1000), *redis.scan_iter("ord:*", count=1000)]
     for i in range(0, len(keys), 1000):
         redis.delete(*keys[i : i + 1000])
     inventory_reconcile()

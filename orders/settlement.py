@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -214,7 +215,18 @@ def _intake_insert(orders: list[intake.AcceptedOrder], *, epoch: int) -> set[int
     fence_holds, written = sql_one(INTAKE_INSERT.text, params)
     if not fence_holds:
         raise IntakeNotReady("the stock epoch moved on since the batch was claimed")
-    return set(written or ())
+    written = set(written or ())
+    skipped = {o.order_id: o.token for o in orders if o.order_id not in written}
+    if skipped and _written_before(skipped) != set(skipped):  # never drop an order on another's id
+        raise RuntimeError(f"order ids {id_ranges(sorted(skipped))} are taken by other orders")
+    return written
+
+
+def _written_before(skipped: dict[int, uuid.UUID]) -> set[int]:
+    """The orders among `skipped` (id -> reservation token) that are in the database as these very
+    orders (an entry delivered again), not another order that has the id."""
+    rows = Order.objects.filter(pk__in=list(skipped)).values_list("id", "reservation_token")
+    return {order_id for order_id, token in rows if skipped[order_id] == token}
 
 
 def _as_pending_order(accepted: intake.AcceptedOrder) -> Order:

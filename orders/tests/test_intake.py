@@ -339,3 +339,34 @@ def test_redis_come_back_empty_loses_its_undrained_orders_charges_none_and_stock
 
 def _lost_orders() -> float:
     return metrics.INTAKE_LOST_ORDERS._value.get()
+
+
+def test_an_order_whose_id_another_order_took_is_never_dropped_as_delivered_again():
+    """Should ids ever be handed out twice (a sequence reset under a stale block), the settler
+    refuses to acknowledge the second order as already written: it stays in the intake, its
+    units held, and is named in the log."""
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    taken = order_place(user_id=user.id, lines=[OrderLine(product.id, 1, 100)]).order.id  # 201, paid
+    redis_counts.redis_client().lpush(intake.ID_BLOCK_KEY, taken)  # the next accepted order gets its id
+    accepted = _accept(user, product).order.id
+    assert accepted == taken
+    settler_run(until_empty=False, stop=_stop_after_rounds(3))
+    assert intake.intake_backlog() == 1
+    assert Payment.objects.count() == 1
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8}
+
+
+def _stop_after_rounds(rounds: int):
+    from orders.settlement import StopFlag
+
+    class _After(StopFlag):
+        def __init__(self):
+            super().__init__()
+            self.checks = 0
+
+        def is_set(self) -> bool:
+            self.checks += 1
+            return self.checks > rounds or super().is_set()
+
+    return _After()
