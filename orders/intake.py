@@ -326,8 +326,8 @@ def _read(call):
 def entries_read(*, consumer: str, count: int, claim_idle_ms: int) -> list[IntakeEntry]:
     """The next entries for `consumer`: its own still unacknowledged first (a batch it did not
     finish, or what settlers_wait read), then those another settler left unacknowledged for
-    `claim_idle_ms` (it died or hangs), then new ones. None yet if the group had to be made
-    (Redis came back without it)."""
+    `claim_idle_ms` (it died or hangs), then new ones. Nothing if the group had to be made
+    just now (Redis came back without it)."""
     client = redis_counts.redis_client()
     for read in (
         lambda: client.xreadgroup(GROUP, consumer, {STREAM_KEY: "0"}, count=count)[0][1],
