@@ -48,6 +48,7 @@ class RunResult:
     cpu: CpuUse | None = None
     server_metrics: ServerSeries | None = field(default=None, repr=False)
     jobs: list[JobTiming] | None = None  # the periodic jobs timed on the data the run left
+    environment: dict[str, str] = field(default_factory=dict)  # set for every process the run started
 
     @property
     def invariants_hold(self) -> bool:
@@ -70,6 +71,8 @@ class RunResult:
             "machine": self.machine,
             "processes": self.processes,
         }
+        if self.environment:
+            data["environment"] = self.environment
         if self.cpu is not None:
             data["cpu"] = self.cpu.as_dict()
         if self.payments is not None:
@@ -533,6 +536,27 @@ def async_comparison(sync: RunResult, asynchronous: RunResult) -> Comparison:
         f"{asynchronous.duration_scale}. Sync first, then async.",
         runs={"sync": sync, "async": asynchronous},
         labels={"sync": "sync (201)", "async": "async (202)"},
+    )
+
+
+def environment_text(environment: dict[str, str]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in environment.items()) or "as configured"
+
+
+def environment_comparison(baseline: RunResult, candidate: RunResult) -> Comparison:
+    return Comparison(
+        heading=f"{candidate.scenario}, {environment_text(baseline.environment)} vs "
+        f"{environment_text(candidate.environment)}",
+        how=f"The `{candidate.scenario}` scenario twice on identical fresh data (reseeded before each), "
+        f"{candidate.strategy} strategy both, each run's processes (gunicorn, settlers, periodic jobs) started "
+        f"with its own environment: the baseline `{environment_text(baseline.environment)}`, then the "
+        f"candidate `{environment_text(candidate.environment)}`; duration scale {candidate.duration_scale}. "
+        "The baseline first.",
+        runs={"baseline": baseline, "candidate": candidate},
+        labels={
+            "baseline": environment_text(baseline.environment),
+            "candidate": environment_text(candidate.environment),
+        },
     )
 
 

@@ -43,6 +43,7 @@ from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_sha
 from loadtest.report import (
     RunResult,
     async_comparison,
+    environment_comparison,
     shape_comparison,
     strategy_comparison,
     write_comparison_report,
@@ -97,6 +98,11 @@ class RunOptions:
     compare_shapes: bool = False  # the scenario's own shape, then `shape`
     time_jobs: bool = False  # time the periodic jobs on the data each run leaves (loadtest/jobs.py)
     reseed: bool = False  # with url: yes, reseed that deployment's data
+    # Environment variables set for every process this run starts (gunicorn, settlers, Celery).
+    environment: tuple[tuple[str, str], ...] = ()
+    # --compare-env: two runs on identical fresh data, each with its own environment; the first
+    # is the ratio's denominator. None: no such comparison.
+    compare_environments: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
 
     @property
     def seed_shape(self) -> seeding.SeedShape:
@@ -112,12 +118,23 @@ class RunOptions:
             found.append(f"unknown scenario {self.scenario!r}; one of {', '.join(SCENARIOS)}")
         if self.strategy is not None and self.strategy not in STRATEGIES:
             found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
-        if self.compare_shapes:
-            if self.compare:
-                found.append("--compare-shapes and --compare each make two runs; choose one")
-            if self.shape is None or self.shape == SCENARIOS.get(self.scenario, SCENARIOS["load"]).shape:
-                found.append("--compare-shapes compares the scenario's shape with another: give --users, "
-                             "--products or --orders")  # fmt: skip
+        asked = {"--compare": self.compare, "--compare-shapes": self.compare_shapes,
+                 "--compare-env": self.compare_environments is not None}  # fmt: skip
+        comparisons = [name for name, on in asked.items() if on]
+        if len(comparisons) > 1:
+            found.append(f"{' and '.join(comparisons)} each make two runs; choose one")
+        if self.compare_environments is not None:
+            if self.url:
+                found.append("--compare-env sets the environment of the servers this command starts; it cannot "
+                             "use --url")  # fmt: skip
+            elif self.compare_environments[0] == self.compare_environments[1]:
+                found.append("--compare-env: both runs would have the same environment; give --baseline-env or "
+                             "a --compare-env that differs")  # fmt: skip
+        if self.compare_shapes and (
+            self.shape is None or self.shape == SCENARIOS.get(self.scenario, SCENARIOS["load"]).shape
+        ):
+            found.append("--compare-shapes compares the scenario's shape with another: give --users, "
+                         "--products or --orders")  # fmt: skip
         if self.reseed and not self.url:
             found.append("--reseed goes with --url; a run that starts its own server always reseeds its own "
                          "database and Redis db (not the ones `make run` serves)")  # fmt: skip
@@ -286,8 +303,10 @@ def _processes(
             "settlers and periodic jobs": "the deployment's own, not seen by this command",
         }
     workers = len(cpu.children(served.pid))
+    environment = ", ".join(f"{name}={value}" for name, value in options.environment) or "as configured"
     paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
     return {
+        "environment set by this run": environment,
         "web server": f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc",
         "settlers": (
             f"{len(settlers)} x `manage.py settle_payments` (batch size {settings.SETTLE_BATCH_SIZE}, "
@@ -330,6 +349,30 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     Reseed, serve and load under measurement (servers stopped whatever happens), then, from what
     the run left: the server's metrics, the payment figures, the CPU per order, the invariants
     and, if asked, the periodic jobs' times."""
+    with environment_set(options.environment, echo):
+        return _run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=with_ceiling, echo=echo)
+
+
+@contextlib.contextmanager
+def environment_set(variables: tuple[tuple[str, str], ...], echo: Echo) -> Iterator[None]:
+    """This process's environment with `variables` set, restored on the way out. Every process a
+    run starts inherits it (server.server_environment copies it), and so does what the report
+    reads of the configuration (gunicorn's workers, say)."""
+    saved = {name: os.environ.get(name) for name, _ in variables}
+    if variables:
+        echo("environment of this run's processes: " + ", ".join(f"{name}={value}" for name, value in variables))
+    os.environ.update(dict(variables))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
     scenario = SCENARIOS[options.scenario]
     out_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now().astimezone().isoformat(timespec="seconds")
@@ -363,6 +406,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
         cpu=cpu_use,
         server_metrics=server_series,
         jobs=job_timings,
+        environment=dict(options.environment),
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
@@ -557,12 +601,12 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
     _check_what_gets_reseeded(options, echo)
     prepare(echo)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not (options.compare or options.compare_shapes):
+    if not (options.compare or options.compare_shapes or options.compare_environments):
         out_dir = options.reports_dir / f"{stamp}-{options.scenario}"
         strategy = options.strategy or (EXTERNAL_STRATEGY if options.url else "new")
         result = run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo)
         return out_dir, [result]
-    kind = "shapes" if options.compare_shapes else "compare"
+    kind = "shapes" if options.compare_shapes else "env" if options.compare_environments else "compare"
     out_dir = options.reports_dir / f"{stamp}-{options.scenario}-{kind}"
     results = []
     for index, (folder, run_options, strategy) in enumerate(comparison_runs(options)):
@@ -571,6 +615,8 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
                                     with_ceiling=options.with_ceiling and index == 0, echo=echo))  # fmt: skip
     if options.compare_shapes:
         comparing = shape_comparison
+    elif options.compare_environments:
+        comparing = environment_comparison
     elif SCENARIOS[options.scenario].asynchronous:
         comparing = async_comparison
     else:
@@ -584,7 +630,13 @@ def comparison_runs(options: RunOptions) -> list[tuple[str, RunOptions, str]]:
     """(report folder, options, strategy) of the two runs --compare makes, the ratio's denominator
     first: old then new strategy; for the async scenario, the synchronous load scenario then
     async, both with --strategy (default new). --compare-shapes: the scenario's own shape, then
-    the given one, both with --strategy (default new)."""
+    the given one, both with --strategy (default new). --compare-env: the baseline environment,
+    then the candidate one, both with --strategy (default new)."""
+    if options.compare_environments:
+        strategy = options.strategy or "new"
+        baseline, candidate = options.compare_environments
+        return [("baseline", replace(options, environment=baseline), strategy),
+                ("candidate", replace(options, environment=candidate), strategy)]  # fmt: skip
     if options.compare_shapes:
         strategy = options.strategy or "new"
         return [("scenario-shape", replace(options, shape=None), strategy), ("given-shape", options, strategy)]

@@ -7,12 +7,15 @@ server's own metrics, scraped during the run, counted every order k6 saw answere
 """
 
 import json
+import os
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from devtools.testing import free_port
-from loadtest.runner import RunOptions, comparison_runs
+from loadtest.machine import gunicorn_config
+from loadtest.runner import RunOptions, comparison_runs, environment_set
+from loadtest.server import server_environment
 
 
 @pytest.mark.slow
@@ -74,6 +77,12 @@ def test_a_short_async_run_reports_the_servers_backlog_and_time_to_paid(tmp_path
         (["--scenario", "async", "--settlers", "0"], "--settlers must be at least 1"),
         (["--scenario", "async", "--settlers", "2", "--url", "http://127.0.0.1:1"], "that deployment's own settlers"),
         (["--scenario", "async", "--compare", "--url", "http://127.0.0.1:1"], "--compare starts its own servers"),
+        (["--compare-env", "GUNICORN_WORKERS=2", "--url", "http://127.0.0.1:1"], "it cannot use --url"),
+        (["--compare-env", "GUNICORN_WORKERS=2", "--baseline-env", "GUNICORN_WORKERS=2"], "the same environment"),
+        (["--compare-env", "GUNICORN_WORKERS=2", "--compare"], "--compare and --compare-env each make two runs"),
+        (["--baseline-env", "GUNICORN_WORKERS=2"], "--baseline-env goes with --compare-env"),
+        (["--compare-env", "gunicorn_workers=2"], "invalid environment_overrides value"),
+        (["--compare-env", "GUNICORN_WORKERS"], "invalid environment_overrides value"),
     ],
 )
 def test_options_that_cannot_work_together_are_refused_before_anything_runs(args, problem):
@@ -96,6 +105,51 @@ def test_compare_means_old_then_new_strategy_but_for_async_sync_then_async(optio
     made = [(folder, run_options.scenario, strategy) for folder, run_options, strategy in comparison_runs(options)]
 
     assert made == runs
+
+
+def test_compare_env_runs_the_baseline_environment_then_the_candidate_one():
+    options = RunOptions(
+        scenario="async",
+        compare_environments=((("ORDER_ASYNC_INTAKE", "database"),), (("ORDER_ASYNC_INTAKE", "redis"),)),
+    )
+
+    made = [(folder, o.scenario, o.environment, strategy) for folder, o, strategy in comparison_runs(options)]
+
+    assert made == [
+        ("baseline", "async", (("ORDER_ASYNC_INTAKE", "database"),), "new"),
+        ("candidate", "async", (("ORDER_ASYNC_INTAKE", "redis"),), "new"),
+    ]
+
+
+def test_a_runs_environment_is_set_for_its_processes_and_put_back_after(monkeypatch):
+    monkeypatch.setenv("GUNICORN_WORKERS", "3")
+    monkeypatch.delenv("GUNICORN_THREADS", raising=False)
+
+    with environment_set((("GUNICORN_WORKERS", "1"), ("GUNICORN_THREADS", "2")), echo=lambda _: None):
+        assert "1 gthread workers x 2 thread(s)" in gunicorn_config()
+        assert server_environment(strategy="new")["GUNICORN_THREADS"] == "2"
+
+    assert os.environ["GUNICORN_WORKERS"] == "3"
+    assert "GUNICORN_THREADS" not in os.environ
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_compare_env_starts_each_runs_server_with_its_own_environment(tmp_path):
+    reports = tmp_path / "reports"
+    call_command("loadtest", "--compare-env", "GUNICORN_WORKERS=2", "--baseline-env", "GUNICORN_WORKERS=1",
+                 scenario="smoke", duration_scale=0.5, port=free_port(), reports_dir=reports)  # fmt: skip
+
+    (report_dir,) = reports.iterdir()
+    assert report_dir.name.endswith("-smoke-env")
+    for folder, workers in (("baseline", 1), ("candidate", 2)):
+        summary = json.loads((report_dir / folder / "summary.json").read_text())
+        assert summary["invariants_hold"], summary["invariants"]
+        assert summary["environment"] == {"GUNICORN_WORKERS": str(workers)}
+        assert f"with {workers} workers seen in /proc" in summary["processes"]["web server"]
+    comparison = (report_dir / "report.md").read_text()
+    assert "# Load test: smoke, GUNICORN_WORKERS=1 vs GUNICORN_WORKERS=2" in comparison
+    assert "| metric | GUNICORN_WORKERS=1 | GUNICORN_WORKERS=2 | candidate / baseline |" in comparison
 
 
 @pytest.mark.parametrize(

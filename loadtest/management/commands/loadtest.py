@@ -1,3 +1,4 @@
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,22 @@ class Command(BaseCommand):
             help="run two runs on identical fresh data and write one side-by-side report: the old then the new "
             "strategy; with --scenario async, the synchronous load scenario (201) then async (202), both with "
             "--strategy (default new)",
+        )
+        parser.add_argument(
+            "--compare-env",
+            type=environment_overrides,
+            metavar="NAME=VALUE[,NAME=VALUE...]",
+            help="run the scenario twice on identical fresh data and write one side-by-side report: first with "
+            "--baseline-env (default: the environment as configured), then with these variables set for every "
+            "process the run starts (gunicorn, settlers, periodic jobs), e.g. "
+            "GUNICORN_WORKER_CLASS=gthread,GUNICORN_WORKERS=6 or ORDER_ASYNC_INTAKE=redis",
+        )
+        parser.add_argument(
+            "--baseline-env",
+            type=environment_overrides,
+            default=(),
+            metavar="NAME=VALUE[,NAME=VALUE...]",
+            help="with --compare-env: the first run's variables (default none: as configured)",
         )
         parser.add_argument(
             "--settlers",
@@ -101,6 +118,8 @@ class Command(BaseCommand):
         super().run_from_argv(argv)
 
     def handle(self, *args, **options):
+        if options["baseline_env"] and options["compare_env"] is None:
+            raise CommandError("--baseline-env goes with --compare-env (the run it is the baseline of)")
         given = {
             key: options[key]
             for key in ("users", "products", "stock", "orders", "history_days")
@@ -122,6 +141,9 @@ class Command(BaseCommand):
             compare_shapes=options["compare_shapes"],
             time_jobs=options["time_jobs"],
             reseed=options["reseed"],
+            compare_environments=(
+                (options["baseline_env"], options["compare_env"]) if options["compare_env"] is not None else None
+            ),
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
@@ -157,6 +179,19 @@ class Command(BaseCommand):
     def _echo(self, message: str) -> None:
         self.stdout.write(message)
         self.stdout.flush()
+
+
+def environment_overrides(text: str) -> tuple[tuple[str, str], ...]:
+    """`NAME=VALUE,NAME=VALUE` as pairs; argparse turns the ValueError into a usage error."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = item.partition("=")
+        if not equals or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise ValueError(f"{item!r} is not NAME=VALUE (an upper-case variable name)")
+        pairs.append((name, value))
+    if not pairs:
+        raise ValueError("no NAME=VALUE given")
+    return tuple(pairs)
 
 
 def _payment_line(p: PaymentFigures) -> str:
