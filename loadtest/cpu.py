@@ -94,6 +94,30 @@ def postgres_server_pid() -> int | None:
     return postmaster.pid if postmaster is not None and postmaster.comm.startswith("postgres") else None
 
 
+def redis_server_pid() -> int | None:
+    """The Redis server this process talks to, if it runs on this machine (its `process_id` is a
+    redis-server here); None otherwise."""
+    from inventory import redis_counts
+
+    try:
+        pid = int(redis_counts.redis_client().info("server")["process_id"])
+    except Exception:  # no Redis: the report goes on without Redis's share
+        return None
+    server = read_stat(pid)
+    return pid if server is not None and server.comm.startswith("redis") else None
+
+
+def machine_busy_ms() -> float | None:
+    """CPU milliseconds all of this machine's processes used so far (user, nice, system, irq,
+    softirq: not idle, I/O wait nor what the host stole); None off Linux."""
+    try:
+        fields = [int(value) for value in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) * 1000 / TICKS_PER_S
+
+
 def wait_until_idle(roots: list[int], *, timeout: float = 30.0, window: float = 0.5, idle_ms: float = 20.0) -> None:
     """Wait until the trees use at most `idle_ms` of CPU in a `window` (start-up over: workers
     booted, settlers listening), so a measurement that starts now counts work, not imports."""
@@ -111,19 +135,24 @@ class CpuMeter:
     """CPU used by named sides ({"request": [gunicorn master pid], ...}) between `start()` and
     each side's `stop(side)`; a side whose processes are gone by then is None (unknown)."""
 
+    MACHINE = "machine"  # the side that is every process of the machine, not a tree
+
     def __init__(self, sides: dict[str, list[int]]) -> None:
         self.sides = {name: pids for name, pids in sides.items() if pids}
         self._before: dict[str, float | None] = {}
         self.used_ms: dict[str, float | None] = {}
 
+    def _now(self, name: str) -> float | None:
+        return machine_busy_ms() if name == self.MACHINE else tree_cpu_ms(self.sides[name])
+
     def start(self) -> None:
-        self._before = {name: tree_cpu_ms(pids) for name, pids in self.sides.items()}
+        self._before = {name: self._now(name) for name in [*self.sides, self.MACHINE]}
 
     def stop(self, *names: str) -> None:
         for name in names:
-            if name not in self.sides:
+            if name not in self.sides and name != self.MACHINE:
                 continue
-            before, after = self._before.get(name), tree_cpu_ms(self.sides[name])
+            before, after = self._before.get(name), self._now(name)
             self.used_ms[name] = after - before if before is not None and after is not None else None
 
 
@@ -137,6 +166,9 @@ class CpuUse:
     settlement_ms: float | None = None  # the settlers
     postgres_ms: float | None = None  # the PostgreSQL server, for both sides
     periodic_ms: float | None = None  # Celery worker and beat: event relay, expiry, reconciliation
+    redis_ms: float | None = None  # the Redis server, for both sides
+    load_generator_ms: float | None = None  # k6 itself
+    machine_ms: float | None = None  # every process of the machine, these and anything else running
 
     def per_order(self, ms: float | None) -> float | None:
         return ms / self.orders if ms is not None and self.orders else None
@@ -146,11 +178,14 @@ class CpuUse:
         """All sides measured together; None unless the request side and PostgreSQL were."""
         if self.request_ms is None or self.postgres_ms is None:
             return None
-        return self.request_ms + (self.settlement_ms or 0.0) + (self.periodic_ms or 0.0) + self.postgres_ms
+        others = (self.settlement_ms, self.periodic_ms, self.redis_ms)
+        return self.request_ms + self.postgres_ms + sum(ms or 0.0 for ms in others)
 
     def as_dict(self) -> dict[str, float | int | None]:
         data: dict[str, float | int | None] = {"orders": self.orders}
-        for name in ("request_ms", "settlement_ms", "periodic_ms", "postgres_ms", "total_ms"):
+        names = ("request_ms", "settlement_ms", "periodic_ms", "postgres_ms", "redis_ms", "total_ms",
+                 "load_generator_ms", "machine_ms")  # fmt: skip
+        for name in names:
             data[name] = getattr(self, name)
             data[f"{name}_per_order"] = self.per_order(getattr(self, name))
         return data

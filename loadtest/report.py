@@ -263,14 +263,18 @@ CPU_ROWS = [
     ("settlement side: settlers", "settlement_ms"),
     ("periodic jobs: Celery worker and beat", "periodic_ms"),
     ("PostgreSQL server (both sides)", "postgres_ms"),
+    ("Redis server (both sides)", "redis_ms"),
     ("all of these", "total_ms"),
+    ("load generator: k6", "load_generator_ms"),
+    ("whole machine: every process, k6 and anything else included", "machine_ms"),
 ]
 CPU_NOTE = (
     "CPU is user + system time from /proc/<pid>/stat of each process tree (reaped children "
     "included), from the start of the scenario's k6 run (servers started and idle) to k6's end "
-    "for gunicorn, and to the drained backlog for the settlers, the periodic jobs and PostgreSQL, divided by the "
-    "orders answered 201/202. PostgreSQL's includes the runner's own sampling queries, and gunicorn's "
-    "and PostgreSQL's its scrape of `/metrics` once a second. "
+    "for gunicorn, and to the drained backlog for the settlers, the periodic jobs, PostgreSQL, Redis and the "
+    "whole machine (from /proc/stat: user, nice, system, irq and softirq time), divided by the orders "
+    "answered 201/202; k6's is its own rusage over its run. PostgreSQL's and Redis's include the runner's "
+    "own sampling queries, and gunicorn's and PostgreSQL's its scrape of `/metrics` once a second. "
     '"-": not measured (no such process in the run, or the server is not on this machine).'
 )
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,7 @@ class K6Run:
     exit_code: int
     figures: Figures
     series: TimeSeries
+    cpu_ms: float | None = None  # k6's own user + system time over its run
 
 
 def k6_binary() -> str:
@@ -231,13 +233,18 @@ def run_k6(
     command.append(str(K6_SCRIPT))
     echo(f"k6: scenario {scenario} against {base_url} (Ctrl-C to stop)")
     sys.stdout.flush()
+    # k6 is the only child this process reaps meanwhile (the servers' processes outlive it).
+    reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     exit_code = _wait(subprocess.Popen(command, env={**os.environ, "K6_CSV_TIME_FORMAT": "unix_milli"}))
+    reaped_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_ms = 1000 * (reaped_after.ru_utime + reaped_after.ru_stime - reaped_before.ru_utime - reaped_before.ru_stime)
     if exit_code == INTERRUPTED:
         raise RunFailed("k6 was interrupted; the server was stopped, no report written")
     if exit_code not in (0, THRESHOLDS_CROSSED) or not summary_path.exists():
         raise RunFailed(f"k6 exited with code {exit_code} (scenario {scenario}); see its output above")
     series = read_timeseries(series_path)
-    return K6Run(exit_code, figures(scenario=scenario, summary=read_summary(summary_path), series=series), series)
+    found = figures(scenario=scenario, summary=read_summary(summary_path), series=series)
+    return K6Run(exit_code, found, series, cpu_ms=cpu_ms)
 
 
 @contextlib.contextmanager
@@ -282,12 +289,13 @@ def _cpu_meter(
     if ours:
         echo("waiting for gunicorn workers, settlers and periodic jobs to go idle before measuring CPU")
         cpu.wait_until_idle(ours)
-    postgres = cpu.postgres_server_pid()
+    postgres, redis = cpu.postgres_server_pid(), cpu.redis_server_pid()
     meter = cpu.CpuMeter({
         "request": [served.pid] if served.pid else [],
         "settlement": [p.pid for p in settlers],
         "periodic": [p.pid for p in periodic],
         "postgres": [postgres] if postgres else [],
+        "redis": [redis] if redis else [],
     })  # fmt: skip
     meter.start()
     return meter
@@ -476,7 +484,7 @@ def _load_under_measure(
             echo("k6 done; waiting for the settlers to drain the backlog")
             drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
             echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
-        meter.stop("settlement", "periodic", "postgres")
+        meter.stop("settlement", "periodic", "postgres", "redis", meter.MACHINE)
     return _ScenarioRun(k6=run, meter=meter, scraping=scraping, sampler=sampler, drained_after=drained_after)
 
 
@@ -509,6 +517,9 @@ def _cpu_use(run: _ScenarioRun) -> cpu.CpuUse:
         settlement_ms=used.get("settlement"),
         postgres_ms=used.get("postgres"),
         periodic_ms=used.get("periodic"),
+        redis_ms=used.get("redis"),
+        load_generator_ms=run.k6.cpu_ms,
+        machine_ms=used.get(cpu.CpuMeter.MACHINE),
     )
 
 

@@ -75,6 +75,11 @@ def test_a_tree_counts_a_busy_child_and_keeps_its_time_once_it_has_exited():
     "use, per_order",
     [
         (CpuUse(orders=4, request_ms=10.0, settlement_ms=2.0, postgres_ms=6.0), (2.5, 0.5, 1.5, 4.5)),
+        # Redis counts in the total; k6 and the whole machine stand beside it, not in it.
+        (
+            CpuUse(orders=4, request_ms=10.0, postgres_ms=6.0, redis_ms=4.0, load_generator_ms=8.0, machine_ms=40.0),
+            (2.5, None, 1.5, 5.0),
+        ),
         (CpuUse(orders=4, request_ms=10.0, postgres_ms=6.0), (2.5, None, 1.5, 4.0)),
         (CpuUse(orders=4, request_ms=10.0), (2.5, None, None, None)),
         (CpuUse(orders=0, request_ms=10.0, postgres_ms=6.0), (None, None, None, None)),
@@ -85,3 +90,18 @@ def test_cpu_per_order_by_side_and_in_total(use, per_order):
 
     names = ("request_ms", "settlement_ms", "postgres_ms", "total_ms")
     assert tuple(data[f"{name}_per_order"] for name in names) == per_order
+
+
+def test_the_redis_server_this_process_uses_is_found_on_this_machine():
+    pid = cpu.redis_server_pid()
+
+    assert pid is not None and cpu.read_stat(pid).comm.startswith("redis")
+
+
+def test_the_whole_machine_counts_what_a_busy_process_burns():
+    before = cpu.machine_busy_ms()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+
+    assert cpu.machine_busy_ms() - before >= 300 * 0.9  # ticks are 10 ms: one may fall either side

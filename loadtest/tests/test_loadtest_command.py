@@ -34,6 +34,10 @@ def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     assert "| invariant | result | detail |" in (report_dir / "report.md").read_text()
     assert (report_dir / "chart.png").read_bytes().startswith(b"\x89PNG")
     assert (report_dir / "k6-timeseries.csv.gz").exists()
+    # k6's own CPU and the whole machine's, beside the servers' (the machine ran them all).
+    use = summary["cpu"]
+    assert use["load_generator_ms"] > 0 and use["redis_ms"] > 0
+    assert use["machine_ms"] > use["load_generator_ms"] + use["request_ms"] * 0.9
     # The server's own metrics, scraped once a second from before k6's first order to after its last.
     server = summary["server_metrics"]
     assert server["scrapes"] >= 2

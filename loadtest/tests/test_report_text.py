@@ -67,7 +67,8 @@ def _run(strategy: str, *, rps: float, p99: float, scenario: str = "load", **ext
 def _full(strategy: str, *, rps: float, p99: float, scenario: str = "sellout", ceiling: bool = True) -> RunResult:
     return _run(
         strategy, rps=rps, p99=p99, scenario=scenario, payments=PAYMENTS, processes=PROCESSES, jobs=JOBS,
-        cpu=CpuUse(orders=240, request_ms=1200.0, settlement_ms=240.0, postgres_ms=480.0, periodic_ms=24.0),
+        cpu=CpuUse(orders=240, request_ms=1200.0, settlement_ms=240.0, postgres_ms=480.0, periodic_ms=24.0,
+                   redis_ms=120.0, load_generator_ms=360.0, machine_ms=2640.0),
         server_metrics=SERVER, ceiling=_figures(rps=rps * 4, p99=20.0, orders=0) if ceiling else None,
     )  # fmt: skip
 

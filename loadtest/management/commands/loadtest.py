@@ -204,6 +204,7 @@ def _payment_line(p: PaymentFigures) -> str:
 
 def _cpu_line(use: CpuUse) -> str:
     sides = {"request": use.request_ms, "settlement": use.settlement_ms, "periodic jobs": use.periodic_ms,
-             "PostgreSQL": use.postgres_ms}  # fmt: skip
+             "PostgreSQL": use.postgres_ms, "Redis": use.redis_ms, "k6": use.load_generator_ms,
+             "whole machine": use.machine_ms}  # fmt: skip
     shown = [f"{name} {use.per_order(ms):.2f}" for name, ms in sides.items() if use.per_order(ms) is not None]
     return "CPU ms per order: " + (", ".join(shown) or "not measured")
