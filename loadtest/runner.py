@@ -37,6 +37,7 @@ from django.db import connection
 
 from config.local import current_database_url
 from devtools import devservers
+from inventory import redis_counts
 from kernel import metrics
 from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, Check, check_invariants
@@ -357,7 +358,7 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     Reseed, serve and load under measurement (servers stopped whatever happens), then, from what
     the run left: the server's metrics, the payment figures, the CPU per order, the invariants
     and, if asked, the periodic jobs' times."""
-    with environment_set(options.environment, echo):
+    with environment_set(options.environment, echo), redis_durability_set(dict(options.environment), echo):
         return _run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=with_ceiling, echo=echo)
 
 
@@ -378,6 +379,25 @@ def environment_set(variables: tuple[tuple[str, str], ...], echo: Echo) -> Itera
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextlib.contextmanager
+def redis_durability_set(environment: dict[str, str], echo: Echo) -> Iterator[None]:
+    """REDIS_APPENDFSYNC in a run's environment is Redis's, not its processes': the running Redis
+    gets it (CONFIG SET appendfsync) for the run and its own value back after, so one invocation
+    can compare `always` with `everysec`."""
+    wanted = environment.get("REDIS_APPENDFSYNC")
+    if wanted is None:
+        yield
+        return
+    client = redis_counts.redis_client()
+    before = client.config_get("appendfsync")["appendfsync"]
+    echo(f"Redis appendfsync {wanted} for this run (it was {before})")
+    client.config_set("appendfsync", wanted)
+    try:
+        yield
+    finally:
+        client.config_set("appendfsync", before)
 
 
 def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:

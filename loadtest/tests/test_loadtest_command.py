@@ -13,8 +13,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from devtools.testing import free_port
+from inventory import redis_counts
 from loadtest.machine import gunicorn_config
-from loadtest.runner import RunOptions, comparison_runs, environment_set
+from loadtest.runner import RunOptions, comparison_runs, environment_set, redis_durability_set
 from loadtest.server import server_environment
 
 
@@ -135,6 +136,17 @@ def test_a_runs_environment_is_set_for_its_processes_and_put_back_after(monkeypa
 
     assert os.environ["GUNICORN_WORKERS"] == "3"
     assert "GUNICORN_THREADS" not in os.environ
+
+
+def test_a_runs_redis_appendfsync_goes_to_the_running_redis_and_is_put_back_after():
+    client = redis_counts.redis_client()
+    before = client.config_get("appendfsync")["appendfsync"]
+    other = "everysec" if before != "everysec" else "always"
+
+    with redis_durability_set({"REDIS_APPENDFSYNC": other}, echo=lambda _: None):
+        assert client.config_get("appendfsync")["appendfsync"] == other
+
+    assert client.config_get("appendfsync")["appendfsync"] == before
 
 
 @pytest.mark.slow

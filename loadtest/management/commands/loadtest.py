@@ -46,7 +46,8 @@ class Command(BaseCommand):
             help="run the scenario twice on identical fresh data and write one side-by-side report: first with "
             "--baseline-env (default: the environment as configured), then with these variables set for every "
             "process the run starts (gunicorn, settlers, periodic jobs), e.g. "
-            "GUNICORN_WORKER_CLASS=gthread,GUNICORN_WORKERS=6 or ORDER_ASYNC_INTAKE=redis",
+            "GUNICORN_WORKER_CLASS=gthread,GUNICORN_WORKERS=6 or ORDER_ASYNC_INTAKE=redis; REDIS_APPENDFSYNC is "
+            "given to the running Redis instead (CONFIG SET appendfsync, put back after the run)",
         )
         parser.add_argument(
             "--baseline-env",
