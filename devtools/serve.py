@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from config import local
+from config import local, web_server
 from config.env import env
 from devtools import devservers
 from kernel.private_files import private_file_read_or_create
@@ -179,9 +179,7 @@ def run() -> int:
     _say(f"settler, Celery worker and beat started, and started again if they die (logs: {logs})")
     bind = env.str("BIND", default="127.0.0.1:8080")
     _say(f"serving on http://{bind}/  API docs: http://{bind}/api/docs  (Ctrl-C to stop)")
-    gunicorn = subprocess.Popen(
-        [str(Path(python).parent / "gunicorn"), "config.wsgi", "-c", "config/gunicorn.conf.py"], cwd=BASE_DIR
-    )
+    gunicorn = subprocess.Popen(web_server.command(bind), cwd=BASE_DIR)
     (PID_DIR / "gunicorn.pid").write_text(str(gunicorn.pid))
     try:
         while gunicorn.poll() is None:  # gunicorn's own arbiter restarts its workers

@@ -13,6 +13,7 @@ import django
 from django.conf import settings
 from django.db import connection
 
+from config import web_server
 from inventory import redis_counts
 
 
@@ -41,7 +42,14 @@ def _k6_version(k6: str) -> str:
 
 
 def gunicorn_config() -> str:
-    """Workers and threads as config/gunicorn.conf.py computes them from this environment."""
+    """The web server (config/web_server.py's WEB_SERVER) with its workers and threads, as its
+    configuration computes them from this environment."""
+    if web_server.web_server() == "granian":
+        import granian
+
+        line = web_server.command("127.0.0.1:0")
+        workers, threads = line[line.index("--workers") + 1], line[line.index("--blocking-threads") + 1]
+        return f"granian {granian.__version__}, {workers} WSGI workers x {threads} application thread(s), keep-alive"
     import gunicorn
 
     conf = runpy.run_path(str(Path(settings.BASE_DIR) / "config" / "gunicorn.conf.py"))

@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from config import web_server
 from config.local import current_database_url
 
 STARTUP_TIMEOUT_S = 60.0
@@ -62,11 +62,6 @@ def metrics_dir() -> Path:
     so a load run never wipes nor adds to a running deployment's counts."""
     default = Path(settings.PROMETHEUS_MULTIPROC_DIR)
     return default.with_name(f"{default.name}-loadtest")
-
-
-def _gunicorn_command() -> list[str]:
-    config = str(Path(settings.BASE_DIR) / "config" / "gunicorn.conf.py")
-    return [sys.executable, "-m", "gunicorn", "config.wsgi", "-c", config]
 
 
 def wait_until_healthy(
@@ -131,7 +126,7 @@ def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
     metrics_dir().mkdir(parents=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            _gunicorn_command(),
+            web_server.command(f"127.0.0.1:{port}"),
             cwd=settings.BASE_DIR,
             env=server_environment(strategy=strategy, port=port),
             stdout=log,
