@@ -64,7 +64,7 @@ def metrics_dir() -> Path:
     return default.with_name(f"{default.name}-loadtest")
 
 
-def _gunicorn_command() -> list[str]:
+def gunicorn_command() -> list[str]:
     config = str(Path(settings.BASE_DIR) / "config" / "gunicorn.conf.py")
     return [sys.executable, "-m", "gunicorn", "config.wsgi", "-c", config]
 
@@ -131,7 +131,7 @@ def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
     metrics_dir().mkdir(parents=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            _gunicorn_command(),
+            gunicorn_command(),
             cwd=settings.BASE_DIR,
             env=server_environment(strategy=strategy, port=port),
             stdout=log,
