@@ -20,6 +20,8 @@ host's /metrics counts every host's orders: what a metrics system adding the hos
 from __future__ import annotations
 
 import contextlib
+import functools
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -67,6 +69,13 @@ def _at(url: str, host: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+@functools.cache
+def metrics_token() -> str:
+    """The token the hosts' /metrics want (METRICS_TOKEN, else one made for this process): the
+    runner scrapes them from the gateway address, which is not their loopback."""
+    return settings.METRICS_TOKEN or secrets.token_urlsafe(32)
+
+
 def host_environment(
     made: netns.Network, namespace: netns.Namespace, *, strategy: str, port: int, extra_env: dict[str, str] | None
 ) -> dict[str, str]:
@@ -76,6 +85,7 @@ def host_environment(
         DATABASE_URL=_at(current_database_url(), made.gateway),
         REDIS_URL=_at(settings.REDIS_URL, made.gateway),
         BIND=f"{namespace.address}:{port}",
+        METRICS_TOKEN=metrics_token(),
         ALLOWED_HOSTS=",".join([*settings.ALLOWED_HOSTS, namespace.address]),  # k6 asks for it by address
         **(extra_env or {}),
     )
