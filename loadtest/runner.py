@@ -630,6 +630,8 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
     problems = options.problems()
     if problems:
         raise RunFailed("; ".join(problems))
+    if options.hosts and (reason := netns.unavailable_reason()):
+        raise RunFailed(f"--hosts needs network namespaces, which cannot be made here: {reason}")
     _check_what_gets_reseeded(options, echo)
     prepare(echo)
     if not options.hosts:

@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db.models import Count
 
 from accounts.services import token_create
@@ -190,3 +191,31 @@ def test_a_host_killed_whole_under_load_loses_no_order_its_clients_were_told_of_
         assert [c for c in checks if not c.ok] == [], checks
         assert _events_differing_from_status(told, ended) == []
     assert not netns.pids(netns.namespace_name(1)) and netns.namespace_name(1) not in netns.ours()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_loadtest_over_two_hosts_spreads_k6s_vus_over_both_and_reports_what_each_served(tmp_path):
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    reports = tmp_path / "reports"
+    try:
+        call_command("loadtest", "--scenario", "smoke", "--hosts", "2", "--reports-dir", str(reports))
+    except CommandError as exc:
+        if "cannot be made here" not in str(exc):
+            raise
+        pytest.skip(str(exc))
+
+    (report_dir,) = reports.iterdir()
+    summary = json.loads((report_dir / "summary.json").read_text())
+    assert summary["invariants_hold"], summary["invariants"]
+    f = summary["figures"]
+    assert set(f["by_host"]) == {"h1", "h2"}
+    assert all(host["requests"] > 0 for host in f["by_host"].values())
+    assert sum(host["requests"] for host in f["by_host"].values()) == f["requests"]
+    assert sum(host["orders"] for host in f["by_host"].values()) == f["orders_created"]
+    assert summary["cpu"]["request_ms"] > 0  # both hosts' gunicorns, measured together
+    assert "10.231." in summary["processes"]["web server"]
+    assert "| h2 |" in (report_dir / "report.md").read_text()
+    assert not netns.ours()  # the namespaces removed

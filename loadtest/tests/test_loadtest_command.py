@@ -11,6 +11,7 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from devtools import netns
 from devtools.testing import free_port
 from loadtest.runner import RunOptions, comparison_runs
 
@@ -74,6 +75,12 @@ def test_a_short_async_run_reports_the_servers_backlog_and_time_to_paid(tmp_path
         (["--scenario", "async", "--settlers", "0"], "--settlers must be at least 1"),
         (["--scenario", "async", "--settlers", "2", "--url", "http://127.0.0.1:1"], "that deployment's own settlers"),
         (["--scenario", "async", "--compare", "--url", "http://127.0.0.1:1"], "--compare starts its own servers"),
+        (["--hosts", "2", "--url", "http://127.0.0.1:1"], "--hosts starts its own hosts"),
+        (["--hosts", "0"], "--hosts counts between 1 and"),
+        (["--hosts", "1,2,3"], "--hosts takes one count"),
+        (["--hosts", "2,2"], "--hosts takes one count"),
+        (["--hosts", "1,2", "--compare"], "--hosts 1,2 makes two runs"),
+        (["--hosts", "two"], "a count of hosts"),
     ],
 )
 def test_options_that_cannot_work_together_are_refused_before_anything_runs(args, problem):
@@ -90,12 +97,26 @@ def test_options_that_cannot_work_together_are_refused_before_anything_runs(args
             RunOptions(scenario="async", compare=True, strategy="old"),
             [("sync", "load", "old"), ("async", "async", "old")],
         ),
+        (RunOptions(scenario="load", hosts=(1, 2)), [("hosts-1", "load", "new"), ("hosts-2", "load", "new")]),
     ],
 )
 def test_compare_means_old_then_new_strategy_but_for_async_sync_then_async(options, runs):
     made = [(folder, run_options.scenario, strategy) for folder, run_options, strategy in comparison_runs(options)]
 
     assert made == runs
+
+
+def test_hosts_1_2_runs_one_host_then_two():
+    made = [run_options.hosts for _, run_options, _ in comparison_runs(RunOptions(hosts=(1, 2)))]
+
+    assert made == [(1,), (2,)]
+
+
+def test_hosts_where_namespaces_cannot_be_made_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)  # as an unprivileged user
+
+    with pytest.raises(CommandError, match=r"--hosts needs network namespaces.*needs root.*uid 1000"):
+        call_command("loadtest", "--hosts", "2")
 
 
 @pytest.mark.parametrize(
