@@ -16,7 +16,8 @@ made is removed on the way out whatever happens (every process inside killed fir
 leftover of this checkout's from a crashed run is removed before anything is made.
 
 Needs root and iproute2's `ip`; where either is missing, or `ip netns add` fails (a container
-without the privilege), NamespacesUnavailable says which.
+without the privilege), NamespacesUnavailable says which. After a run killed before it could clean
+up (SIGKILL), `python -m devtools.netns clean` removes what it left; the next run does too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,3 +171,19 @@ def network(count: int) -> Iterator[Network]:
         yield _make(count)
     finally:
         clean()
+
+
+def main(argv: list[str]) -> int:
+    """`python -m devtools.netns list|clean`: after a run that was killed before it could clean up."""
+    command = argv[1] if len(argv) > 1 else "list"
+    if command == "clean":
+        clean()
+    elif command != "list":
+        print("python -m devtools.netns list|clean")
+        return 2
+    print("\n".join(ours()) or f"no namespaces of this checkout ({PREFIX}-h<n>)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

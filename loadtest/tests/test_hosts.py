@@ -8,6 +8,7 @@ second host's settler holds each batch after its commit, before its acknowledgem
 (SETTLE_PAUSE_BEFORE_ACK_SECONDS), so it dies holding entries it has paid and not acknowledged,
 and others it has read and not paid. Then every process in that namespace gets SIGKILL. The
 surviving settler takes the dead one's entries over after SETTLE_CLAIM_IDLE_MS (1 s here).
+And `loadtest --hosts 2`: a short k6 run spread over two hosts, each host's share reported.
 """
 
 from __future__ import annotations
