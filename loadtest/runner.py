@@ -8,7 +8,9 @@ process tree uses, scraping the server's /metrics once a second), wait for the b
 drain, stop the processes, check the invariants and write the report. `compare` does this
 twice on identical fresh data and adds one side-by-side report: the old then the new
 strategy, or for the async scenario the synchronous load scenario (201) then async (202).
-Processes are stopped whatever happens (errors, Ctrl-C).
+Processes are stopped whatever happens (errors, Ctrl-C). `--hosts N` serves from N web hosts,
+each a network namespace with its gunicorn and settlers (loadtest/hosts.py), made once for the
+invocation; `--hosts 1,2` compares two counts.
 
 Where the data lives: a run that starts its own gunicorn reseeds a database, Redis keyspace and
 tokens file of its own (config/settings.py's LOADTEST: the configured database's name with
@@ -343,15 +345,9 @@ def _processes(
     paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
     web = f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc"
     if options.hosts:
-        web = (
-            f"{gunicorn_config()} on each of {len(served.every_host)} hosts (network namespaces, loadtest/hosts.py): "
-            + (
-                "; ".join(
-                    f"{h.base_url} master pid {h.pid} with {len(cpu.children(h.pid))} workers"
-                    for h in served.every_host
-                )
-            )
-        )
+        each = "; ".join(f"{host.base_url} master pid {host.pid} with {len(cpu.children(host.pid))} workers"
+                         for host in served.every_host)  # fmt: skip
+        web = f"{gunicorn_config()} on each of {len(served.every_host)} hosts (network namespaces): {each}"
     return {
         "web server": web,
         "settlers": (
