@@ -17,6 +17,8 @@ import contextlib
 import itertools
 import json
 import random
+import signal
+import subprocess
 import threading
 import time
 import urllib.error
@@ -220,3 +222,28 @@ def test_loadtest_over_two_hosts_spreads_k6s_vus_over_both_and_reports_what_each
     assert "10.231." in summary["processes"]["web server"]
     assert "| h2 |" in (report_dir / "report.md").read_text()
     assert not netns.ours()  # the namespaces removed
+
+
+def test_a_crashed_runs_leftover_namespace_is_removed_first_and_what_is_made_goes_whatever_happens():
+    reason = netns.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    leftover = netns.namespace_name(1)
+    netns.clean()
+    if subprocess.run(["ip", "netns", "add", leftover], capture_output=True).returncode != 0:
+        pytest.skip("`ip netns add` failed")
+    # A process of the crashed run, still inside (in a session of its own, as the hosts' processes are).
+    sleeper = subprocess.Popen(["ip", "netns", "exec", leftover, "sleep", "300"], start_new_session=True)
+    try:
+        _wait_for(lambda: netns.pids(leftover) == [sleeper.pid], timeout=10, what="the sleeper inside")
+        with pytest.raises(RuntimeError, match="the run fails"), netns.network(2) as made:
+            assert sleeper.wait(timeout=10) == -signal.SIGKILL
+            assert [ns.name for ns in made.namespaces] == [leftover, netns.namespace_name(2)]
+            assert netns.pids(leftover) == []
+            raise RuntimeError("the run fails")
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+    assert netns.ours() == []
+    assert subprocess.run(["ip", "link", "show", netns.BRIDGE], capture_output=True).returncode != 0
