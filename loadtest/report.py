@@ -646,17 +646,17 @@ def _measured_sections(comparison: Comparison) -> list[str]:
     return parts
 
 
+def _processes_text(run: RunResult) -> str:
+    """What ran, and with --hosts what each host served."""
+    return _bullets(run.processes) + "\n" + (_by_host_table(run.figures) + "\n" if run.figures.by_host else "")
+
+
 def _each_run_in_turn(runs: dict[str, RunResult]) -> list[str]:
     """What is not figures (error codes, processes, counters, invariants): one section each, and
     in it each run in turn under its label."""
     per_run = [
         ("Errors by code", lambda run: _counts_table("error code", run.figures.errors_by_code)),
-        (
-            "Processes",
-            lambda run: (
-                _bullets(run.processes) + "\n" + (_by_host_table(run.figures) + "\n" if run.figures.by_host else "")
-            ),
-        ),
+        ("Processes", _processes_text),
         ("Server counters", lambda run: _counts_table("counter", run.server_counters)),
         ("Invariants", lambda run: _invariants_table(run.invariants)),
     ]
