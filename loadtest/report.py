@@ -448,9 +448,17 @@ def _answers_and_payment(result: RunResult) -> list[str]:
 def _processes_and_cpu(result: RunResult) -> list[str]:
     """What ran, and the CPU each side used per order where it was measured."""
     parts = ["## Processes and CPU per order\n", _bullets(result.processes), ""]
+    if result.figures.by_host:
+        parts += [_by_host_table(result.figures), ""]
     if result.cpu is not None:
         parts.append(_cpu_table({"value": result.cpu}))
     return parts
+
+
+def _by_host_table(f: Figures) -> str:
+    """What each host served (--hosts), as k6 counted it by its requests' host tag."""
+    rows = [[host, f"{n['requests']:,}", f"{n['orders']:,}"] for host, n in f.by_host.items()]
+    return _table(["host", "requests", "orders (201/202)"], rows)
 
 
 def _jobs_on_this_run(result: RunResult) -> list[str]:
@@ -564,6 +572,22 @@ def environment_comparison(baseline: RunResult, candidate: RunResult) -> Compari
     )
 
 
+def hosts_comparison(fewer: RunResult, more: RunResult) -> Comparison:
+    """--hosts 1,2: the same scenario on one count of hosts (network namespaces), then the other."""
+    first, second = (len(run.figures.by_host) or 1 for run in (fewer, more))
+    return Comparison(
+        heading=f"{fewer.scenario}, {first} host(s) vs {second} host(s)",
+        how=f"The `{more.scenario}` scenario on {first} then {second} web host(s), each a network namespace with "
+        "its own gunicorn and settler(s), on the one PostgreSQL and Redis (loadtest/hosts.py), k6 spreading its "
+        f"VUs over the hosts; identical fresh data (reseeded before each), {more.strategy} strategy both; "
+        f"duration scale {more.duration_scale}. All of it on this one machine: the hosts share its cores with "
+        "PostgreSQL, Redis and k6, so this shows what another host costs (more processes, more connections, "
+        "CPU per order), not the speed-up separate machines would give.",
+        runs={f"hosts-{first}": fewer, f"hosts-{second}": more},
+        labels={f"hosts-{first}": f"{first} host(s)", f"hosts-{second}": f"{second} host(s)"},
+    )
+
+
 def _shape_text(shape: dict) -> str:
     return f"{shape['users']:,} users, {shape['products']:,} products, {shape.get('orders', 0):,} past orders"
 
@@ -650,12 +674,17 @@ def _measured_sections(comparison: Comparison) -> list[str]:
     return parts
 
 
+def _processes_text(run: RunResult) -> str:
+    """What ran, and with --hosts what each host served."""
+    return _bullets(run.processes) + "\n" + (_by_host_table(run.figures) + "\n" if run.figures.by_host else "")
+
+
 def _each_run_in_turn(runs: dict[str, RunResult]) -> list[str]:
     """What is not figures (error codes, processes, counters, invariants): one section each, and
     in it each run in turn under its label."""
     per_run = [
         ("Errors by code", lambda run: _counts_table("error code", run.figures.errors_by_code)),
-        ("Processes", lambda run: _bullets(run.processes) + "\n"),
+        ("Processes", _processes_text),
         ("Server counters", lambda run: _counts_table("counter", run.server_counters)),
         ("Invariants", lambda run: _invariants_table(run.invariants)),
     ]

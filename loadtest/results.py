@@ -11,6 +11,7 @@ import csv
 import gzip
 import json
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ class Figures:
     statuses: dict[str, int]
     errors_by_code: dict[str, int]
     thresholds: dict[str, bool]
+    by_host: dict[str, dict[str, int]] = field(default_factory=dict)  # "h1" -> requests, orders (--hosts)
 
     @property
     def thresholds_passed(self) -> bool:
@@ -156,7 +158,22 @@ def thresholds(summary: dict) -> dict[str, bool]:
         f"{name} {expression}": not crossed
         for name, metric in summary["metrics"].items()
         for expression, crossed in metric.get("thresholds", {}).items()
+        if not _HOST_METRIC.fullmatch(name)  # the per-host counts (by_host), not thresholds
     }
+
+
+# k6/lib.js's per-host counts: "http_reqs{host:h1}", "orders_created{host:h2}"
+_HOST_METRIC = re.compile(r"(?P<metric>http_reqs|orders_created)\{host:(?P<host>h\d+)\}")
+
+
+def by_host(summary: dict) -> dict[str, dict[str, int]]:
+    """{"h1": {"requests": ..., "orders": ...}} from a run over several hosts; empty otherwise."""
+    found: dict[str, dict[str, int]] = {}
+    for name, metric in summary["metrics"].items():
+        if match := _HOST_METRIC.fullmatch(name):
+            key = "requests" if match["metric"] == "http_reqs" else "orders"
+            found.setdefault(match["host"], {"requests": 0, "orders": 0})[key] = int(metric.get("count", 0))
+    return dict(sorted(found.items(), key=lambda item: int(item[0][1:])))
 
 
 def figures(*, scenario: str, summary: dict, series: TimeSeries) -> Figures:
@@ -186,4 +203,5 @@ def figures(*, scenario: str, summary: dict, series: TimeSeries) -> Figures:
         statuses=series.statuses,
         errors_by_code=series.errors_by_code,
         thresholds=thresholds(summary),
+        by_host=by_host(summary),
     )

@@ -8,7 +8,9 @@ process tree uses, scraping the server's /metrics once a second), wait for the b
 drain, stop the processes, check the invariants and write the report. `compare` does this
 twice on identical fresh data and adds one side-by-side report: the old then the new
 strategy, or for the async scenario the synchronous load scenario (201) then async (202).
-Processes are stopped whatever happens (errors, Ctrl-C).
+Processes are stopped whatever happens (errors, Ctrl-C). `--hosts N` serves from N web hosts,
+each a network namespace with its gunicorn and settlers (loadtest/hosts.py), made once for the
+invocation; `--hosts 1,2` compares two counts.
 
 Where the data lives: a run that starts its own gunicorn reseeds a database, Redis keyspace and
 tokens file of its own (config/settings.py's LOADTEST: the configured database's name with
@@ -36,16 +38,17 @@ from django.core.management import call_command
 from django.db import connection
 
 from config.local import current_database_url
-from devtools import devservers
+from devtools import devservers, netns
 from inventory import redis_counts
 from kernel import metrics
-from loadtest import async_run, cpu, jobs, seeding, server, server_metrics
+from loadtest import async_run, cpu, hosts, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, Check, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import (
     RunResult,
     async_comparison,
     environment_comparison,
+    hosts_comparison,
     shape_comparison,
     strategy_comparison,
     write_comparison_report,
@@ -105,6 +108,8 @@ class RunOptions:
     # --compare-env: two runs on identical fresh data, each with its own environment; the first
     # is the ratio's denominator. None: no such comparison.
     compare_environments: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
+    hosts: tuple[int, ...] = ()  # web hosts in network namespaces (loadtest/hosts.py); two counts: compare them
+    network: netns.Network | None = None  # the namespaces made for --hosts, by run() (once for both runs)
 
     @property
     def seed_shape(self) -> seeding.SeedShape:
@@ -121,7 +126,7 @@ class RunOptions:
         if self.strategy is not None and self.strategy not in STRATEGIES:
             found.append(f"unknown strategy {self.strategy!r}; one of {', '.join(STRATEGIES)}")
         asked = {"--compare": self.compare, "--compare-shapes": self.compare_shapes,
-                 "--compare-env": self.compare_environments is not None}  # fmt: skip
+                 "--compare-env": self.compare_environments is not None, "--hosts 1,2": self.compare_hosts}  # fmt: skip
         comparisons = [name for name, on in asked.items() if on]
         if len(comparisons) > 1:
             found.append(f"{' and '.join(comparisons)} each make two runs; choose one")
@@ -152,12 +157,29 @@ class RunOptions:
             found.append("--duration-scale must be positive")
         if self.vus is not None and self.vus < 1:
             found.append("--vus must be at least 1")
+        found += self._hosts_problems()
         if self.settlers is not None:
             if self.url:
                 found.append("--settlers starts settlers beside the server this command starts; with --url, "
                              "that deployment's own settlers pay")  # fmt: skip
             if self.settlers < 1:
                 found.append("--settlers must be at least 1 (nothing would pay the orders)")
+        return found
+
+    @property
+    def compare_hosts(self) -> bool:
+        return len(self.hosts) > 1
+
+    def _hosts_problems(self) -> list[str]:
+        if not self.hosts:
+            return []
+        found = []
+        if self.url:
+            found.append("--hosts starts its own hosts (network namespaces); it cannot use --url")
+        if min(self.hosts) < 1 or max(self.hosts) > netns.MAX_HOSTS:
+            found.append(f"--hosts counts between 1 and {netns.MAX_HOSTS}")
+        if len(self.hosts) > 2 or len(set(self.hosts)) != len(self.hosts):
+            found.append("--hosts takes one count (2) or two different ones to compare (1,2)")
         return found
 
 
@@ -202,6 +224,7 @@ def run_k6(
     options: RunOptions,
     shape: seeding.SeedShape,
     like: str | None = None,
+    hosts: tuple[str, ...] = (),
     echo: Echo,
 ) -> K6Run:
     """Run k6 with its progress on this terminal; keep its summary and per-request time series."""
@@ -216,6 +239,8 @@ def run_k6(
         "PRICE": str(shape.price),
         "TOKENS_FILE": str(seeding.TOKENS_PATH),
     }
+    if hosts:  # VU n sends to host (n - 1) % N, its requests tagged host=h<i> (k6/lib.js)
+        variables["BASE_URLS"] = ",".join(hosts)
     if options.vus:
         variables["VUS"] = str(options.vus)
     if like:  # the ceiling run borrows the VU profile and peak of the scenario it stands beside
@@ -232,7 +257,7 @@ def run_k6(
     for key, value in variables.items():
         command += ["-e", f"{key}={value}"]
     command.append(str(K6_SCRIPT))
-    echo(f"k6: scenario {scenario} against {base_url} (Ctrl-C to stop)")
+    echo(f"k6: scenario {scenario} against {', '.join(hosts) or base_url} (Ctrl-C to stop)")
     sys.stdout.flush()
     # k6 is the only child this process reaps meanwhile (the servers' processes outlive it).
     reaped_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -254,6 +279,10 @@ def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> I
         server.wait_until_healthy(options.url.rstrip("/"), timeout=10)
         yield server.Served(options.url.rstrip("/"))
         return
+    if options.hosts:
+        with _serving_hosts(options, strategy, out_dir, echo) as served:
+            yield served
+        return
     echo(f"starting gunicorn ({strategy} strategy) on port {options.port}; log: {out_dir / 'gunicorn.log'}")
     with server.gunicorn(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as served:
         yield served
@@ -261,7 +290,25 @@ def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> I
 
 
 @contextlib.contextmanager
-def _beside_the_server(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[tuple[list, list]]:
+def _serving_hosts(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> Iterator[server.Served]:
+    """--hosts N: gunicorn and the settlers in each of N network namespaces (loadtest/hosts.py)."""
+    (count,) = options.hosts
+    echo(f"starting {count} host(s), each a network namespace with gunicorn ({strategy} strategy) on port "
+         f"{options.port} and {options.settler_count} settler(s); logs: {out_dir / 'gunicorn-h<n>.log'}, "
+         f"{out_dir / 'settler-h<n>-<i>.log'}")  # fmt: skip
+    with hosts.serving(options.network, count=count, strategy=strategy, port=options.port, log_dir=out_dir,
+                       settlers_each=options.settler_count) as fleet:  # fmt: skip
+        each = [server.Served(host.base_url, host.gunicorn.pid) for host in fleet]
+        settlers = tuple(settler for host in fleet for settler in host.settlers)
+        # The first host's /metrics counts every host's orders: they share the Prometheus directory.
+        yield replace(each[0], others=tuple(each[1:]), settlers=settlers)
+    echo("hosts stopped")
+
+
+@contextlib.contextmanager
+def _beside_the_server(
+    options: RunOptions, strategy: str, out_dir: Path, echo: Echo, served: server.Served
+) -> Iterator[tuple[list, list]]:
     """What a deployment runs beside gunicorn, as `make run` does: the settlers (they pay the
     async scenario's orders, and wait idle in the others) and the periodic jobs (Celery worker
     and beat). None with --url: that deployment runs its own. Yields (settlers, periodic)."""
@@ -270,6 +317,12 @@ def _beside_the_server(options: RunOptions, strategy: str, out_dir: Path, echo: 
         yield [], []
         return
     env = server.server_environment(strategy=strategy)
+    if options.hosts:  # the hosts run their settlers; the periodic jobs run here, one beat for all
+        echo(f"starting the periodic jobs (Celery worker and beat); logs: {out_dir / 'celery-<worker|beat>.log'}")
+        with async_run.periodic_jobs(env=env, log_dir=out_dir) as periodic:
+            yield list(served.settlers), periodic
+        echo("periodic jobs stopped")
+        return
     count = options.settler_count
     echo(f"starting {count} settler(s) (manage.py settle_payments) and the periodic jobs (Celery worker and beat); "
          f"logs: {out_dir / 'settler-<n>.log'}, {out_dir / 'celery-<worker|beat>.log'}")  # fmt: skip
@@ -286,13 +339,14 @@ def _cpu_meter(
 ) -> cpu.CpuMeter:
     """Started once gunicorn's workers, the settlers and the periodic jobs have finished
     starting, so imports and connecting are not counted as work."""
-    ours = ([served.pid] if served.pid else []) + [p.pid for p in settlers + periodic]
+    web = [host.pid for host in served.every_host if host.pid]  # every host's gunicorn master
+    ours = web + [p.pid for p in settlers + periodic]
     if ours:
         echo("waiting for gunicorn workers, settlers and periodic jobs to go idle before measuring CPU")
         cpu.wait_until_idle(ours)
     postgres, redis = cpu.postgres_server_pid(), cpu.redis_server_pid()
     meter = cpu.CpuMeter({
-        "request": [served.pid] if served.pid else [],
+        "request": web,
         "settlement": [p.pid for p in settlers],
         "periodic": [p.pid for p in periodic],
         "postgres": [postgres] if postgres else [],
@@ -314,9 +368,14 @@ def _processes(
     workers = len(cpu.children(served.pid))
     environment = ", ".join(f"{name}={value}" for name, value in options.environment) or "as configured"
     paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
+    web = f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc"
+    if options.hosts:
+        each = "; ".join(f"{host.base_url} master pid {host.pid} with {len(cpu.children(host.pid))} workers"
+                         for host in served.every_host)  # fmt: skip
+        web = f"{gunicorn_config()} on each of {len(served.every_host)} hosts (network namespaces): {each}"
     return {
         "environment set by this run": environment,
-        "web server": f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc",
+        "web server": web,
         "settlers": (
             f"{len(settlers)} x `manage.py settle_payments` (batch size {settings.SETTLE_BATCH_SIZE}, "
             f"SETTLE_BATCH_SIZE), pids {', '.join(str(p.pid) for p in settlers)}{paid_here}"
@@ -456,18 +515,19 @@ def _serve_and_load(
     and again at the end (what the run added), the machine's steal around it all."""
     cpu_before = cpu_times()
     with _serving(options, strategy, out_dir, echo) as served:
-        counters_before = _server_counters(served.base_url, echo)
+        counters_before = _server_counters(served.base_url, echo, token=_metrics_token(options))
         ceiling = None
         if with_ceiling:
             ceiling = run_k6(scenario="ceiling", base_url=served.base_url, out_dir=out_dir / "ceiling",
-                             options=options, shape=options.seed_shape, like=scenario.name, echo=echo)  # fmt: skip
-        with _beside_the_server(options, strategy, out_dir, echo) as (settlers, periodic):
+                             options=options, shape=options.seed_shape, like=scenario.name,
+                             hosts=_host_urls(options, served), echo=echo)  # fmt: skip
+        with _beside_the_server(options, strategy, out_dir, echo, served) as (settlers, periodic):
             scenario_run = _load_under_measure(
                 options, scenario, served, settlers, periodic, out_dir=out_dir, echo=echo
             )
             processes = _processes(options, served, settlers, periodic)
         # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
-        counters_after = _server_counters(served.base_url, echo)
+        counters_after = _server_counters(served.base_url, echo, token=_metrics_token(options))
     cpu_after = cpu_times()
     return _Measured(
         base_url=served.base_url,
@@ -494,11 +554,11 @@ def _load_under_measure(
     sides' once the settlers have drained the backlog."""
     meter = _cpu_meter(served, settlers, periodic, echo)
     sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
-    scraping = server_metrics.Sampler(served.base_url, token=settings.METRICS_TOKEN or None)
+    scraping = server_metrics.Sampler(served.base_url, token=_metrics_token(options))
     drained_after = None
     with sampling as sampler, scraping:
         run = run_k6(scenario=scenario.name, base_url=served.base_url, out_dir=out_dir, options=options,
-                     shape=options.seed_shape, echo=echo)  # fmt: skip
+                     shape=options.seed_shape, hosts=_host_urls(options, served), echo=echo)  # fmt: skip
         meter.stop("request")
         if sampler is not None:
             echo("k6 done; waiting for the settlers to drain the backlog")
@@ -506,6 +566,11 @@ def _load_under_measure(
             echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
         meter.stop("settlement", "periodic", "postgres", "redis", meter.MACHINE)
     return _ScenarioRun(k6=run, meter=meter, scraping=scraping, sampler=sampler, drained_after=drained_after)
+
+
+def _host_urls(options: RunOptions, served: server.Served) -> tuple[str, ...]:
+    """--hosts: every host's URL, for k6 to spread its VUs over; else none (k6 uses base_url)."""
+    return tuple(host.base_url for host in served.every_host) if options.hosts else ()
 
 
 def _server_series(measured: _Measured, echo: Echo) -> server_metrics.ServerSeries:
@@ -563,11 +628,16 @@ def _timed_jobs(options: RunOptions, echo: Echo) -> list[jobs.JobTiming] | None:
     return jobs.time_periodic_jobs(echo=echo)
 
 
-def _server_counters(base_url: str, echo: Echo) -> dict[str, int]:
+def _metrics_token(options: RunOptions) -> str | None:
+    """What /metrics wants from us: with --hosts, we are not on the hosts' loopback (hosts.metrics_token)."""
+    return hosts.metrics_token() if options.hosts else settings.METRICS_TOKEN or None
+
+
+def _server_counters(base_url: str, echo: Echo, *, token: str | None) -> dict[str, int]:
     """The server's own counters (kernel.metrics.REPORT_COUNTERS) from its /metrics; the report
     shows what the run added. Empty, with a word, if the server does not let us read them."""
     try:
-        return metrics.report_counters(metrics.scrape(base_url, token=settings.METRICS_TOKEN or None))
+        return metrics.report_counters(metrics.scrape(base_url, token=token))
     except OSError as exc:  # urllib's errors, a refused /metrics (403) among them
         echo(f"  could not read {base_url}/metrics ({exc}); the report shows no server counters")
         return {}
@@ -629,15 +699,30 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
     problems = options.problems()
     if problems:
         raise RunFailed("; ".join(problems))
+    if options.hosts and (reason := netns.unavailable_reason()):
+        raise RunFailed(f"--hosts needs network namespaces, which cannot be made here: {reason}")
     _check_what_gets_reseeded(options, echo)
     prepare(echo)
+    if not options.hosts:
+        return _runs(options, echo)
+    echo(f"making {max(options.hosts)} network namespace(s) on a bridge; PostgreSQL and Redis restarted to listen "
+         "on its gateway address too, and again at the end to listen on 127.0.0.1 alone")  # fmt: skip
+    try:
+        with hosts.network(max(options.hosts)) as made:  # once for the invocation: both runs of --hosts 1,2
+            return _runs(replace(options, network=made), echo)
+    except netns.NamespacesUnavailable as exc:
+        raise RunFailed(f"--hosts needs network namespaces, which cannot be made here: {exc}") from exc
+
+
+def _runs(options: RunOptions, echo: Echo) -> tuple[Path, list[RunResult]]:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not (options.compare or options.compare_shapes or options.compare_environments):
+    if not (options.compare or options.compare_shapes or options.compare_environments or options.compare_hosts):
         out_dir = options.reports_dir / f"{stamp}-{options.scenario}"
         strategy = options.strategy or (EXTERNAL_STRATEGY if options.url else "new")
         result = run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=options.with_ceiling, echo=echo)
         return out_dir, [result]
-    kind = "shapes" if options.compare_shapes else "env" if options.compare_environments else "compare"
+    kinds = {"shapes": options.compare_shapes, "env": options.compare_environments, "hosts": options.compare_hosts}
+    kind = next((name for name, asked in kinds.items() if asked), "compare")
     out_dir = options.reports_dir / f"{stamp}-{options.scenario}-{kind}"
     results = []
     for index, (folder, run_options, strategy) in enumerate(comparison_runs(options)):
@@ -648,6 +733,8 @@ def run(options: RunOptions, *, echo: Echo = print) -> tuple[Path, list[RunResul
         comparing = shape_comparison
     elif options.compare_environments:
         comparing = environment_comparison
+    elif options.compare_hosts:
+        comparing = hosts_comparison
     elif SCENARIOS[options.scenario].asynchronous:
         comparing = async_comparison
     else:
@@ -662,12 +749,16 @@ def comparison_runs(options: RunOptions) -> list[tuple[str, RunOptions, str]]:
     first: old then new strategy; for the async scenario, the synchronous load scenario then
     async, both with --strategy (default new). --compare-shapes: the scenario's own shape, then
     the given one, both with --strategy (default new). --compare-env: the baseline environment,
-    then the candidate one, both with --strategy (default new)."""
+    then the candidate one, both with --strategy (default new). --hosts 1,2: one count of hosts,
+    then the other, the same scenario and strategy."""
     if options.compare_environments:
         strategy = options.strategy or "new"
         baseline, candidate = options.compare_environments
         return [("baseline", replace(options, environment=baseline), strategy),
                 ("candidate", replace(options, environment=candidate), strategy)]  # fmt: skip
+    if options.compare_hosts:
+        strategy = options.strategy or "new"
+        return [(f"hosts-{count}", replace(options, hosts=(count,)), strategy) for count in options.hosts]
     if options.compare_shapes:
         strategy = options.strategy or "new"
         return [("scenario-shape", replace(options, shape=None), strategy), ("given-shape", options, strategy)]

@@ -113,6 +113,12 @@ def wait_or_kill(process: subprocess.Popen, *, timeout: float) -> None:
 class Served:
     base_url: str
     pid: int | None = None  # gunicorn's master, when this run started it
+    others: tuple[Served, ...] = ()  # the other hosts, when several serve (loadtest/hosts.py)
+    settlers: tuple[subprocess.Popen, ...] = ()  # started in the hosts beside their gunicorn (loadtest/hosts.py)
+
+    @property
+    def every_host(self) -> tuple[Served, ...]:
+        return (self, *self.others)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@
  *
  * Environment (all optional):
  *   BASE_URL        server to test (default http://127.0.0.1:8080)
+ *   BASE_URLS       several hosts, comma-separated (in place of BASE_URL): VU n uses host (n - 1) % N
  *   VUS             peak virtual users (default 100; smoke 5)
  *   DURATION_SCALE  multiplies every stage duration (default 1)
  *   LIKE            borrow another scenario's VU profile and peak (the ceiling run beside a load run)
@@ -23,6 +24,12 @@ function env(name, fallback) {
 }
 
 const BASE_URL = env('BASE_URL', 'http://127.0.0.1:8080').replace(/\/+$/, '');
+// Several hosts: each VU sends every request to one host, tagged host=h<i> (1-based), so the
+// summary counts each host's requests and orders (the per-host thresholds in optionsFor).
+const BASE_URLS = env('BASE_URLS', '')
+  .split(',')
+  .filter((url) => url)
+  .map((url) => url.replace(/\/+$/, ''));
 const DURATION_SCALE = Number(env('DURATION_SCALE', '1'));
 const USERS = Number(env('USERS', '500'));
 const PRODUCTS = Number(env('PRODUCTS', '5'));
@@ -94,6 +101,12 @@ function hotItems() {
   return [{ productId: 1, quantity: randomInt(1, 5), price: PRICE }];
 }
 
+function target() {
+  if (!BASE_URLS.length) return { url: BASE_URL, tags: {} };
+  const index = (__VU - 1) % BASE_URLS.length;
+  return { url: BASE_URLS[index], tags: { host: `h${index + 1}` } };
+}
+
 function errorCode(res) {
   if (res.status === 0) return `NETWORK_${res.error_code || 'ERROR'}`;
   try {
@@ -125,8 +138,8 @@ function warnFailure(res, code) {
   skippedWarnings = 0;
 }
 
-function record(res, code, expected) {
-  if (res.status === 201 || res.status === 202) ordersCreated.add(1);
+function record(res, code, expected, tags) {
+  if (res.status === 201 || res.status === 202) ordersCreated.add(1, tags);
   if (code) errorsByCode.add(1, { code });
   unexpectedAnswers.add(!expected);
   if (!expected) warnFailure(res, code);
@@ -137,22 +150,25 @@ function placeOrder(tokens, items, outOfStockExpected, asynchronous = false) {
   const headers = { 'Content-Type': 'application/json', Authorization: `Bearer ${tokens[userId]}` };
   if (asynchronous) headers.Prefer = 'respond-async';
   const success = asynchronous ? 202 : 201;
-  const res = http.post(`${BASE_URL}/api/v1/orders`, JSON.stringify({ userId, orderItems: items }), {
+  const host = target();
+  const res = http.post(`${host.url}/api/v1/orders`, JSON.stringify({ userId, orderItems: items }), {
     headers,
+    tags: host.tags,
     responseCallback: asynchronous ? EXPECT_202 : outOfStockExpected ? EXPECT_201_OR_409 : EXPECT_201,
   });
   const code = res.status === success ? null : errorCode(res);
   const expected = res.status === success || (outOfStockExpected && res.status === 409 && code === 'OUT_OF_STOCK');
   const label = outOfStockExpected ? 'status is 201 or 409 OUT_OF_STOCK' : `status is ${success}`;
   check(res, { [label]: () => expected });
-  record(res, code, expected);
+  record(res, code, expected, host.tags);
 }
 
 function healthz() {
-  const res = http.get(`${BASE_URL}/healthz`, { responseCallback: EXPECT_200 });
+  const host = target();
+  const res = http.get(`${host.url}/healthz`, { responseCallback: EXPECT_200, tags: host.tags });
   const expected = res.status === 200;
   check(res, { 'status is 200': () => expected });
-  record(res, expected ? null : errorCode(res), expected);
+  record(res, expected ? null : errorCode(res), expected, host.tags);
 }
 
 const SCENARIOS = {
@@ -175,6 +191,17 @@ export function needsTokens(name) {
   return !scenario(name).noTokens;
 }
 
+// A threshold that always holds puts the metric of each host's requests in the summary export;
+// the runner reads them as the per-host counts, not as thresholds (results.py).
+function perHostCounts() {
+  const counts = {};
+  BASE_URLS.forEach((_, index) => {
+    counts[`http_reqs{host:h${index + 1}}`] = ['count>=0'];
+    counts[`orders_created{host:h${index + 1}}`] = ['count>=0'];
+  });
+  return counts;
+}
+
 export function optionsFor(name) {
   const shape = scenario(env('LIKE', name));
   const vus = Number(env('VUS', String(shape.peakVus)));
@@ -185,6 +212,7 @@ export function optionsFor(name) {
       http_req_duration: ['p(99)<200'],
       http_req_failed: ['rate<0.01'],
       unexpected_answers: ['rate<0.01'],
+      ...perHostCounts(),
     },
     summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
     // Fewer tags keep the per-request time series (the report's chart) small.

@@ -12,6 +12,7 @@ import os
 import pytest
 from django.core.management import CommandError, call_command
 
+from devtools import netns
 from devtools.testing import free_port
 from inventory import redis_counts
 from loadtest.machine import gunicorn_config
@@ -88,6 +89,13 @@ def test_a_short_async_run_reports_the_servers_backlog_and_time_to_paid(tmp_path
         (["--baseline-env", "GUNICORN_WORKERS=2"], "--baseline-env goes with --compare-env"),
         (["--compare-env", "gunicorn_workers=2"], "invalid environment_overrides value"),
         (["--compare-env", "GUNICORN_WORKERS"], "invalid environment_overrides value"),
+        (["--hosts", "2", "--url", "http://127.0.0.1:1"], "--hosts starts its own hosts"),
+        (["--hosts", "0"], "--hosts counts between 1 and"),
+        (["--hosts", "1,2,3"], "--hosts takes one count"),
+        (["--hosts", "2,2"], "--hosts takes one count"),
+        (["--hosts", "1,2", "--compare"], "--compare and --hosts 1,2 each make two runs"),
+        (["--hosts", "1,2", "--compare-env", "WEB_SERVER=granian"], "--compare-env and --hosts 1,2 each make two runs"),
+        (["--hosts", "two"], "a count of hosts"),
     ],
 )
 def test_options_that_cannot_work_together_are_refused_before_anything_runs(args, problem):
@@ -104,6 +112,7 @@ def test_options_that_cannot_work_together_are_refused_before_anything_runs(args
             RunOptions(scenario="async", compare=True, strategy="old"),
             [("sync", "load", "old"), ("async", "async", "old")],
         ),
+        (RunOptions(scenario="load", hosts=(1, 2)), [("hosts-1", "load", "new"), ("hosts-2", "load", "new")]),
     ],
 )
 def test_compare_means_old_then_new_strategy_but_for_async_sync_then_async(options, runs):
@@ -166,6 +175,19 @@ def test_compare_env_starts_each_runs_server_with_its_own_environment(tmp_path):
     comparison = (report_dir / "report.md").read_text()
     assert "# Load test: smoke, GUNICORN_WORKERS=1 vs GUNICORN_WORKERS=2" in comparison
     assert "| metric | GUNICORN_WORKERS=1 | GUNICORN_WORKERS=2 | candidate / baseline |" in comparison
+
+
+def test_hosts_1_2_runs_one_host_then_two():
+    made = [run_options.hosts for _, run_options, _ in comparison_runs(RunOptions(hosts=(1, 2)))]
+
+    assert made == [(1,), (2,)]
+
+
+def test_hosts_where_namespaces_cannot_be_made_is_refused_with_the_reason(monkeypatch):
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)  # as an unprivileged user
+
+    with pytest.raises(CommandError, match=r"--hosts needs network namespaces.*needs root.*uid 1000"):
+        call_command("loadtest", "--hosts", "2")
 
 
 @pytest.mark.parametrize(

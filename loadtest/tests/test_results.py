@@ -12,6 +12,7 @@ from loadtest.machine import steal_share
 from loadtest.report import (
     RunResult,
     async_comparison,
+    hosts_comparison,
     strategy_comparison,
     write_comparison_report,
     write_run_report,
@@ -234,3 +235,38 @@ def test_async_comparison_puts_sync_and_async_side_by_side_with_async_over_sync_
     assert summary["ratios_async_over_sync"]["throughput, whole run (k6 http_reqs rate)"] == pytest.approx(2.0)
     assert summary["ratios_async_over_sync"]["CPU ms per order, all of these"] == pytest.approx(8 / 13)
     assert (tmp_path / "compare" / "chart.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_each_hosts_requests_and_orders_come_from_k6s_tagged_counts_and_are_not_thresholds(tmp_path):
+    path = tmp_path / "series.csv.gz"
+    synthetic_csv(path)
+    summary = synthetic_summary(p99_crossed=False)
+    for host, requests, orders in (("h2", 5, 4), ("h1", 6, 5)):
+        summary["metrics"][f"http_reqs{{host:{host}}}"] = {"count": requests, "thresholds": {"count>=0": False}}
+        summary["metrics"][f"orders_created{{host:{host}}}"] = {"count": orders, "thresholds": {"count>=0": False}}
+
+    result = figures(scenario="load", summary=summary, series=read_timeseries(path))
+
+    assert result.by_host == {"h1": {"requests": 6, "orders": 5}, "h2": {"requests": 5, "orders": 4}}
+    assert list(result.by_host) == ["h1", "h2"]
+    assert set(result.thresholds) == {
+        "http_req_duration p(99)<200",
+        "http_req_failed rate<0.01",
+        "unexpected_answers rate<0.01",
+    }
+
+
+def test_hosts_comparison_puts_one_and_two_hosts_side_by_side_and_says_it_shows_cost(tmp_path):
+    one, two = _result(tmp_path, "new", rps=300.0, p99=60.0), _result(tmp_path, "new", rps=270.0, p99=80.0)
+    one.figures.by_host = {"h1": {"requests": 11, "orders": 9}}
+    two.figures.by_host = {"h1": {"requests": 6, "orders": 5}, "h2": {"requests": 5, "orders": 4}}
+
+    write_comparison_report(tmp_path / "hosts", hosts_comparison(one, two))
+
+    ratios = json.loads((tmp_path / "hosts" / "summary.json").read_text())["ratios_hosts-2_over_hosts-1"]
+    assert ratios["throughput, whole run (k6 http_reqs rate)"] == pytest.approx(0.9)
+    report = (tmp_path / "hosts" / "report.md").read_text()
+    assert "# Load test: load, 1 host(s) vs 2 host(s)" in report
+    assert "not the speed-up separate machines would give" in report
+    assert "[hosts-1](hosts-1/report.md), [hosts-2](hosts-2/report.md)" in report
+    assert "| h2 | 5 | 4 |" in report

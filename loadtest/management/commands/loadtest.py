@@ -1,3 +1,4 @@
+import argparse
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -59,7 +60,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--settlers",
             type=int,
-            help="--scenario async: settler processes (manage.py settle_payments) beside gunicorn (default 1)",
+            help="settler processes (manage.py settle_payments) beside gunicorn, with --hosts on each host "
+            "(default 1; they pay the async scenario's orders)",
+        )
+        parser.add_argument(
+            "--hosts",
+            type=_host_counts,
+            default=(),
+            help="run N web hosts, each a Linux network namespace (needs root and `ip`) with its own gunicorn and "
+            "--settlers settler(s), on the one PostgreSQL and Redis (restarted to listen on the namespaces' bridge "
+            "too, and back at the end); k6 spreads its VUs over them. Two counts (--hosts 1,2) make two runs and a "
+            "side-by-side report: throughput and CPU per order. On one machine that shows what a host costs, not "
+            "a speed-up",
         )
         parser.add_argument(
             "--with-ceiling",
@@ -145,6 +157,7 @@ class Command(BaseCommand):
             compare_environments=(
                 (options["baseline_env"], options["compare_env"]) if options["compare_env"] is not None else None
             ),
+            hosts=options["hosts"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
@@ -155,6 +168,8 @@ class Command(BaseCommand):
 
         for result in results:
             f, name = result.figures, f"{result.scenario} ({result.strategy} strategy)"
+            if f.by_host:
+                name = f"{result.scenario} ({result.strategy} strategy, {len(f.by_host)} host(s))"
             self._echo(
                 f"{name}: {f.requests} requests, {f.rps:.1f} req/s, p95 {f.latency_ms['p(95)']:.1f} ms, "
                 f"p99 {f.latency_ms['p(99)']:.1f} ms, failures {f.failure_rate:.2%}, "
@@ -164,6 +179,9 @@ class Command(BaseCommand):
                 self._echo(f"{name}: {_payment_line(result.payments)}")
             if result.cpu is not None:
                 self._echo(f"{name}: {_cpu_line(result.cpu)}")
+            if f.by_host:
+                served = (f"{host} {n['requests']} requests, {n['orders']} orders" for host, n in f.by_host.items())
+                self._echo(f"{name}: by host " + ", ".join(served))
         self._echo(f"report folder: {out_dir}")
         broken = [
             f"{r.scenario} ({r.strategy} strategy): {c.name}: {c.detail}"
@@ -193,6 +211,14 @@ def environment_overrides(text: str) -> tuple[tuple[str, str], ...]:
     if not pairs:
         raise ValueError("no NAME=VALUE given")
     return tuple(pairs)
+
+
+def _host_counts(value: str) -> tuple[int, ...]:
+    """--hosts 2, or 1,2 for a comparison."""
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a count of hosts (2) or two to compare (1,2), not {value!r}") from None
 
 
 def _payment_line(p: PaymentFigures) -> str:
