@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import Count, Q
+from redis.exceptions import RedisError
 
 from loadtest import server
 from loadtest.invariants import Check, _check
@@ -180,7 +181,10 @@ class BacklogSampler:
         try:
             while not self._stop.is_set():
                 second = int(time.monotonic() - self._started)
-                self.samples.append(BacklogSample(second, backlog()))
+                try:
+                    self.samples.append(BacklogSample(second, backlog()))
+                except (DatabaseError, RedisError):  # a server down (the chaos scenario): no sample
+                    connection.close()
                 self._stop.wait(1.0)
         finally:
             connection.close()
