@@ -38,12 +38,15 @@ from django.db.models import Count
 from config import local
 from config.env import env
 from devtools import devservers
+from inventory.reconciliation import inventory_reconcile
 from loadtest import cpu
 from loadtest.invariants import Check, _check
 from payments.models import Payment
 
 KINDS = ("redis-kill", "pg-stop", "web-worker-kill", "settler-kill", "celery-kill")
 DEFAULT_PG_STOP_S = 10.0
+# Above DB_STATEMENT_TIMEOUT_MS (10 s): a reservation this old has no order still committing it.
+ABANDONED_GRACE_S = 12.0
 RESTART_AFTER_S = 1.0  # a killed settler or Celery worker, as `make run`'s supervisor
 # Spread over the load profile's 240 s (at --duration-scale 1); the times scale, the hold not.
 DEFAULT_SCHEDULE = "redis-kill@40s,pg-stop@80s+10s,web-worker-kill@130s,settler-kill@160s,celery-kill@190s"
@@ -316,6 +319,7 @@ class ChaosReport:
     skipped: list[str]
     restarts: dict[str, int]
     final_answers: dict[str, int]  # each order's last answer to the careful clients
+    given_back: int = 0  # abandoned reservations reconciliation gave back after the run
 
 
 def final_answers(path: Path) -> dict[str, int]:
@@ -332,6 +336,19 @@ def final_answers(path: Path) -> dict[str, int]:
 
 
 # --- the books, beyond loadtest/invariants.py ------------------------------------------------
+
+
+def give_back_abandoned(*, echo: Echo) -> int:
+    """A reservation whose order failed while PostgreSQL or Redis was down could not be given
+    back then ("reconciliation will"): reconciliation gives it back once it is older than the
+    grace (no order can still be committing it: the statement timeout bounds that). Waits for
+    the grace, as the periodic reconciliation would, then reconciles; returns how many."""
+    grace = ABANDONED_GRACE_S
+    echo(f"chaos: waiting {grace:g} s, then reconciliation gives back reservations abandoned during the faults")
+    time.sleep(grace)
+    released = len(inventory_reconcile(grace_seconds=grace).released_tokens)
+    echo(f"  {released} abandoned reservations given back")
+    return released
 
 
 def charged_once() -> Check:

@@ -97,6 +97,12 @@ class Command(BaseCommand):
             default="async",
             help="the careful clients' orders: async (202, Prefer: respond-async; default), sync (201) or both",
         )
+        chaos.add_argument(
+            "--no-idempotency-key",
+            action="store_true",
+            help="the careful clients send no Idempotency-Key: asynchronous orders take Redis' intake path "
+            "(issue 21: 202s while PostgreSQL is stopped); only 503s are retried then",
+        )
         parser.add_argument("--vus", type=int, help="peak VUs (default 100; smoke 5)")
         parser.add_argument("--port", type=int, default=8089, help="port of the started gunicorn (default 8089)")
         parser.add_argument("--reports-dir", type=Path, default=runner.REPORTS_DIR, help="where reports go")
@@ -137,6 +143,7 @@ class Command(BaseCommand):
             reseed=options["reseed"],
             faults=options["faults"],
             chaos_orders=options["chaos_orders"],
+            chaos_keys=not options["no_idempotency_key"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
