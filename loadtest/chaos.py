@@ -277,16 +277,18 @@ class FaultWindow:
 
 
 def windows(injected: list[Injected], answers: list[Answer], *, origin_ms: int) -> list[FaultWindow]:
-    """Per fault, looking at the answers until the next fault: the window of failed answers,
-    the first success after it, what was answered until then and while the fault lasted."""
+    """Per fault: the window of failed answers (until the next fault), the first success after
+    its last one, what was answered from the fault until then and while the fault lasted."""
     found = []
     for index, one in enumerate(injected):
         until = injected[index + 1].started_ms if index + 1 < len(injected) else None
         after = [a for a in answers if a.at_ms >= one.started_ms and (until is None or a.at_ms < until)]
         errors = [a for a in after if failed(a.status)]
         calm_from = errors[-1].at_ms if errors else one.ended_ms
-        recovered = next((a for a in after if a.at_ms > calm_from and 200 <= a.status < 300), None)
-        end = recovered.at_ms if recovered else (until or (after[-1].at_ms if after else one.started_ms))
+        # The first success may come after the next fault began (a fault lasting past it).
+        recovered = next((a for a in answers if a.at_ms > calm_from and 200 <= a.status < 300), None)
+        end = recovered.at_ms if recovered else (answers[-1].at_ms if answers else one.started_ms)
+        meanwhile = [a for a in answers if one.started_ms <= a.at_ms <= end]
 
         def seconds(ms: int) -> float:
             return round((ms - origin_ms) / 1000, 2)
@@ -300,7 +302,7 @@ def windows(injected: list[Injected], answers: list[Answer], *, origin_ms: int) 
                 errors_from_s=seconds(errors[0].at_ms) if errors else None,
                 errors_to_s=seconds(errors[-1].at_ms) if errors else None,
                 recovered_after_s=round((recovered.at_ms - one.started_ms) / 1000, 2) if recovered else None,
-                answers=_by_status(a for a in after if a.at_ms <= end),
+                answers=_by_status(meanwhile),
                 during=_by_status(a for a in after if a.at_ms <= one.ended_ms),
             )
         )
