@@ -65,6 +65,7 @@ class Scenario:
     shape: seeding.SeedShape
     sold_out_expected: bool = False
     asynchronous: bool = False  # Prefer: respond-async: 202 now, paid later by the settlers
+    paid_in_request_too: bool = False  # asynchronous, and some orders paid in their request (chaos, both)
 
 
 SCENARIOS = {
@@ -366,7 +367,8 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     and, if asked, the periodic jobs' times."""
     scenario = SCENARIOS[options.scenario]
     if scenario.name == "chaos":  # 202s are paid by the settlers: drained and checked as async
-        scenario = replace(scenario, asynchronous=options.chaos_orders != "sync")
+        scenario = replace(scenario, asynchronous=options.chaos_orders != "sync",
+                           paid_in_request_too=options.chaos_orders == "both")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now().astimezone().isoformat(timespec="seconds")
     baseline = _reseed(options.seed_shape, echo)
@@ -556,7 +558,7 @@ def _invariant_checks(scenario: Scenario, *, baseline: Baseline, k6: K6Run, echo
         baseline=baseline, orders_answered=k6.figures.orders_created, sold_out_expected=scenario.sold_out_expected
     )
     if scenario.asynchronous:
-        checks += async_run.async_checks(past=baseline.orders)
+        checks += async_run.async_checks(past=baseline.orders, paid_in_request_too=scenario.paid_in_request_too)
     return checks
 
 
