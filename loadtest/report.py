@@ -476,7 +476,7 @@ def _faults_section(report: ChaosReport | None) -> list[str]:
         "",
         f"Careful clients' last answer per order: {counts(report.final_answers)}. Restarted by the supervisor: "
         f"{', '.join(f'{name} x{n}' for name, n in report.restarts.items()) or 'none'}."
-        + (f" Not injected (k6 had ended): {', '.join(report.skipped)}." if report.skipped else "")
+        + (f" Not injected: {', '.join(report.not_injected)}." if report.not_injected else "")
         + f" Reservations abandoned during the faults, given back by reconciliation after the run: {report.given_back}."
         + " See docs/chaos.md for how to read this.\n",
     ]

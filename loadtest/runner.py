@@ -512,7 +512,7 @@ def _chaos_report(options: RunOptions, run: _ScenarioRun, *, out_dir: Path) -> c
         schedule=",".join(f.name for f in options.fault_schedule),
         orders=options.chaos_orders,
         windows=found,
-        skipped=[f.name for f in run.injector.skipped],
+        not_injected=run.injector.not_injected,
         restarts=dict(run.supervisor.restarts) if run.supervisor else {},
         final_answers=chaos.final_answers(series_path),
     )

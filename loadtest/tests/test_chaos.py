@@ -4,13 +4,24 @@ touch servers it did not start, and one short run end to end with real faults.""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from config import local
 from devtools.testing import free_port
-from loadtest.chaos import Answer, Fault, Injected, ScheduleError, default_schedule, parse_schedule, windows
+from loadtest.chaos import (
+    Answer,
+    Fault,
+    Injected,
+    Injector,
+    ScheduleError,
+    Targets,
+    default_schedule,
+    parse_schedule,
+    windows,
+)
 
 
 def test_a_schedule_reads_as_written_in_time_order_and_pg_stop_lasts_10_s_unless_told():
@@ -59,6 +70,18 @@ def test_a_fault_window_runs_from_its_first_to_its_last_failed_answer_and_recove
     assert first.during == {"0": 1, "202": 1, "503": 1}  # while PostgreSQL was stopped
     assert first.answers == {"0": 1, "202": 2, "502": 1, "503": 2}
     assert (second.errors_from_s, second.errors_to_s, second.recovered_after_s) == (14.1, 14.1, 0.5)
+
+
+def test_a_fault_that_did_nothing_or_came_after_k6_is_named_as_not_injected():
+    nobody = Targets(gunicorn_pid=2**22 + 1, settlers=[], periodic=[], restart=lambda dead, name: dead)
+    with Injector([Fault("web-worker-kill", 0), Fault("redis-kill", 600)], nobody, echo=lambda _: None) as injector:
+        deadline = time.monotonic() + 5
+        while not injector.not_injected and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    assert injector.injected == []
+    assert injector.not_injected[0].startswith("web-worker-kill@0s (failed: ProcessLookupError")
+    assert injector.not_injected[1:] == ["redis-kill@600s (k6 had ended)"]
 
 
 def test_faults_are_refused_against_a_server_the_run_did_not_start():
