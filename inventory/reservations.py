@@ -14,7 +14,10 @@ from inventory.models import StockReservation
 from kernel.database import sql_one
 
 _EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
-_EPOCH_BUMP_SQL = "SELECT nextval('inventory_stock_epoch')"
+# setval, not nextval: nextval logs a sequence up to 32 values ahead of use, so after a crash
+# the epoch came back higher and every sale made under the old one was fenced off until the next
+# rebuild; setval logs the value it sets. Bumps run under the reconciliation lock, one at a time.
+_EPOCH_BUMP_SQL = "SELECT setval('inventory_stock_epoch', last_value + 1) FROM inventory_stock_epoch"
 
 
 def stock_epoch() -> int:

@@ -10,10 +10,16 @@ from loadtest.server_metrics import ServerSeries
 
 
 def plot(
-    path: Path, title: str, series_by_label: dict[str, TimeSeries], *, backlog: list[tuple[int, int]] | None = None
+    path: Path,
+    title: str,
+    series_by_label: dict[str, TimeSeries],
+    *,
+    backlog: list[tuple[int, int]] | None = None,
+    faults: list[tuple[str, float, float]] | None = None,
 ) -> None:
     """Throughput (top) and p50/p95/p99 latency (bottom) per second, with the VU curve behind both;
-    with `backlog` (second, orders PENDING_PAYMENT), a third panel shows the settlers' backlog."""
+    with `backlog` (second, orders PENDING_PAYMENT), a third panel shows the settlers' backlog;
+    with `faults` (name, start and end second), each is a red band with its name on every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,6 +70,11 @@ def plot(
     bottom.legend(loc="upper left", fontsize="small")
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
+    for name, start, end in faults or []:
+        for axis in axes:
+            axis.axvspan(start, max(end, start + 0.5), color="red", alpha=0.15)
+        top.text(start, 1.0, f" {name}", transform=top.get_xaxis_transform(), rotation=90, va="top", fontsize=7,
+                 color="darkred")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

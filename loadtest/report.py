@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loadtest.async_run import PaymentFigures
+from loadtest.chaos import ChaosReport, FaultWindow
 from loadtest.chart import plot, plot_server
 from loadtest.cpu import CpuUse
 from loadtest.invariants import Check
@@ -49,6 +50,7 @@ class RunResult:
     server_metrics: ServerSeries | None = field(default=None, repr=False)
     jobs: list[JobTiming] | None = None  # the periodic jobs timed on the data the run left
     environment: dict[str, str] = field(default_factory=dict)  # set for every process the run started
+    chaos: ChaosReport | None = None  # the chaos scenario's faults and what the answers did
 
     @property
     def invariants_hold(self) -> bool:
@@ -81,6 +83,8 @@ class RunResult:
             data["server_metrics"] = self.server_metrics.as_dict()
         if self.jobs is not None:
             data["periodic_jobs"] = [asdict(timing) for timing in self.jobs]
+        if self.chaos is not None:
+            data["chaos"] = asdict(self.chaos)
         if self.ceiling is not None:
             data["ceiling"] = asdict(self.ceiling)
             data["ratios_to_ceiling"] = _throughput_ratios(self.figures, self.ceiling)
@@ -378,6 +382,7 @@ def render_run(result: RunResult) -> str:
         *_run_result(result),
         *_thresholds_section({"result": result.figures}, name_runs=False),
         *_answers_and_payment(result),
+        *_faults_section(result.chaos),
         *_processes_and_cpu(result),
         *_jobs_on_this_run(result),
         *_counters_and_invariants(result),
@@ -443,6 +448,45 @@ def _answers_and_payment(result: RunResult) -> list[str]:
     if result.scenario == "sellout":
         parts.append("In a sellout, 409 OUT_OF_STOCK is an expected answer: not counted as a failure.\n")
     return parts
+
+
+def _faults_section(report: ChaosReport | None) -> list[str]:
+    """The chaos scenario: per fault, its window of failed answers (no answer or 5xx), the time
+    to the first success after it, and what was answered meanwhile; the careful clients' last answers."""
+    if report is None:
+        return []
+
+    def span(w: FaultWindow) -> str:
+        return "none" if w.errors_from_s is None else f"{w.errors_from_s:.1f}-{w.errors_to_s:.1f} s"
+
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{'no answer' if s == '0' else s} x{n}" for s, n in by_status.items()) or "none"
+
+    rows = [
+        [w.name, f"{w.started_s:.1f}-{w.ended_s:.1f} s", span(w), _seconds(w.recovered_after_s), counts(w.answers),
+         w.detail]
+        for w in report.windows
+    ]  # fmt: skip
+    return [
+        f"## Faults ({report.orders} orders; schedule {report.schedule})\n",
+        _table(
+            [
+                "fault",
+                "injected (s of the run)",
+                "failed answers",
+                "recovered after",
+                "answered meanwhile",
+                "what was done",
+            ],
+            rows,
+        ),
+        "",
+        f"Careful clients' last answer per order: {counts(report.final_answers)}. Restarted by the supervisor: "
+        f"{', '.join(f'{name} x{n}' for name, n in report.restarts.items()) or 'none'}."
+        + (f" Not injected: {', '.join(report.not_injected)}." if report.not_injected else "")
+        + f" Reservations abandoned during the faults, given back by reconciliation after the run: {report.given_back}."
+        + " See docs/chaos.md for how to read this.\n",
+    ]
 
 
 def _processes_and_cpu(result: RunResult) -> list[str]:
@@ -703,7 +747,8 @@ def write_run_report(out_dir: Path, result: RunResult) -> None:
     if result.ceiling_series is not None:
         series["ceiling"] = result.ceiling_series
     title = f"{result.scenario}, {result.strategy} strategy"
-    plot(out_dir / "chart.png", title, series, backlog=_backlog(result.payments))
+    faults = [(w.name, w.started_s, w.ended_s) for w in result.chaos.windows] if result.chaos else None
+    plot(out_dir / "chart.png", title, series, backlog=_backlog(result.payments), faults=faults)
     if result.server_metrics is not None:
         write_csv(out_dir / "server-metrics.csv", result.server_metrics)
         plot_server(out_dir / "server-metrics.png", f"{title}: the server's /metrics", result.series,

@@ -41,7 +41,7 @@ from config.local import current_database_url
 from devtools import devservers, netns
 from inventory import redis_counts
 from kernel import metrics
-from loadtest import async_run, cpu, hosts, jobs, seeding, server, server_metrics
+from loadtest import async_run, chaos, cpu, hosts, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, Check, check_invariants
 from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
 from loadtest.report import (
@@ -71,6 +71,7 @@ class Scenario:
     shape: seeding.SeedShape
     sold_out_expected: bool = False
     asynchronous: bool = False  # Prefer: respond-async: 202 now, paid later by the settlers
+    paid_in_request_too: bool = False  # asynchronous, and some orders paid in their request (chaos, both)
 
 
 SCENARIOS = {
@@ -82,7 +83,10 @@ SCENARIOS = {
     "async": Scenario("async", seeding.SeedShape(), asynchronous=True),
     "ceiling": Scenario("ceiling", seeding.SeedShape()),
     "smoke": Scenario("smoke", seeding.SeedShape()),
+    # The load profile with faults injected (loadtest/chaos.py); async unless --chaos-orders says.
+    "chaos": Scenario("chaos", seeding.SeedShape(), asynchronous=True),
 }
+CHAOS_ORDERS = ("async", "sync", "both")
 STRATEGIES = ("new", "old")
 EXTERNAL_STRATEGY = "the --url server's own"  # its ORDER_STRATEGY, which this command cannot see
 
@@ -110,6 +114,15 @@ class RunOptions:
     compare_environments: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
     hosts: tuple[int, ...] = ()  # web hosts in network namespaces (loadtest/hosts.py); two counts: compare them
     network: netns.Network | None = None  # the namespaces made for --hosts, by run() (once for both runs)
+    faults: str | None = None  # chaos: the fault schedule (None: chaos.DEFAULT_SCHEDULE, scaled)
+    chaos_orders: str = "async"  # chaos: 201s, 202s or both
+    chaos_keys: bool = True  # chaos: an Idempotency-Key per order (False: async orders via the intake)
+
+    @property
+    def fault_schedule(self) -> list[chaos.Fault]:
+        if self.faults is None:
+            return chaos.default_schedule(self.duration_scale)
+        return chaos.parse_schedule(self.faults)
 
     @property
     def seed_shape(self) -> seeding.SeedShape:
@@ -155,6 +168,7 @@ class RunOptions:
             found.append("--with-ceiling beside --scenario ceiling measures the same thing twice")
         if self.duration_scale <= 0:
             found.append("--duration-scale must be positive")
+        found += self._chaos_problems()
         if self.vus is not None and self.vus < 1:
             found.append("--vus must be at least 1")
         found += self._hosts_problems()
@@ -181,6 +195,23 @@ class RunOptions:
         if len(self.hosts) > 2 or len(set(self.hosts)) != len(self.hosts):
             found.append("--hosts takes one count (2) or two different ones to compare (1,2)")
         return found
+
+    def _chaos_problems(self) -> list[str]:
+        if self.scenario != "chaos":
+            return ["--faults and --chaos-orders go with --scenario chaos"] if self.faults else []
+        if self.compare or self.compare_shapes or self.compare_environments or self.hosts:
+            return ["--scenario chaos makes one run on one host; not with --compare, --compare-shapes, --compare-env "
+                    "or --hosts"]  # fmt: skip
+        if self.chaos_orders not in CHAOS_ORDERS:
+            return [f"unknown --chaos-orders {self.chaos_orders!r}; one of {', '.join(CHAOS_ORDERS)}"]
+        refused = chaos.refusal(url=self.url)
+        if refused:
+            return [refused]
+        try:
+            self.fault_schedule  # noqa: B018 (parsed for its errors)
+        except chaos.ScheduleError as exc:
+            return [f"--faults: {exc}"]
+        return []
 
 
 class RunFailed(RuntimeError):
@@ -243,6 +274,9 @@ def run_k6(
         variables["BASE_URLS"] = ",".join(hosts)
     if options.vus:
         variables["VUS"] = str(options.vus)
+    if options.scenario == "chaos":  # the careful clients' orders: 201s, 202s or both
+        variables["CHAOS_ORDERS"] = options.chaos_orders
+        variables["CHAOS_KEYS"] = "1" if options.chaos_keys else "0"
     if like:  # the ceiling run borrows the VU profile and peak of the scenario it stands beside
         variables["LIKE"] = like
     command = [
@@ -397,6 +431,8 @@ class _ScenarioRun:
     scraping: server_metrics.Sampler
     sampler: async_run.BacklogSampler | None
     drained_after: float | None
+    injector: chaos.Injector | None = None  # the chaos scenario's faults, as injected
+    supervisor: chaos.Supervisor | None = None
 
 
 @dataclass
@@ -461,6 +497,9 @@ def redis_durability_set(environment: dict[str, str], echo: Echo) -> Iterator[No
 
 def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:
     scenario = SCENARIOS[options.scenario]
+    if scenario.name == "chaos":  # 202s are paid by the settlers: drained and checked as async
+        scenario = replace(scenario, asynchronous=options.chaos_orders != "sync",
+                           paid_in_request_too=options.chaos_orders == "both")  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now().astimezone().isoformat(timespec="seconds")
     baseline = _reseed(options.seed_shape, echo)
@@ -470,7 +509,12 @@ def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_cei
     server_series = _server_series(measured, echo)
     payments = _payment_figures(run, out_dir=out_dir, baseline=baseline)
     cpu_use = _cpu_use(run)
+    chaos_report = _chaos_report(options, run, out_dir=out_dir)
+    if chaos_report is not None:  # before the invariants, which would count them as drift
+        chaos_report.given_back = chaos.give_back_abandoned(echo=echo)
     checks = _invariant_checks(scenario, baseline=baseline, k6=run.k6, echo=echo)
+    if chaos_report is not None:
+        checks += chaos.checks(chaos_report)
     job_timings = _timed_jobs(options, echo)
     served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
     result = RunResult(
@@ -494,6 +538,7 @@ def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_cei
         server_metrics=server_series,
         jobs=job_timings,
         environment=dict(options.environment),
+        chaos=chaos_report,
     )
     write_run_report(out_dir, result)
     echo(f"report: {out_dir / 'report.md'}")
@@ -523,7 +568,7 @@ def _serve_and_load(
                              hosts=_host_urls(options, served), echo=echo)  # fmt: skip
         with _beside_the_server(options, strategy, out_dir, echo, served) as (settlers, periodic):
             scenario_run = _load_under_measure(
-                options, scenario, served, settlers, periodic, out_dir=out_dir, echo=echo
+                options, scenario, served, settlers, periodic, strategy=strategy, out_dir=out_dir, echo=echo
             )
             processes = _processes(options, served, settlers, periodic)
         # After the settlers stopped, while gunicorn still serves /metrics: every process's counts.
@@ -546,6 +591,7 @@ def _load_under_measure(
     settlers: list[subprocess.Popen],
     periodic: list[subprocess.Popen],
     *,
+    strategy: str,
     out_dir: Path,
     echo: Echo,
 ) -> _ScenarioRun:
@@ -556,16 +602,53 @@ def _load_under_measure(
     sampling = async_run.BacklogSampler() if scenario.asynchronous else contextlib.nullcontext()
     scraping = server_metrics.Sampler(served.base_url, token=_metrics_token(options))
     drained_after = None
-    with sampling as sampler, scraping:
-        run = run_k6(scenario=scenario.name, base_url=served.base_url, out_dir=out_dir, options=options,
-                     shape=options.seed_shape, hosts=_host_urls(options, served), echo=echo)  # fmt: skip
+    injector = supervisor = None
+    if scenario.name == "chaos":  # faults during k6; killed settlers restarted until the drain is done
+        targets = chaos.Targets(served.pid, settlers, periodic, restart=_restarter(strategy, out_dir))
+        supervisor, injector = chaos.Supervisor(targets), chaos.Injector(options.fault_schedule, targets, echo)
+    with sampling as sampler, scraping, supervisor or contextlib.nullcontext():
+        with injector or contextlib.nullcontext():
+            run = run_k6(scenario=scenario.name, base_url=served.base_url, out_dir=out_dir, options=options,
+                         shape=options.seed_shape, hosts=_host_urls(options, served), echo=echo)  # fmt: skip
+        if injector is not None:  # this thread's connection died with a pg-stop: a new one
+            connection.close()
         meter.stop("request")
         if sampler is not None:
             echo("k6 done; waiting for the settlers to drain the backlog")
             drained_after = async_run.wait_until_settled(echo=echo, settlers=settlers)
             echo(f"  drained after {drained_after} s" if drained_after is not None else "  NOT drained")
         meter.stop("settlement", "periodic", "postgres", "redis", meter.MACHINE)
-    return _ScenarioRun(k6=run, meter=meter, scraping=scraping, sampler=sampler, drained_after=drained_after)
+    return _ScenarioRun(k6=run, meter=meter, scraping=scraping, sampler=sampler, drained_after=drained_after,
+                        injector=injector, supervisor=supervisor)  # fmt: skip
+
+
+def _restarter(strategy: str, out_dir: Path) -> Callable[[subprocess.Popen, str], subprocess.Popen]:
+    """How the chaos supervisor restarts a dead settler or Celery worker: its command again, in
+    the run's environment, appending to its log."""
+    env = server.server_environment(strategy=strategy)
+
+    def restart(dead: subprocess.Popen, name: str) -> subprocess.Popen:
+        with (out_dir / f"{name}.log").open("ab") as log:
+            return async_run._start(list(dead.args), env=env, log=log)
+
+    return restart
+
+
+def _chaos_report(options: RunOptions, run: _ScenarioRun, *, out_dir: Path) -> chaos.ChaosReport | None:
+    """Each fault's window of errors and recovery from k6's answers; None outside the chaos scenario."""
+    if run.injector is None:
+        return None
+    series_path = out_dir / "k6-timeseries.csv.gz"
+    found = chaos.windows(run.injector.injected, chaos.read_answers(series_path),
+                          origin_ms=run.k6.series.first_second * 1000)  # fmt: skip
+    return chaos.ChaosReport(
+        schedule=",".join(f.name for f in options.fault_schedule),
+        orders=options.chaos_orders,
+        windows=found,
+        not_injected=run.injector.not_injected,
+        restarts=dict(run.supervisor.restarts) if run.supervisor else {},
+        final_answers=chaos.final_answers(series_path),
+    )
 
 
 def _host_urls(options: RunOptions, served: server.Served) -> tuple[str, ...]:
@@ -616,7 +699,7 @@ def _invariant_checks(scenario: Scenario, *, baseline: Baseline, k6: K6Run, echo
         baseline=baseline, orders_answered=k6.figures.orders_created, sold_out_expected=scenario.sold_out_expected
     )
     if scenario.asynchronous:
-        checks += async_run.async_checks(past=baseline.orders)
+        checks += async_run.async_checks(past=baseline.orders, paid_in_request_too=scenario.paid_in_request_too)
     return checks
 
 

@@ -13,9 +13,11 @@
  *   ITERATIONS      orders sent by the sellout scenario (default 3000)
  *   TOKENS_FILE     the seed's {"<userId>": "<token>"} file (default ../tokens.json)
  *   WARN_INTERVAL_S at most one failure warning per VU this often (default 10)
+ *   CHAOS_ORDERS    chaos: the careful clients' orders, async (202), sync (201) or both (default async)
+ *   CHAOS_KEYS      chaos: 1 (default) an Idempotency-Key per order; 0 none (async: Redis' intake path)
  */
 import http from 'k6/http';
-import { check } from 'k6';
+import { check, sleep } from 'k6';
 import { Counter, Rate } from 'k6/metrics';
 
 function env(name, fallback) {
@@ -36,12 +38,16 @@ const PRODUCTS = Number(env('PRODUCTS', '5'));
 const PRICE = Number(env('PRICE', '1'));
 const ITERATIONS = Number(env('ITERATIONS', '3000'));
 const WARN_INTERVAL_MS = Number(env('WARN_INTERVAL_S', '10')) * 1000;
+const CHAOS_ORDERS = env('CHAOS_ORDERS', 'async');
+const CHAOS_KEYS = env('CHAOS_KEYS', '1') === '1';
 
 // Counted per answer, read back by the runner from k6's summary and time series.
 const ordersCreated = new Counter('orders_created');
 const errorsByCode = new Counter('errors_by_code');
 // An answer the scenario does not accept: failures in the report, whatever the HTTP status.
 const unexpectedAnswers = new Rate('unexpected_answers');
+// Chaos: each order's last answer to a careful client (tag `answer`: its status, 0 for none).
+const chaosFinal = new Counter('chaos_final');
 
 const EXPECT_201 = http.expectedStatuses(201);
 // Sellout: a 409 is an answer, not a broken request; whether it is OUT_OF_STOCK is checked below.
@@ -163,6 +169,59 @@ function placeOrder(tokens, items, outOfStockExpected, asynchronous = false) {
   record(res, code, expected, host.tags);
 }
 
+// A careful client, as docs/api.md asks of real ones: one Idempotency-Key per order, the same
+// order sent again on no answer (timeout, refused, reset), 502, 503 and 504, waiting Retry-After
+// when given, else an exponential backoff with jitter, at most CAREFUL_TRIES times. A 409
+// CONFLICT is the key still in progress (an earlier try not answered yet): waited for likewise.
+// Without a key (CHAOS_KEYS=0: the asynchronous order then takes Redis' intake path) only a 503
+// is retried, which says nothing was changed; after no answer or a 502/504 the order may exist,
+// and a client without a key cannot safely send it again: it gives up (counted as such).
+const CAREFUL_TRIES = 8;
+const CAREFUL_TIMEOUT = '10s';
+const RETRIED = new Set([0, 502, 503, 504]);
+
+function orderKey() {
+  return `chaos-${__VU}-${__ITER}-${Date.now()}-${randomInt(0, 1e9)}`;
+}
+
+function backoffSeconds(res, attempt) {
+  const after = Number(res.headers && res.headers['Retry-After']);
+  if (after > 0) return Math.min(after, 5) * (0.5 + Math.random() / 2);
+  return Math.min(0.1 * 2 ** attempt, 3) * (0.5 + Math.random());
+}
+
+function carefulOrder(tokens) {
+  const asynchronous = CHAOS_ORDERS === 'async' || (CHAOS_ORDERS === 'both' && Math.random() < 0.5);
+  const success = asynchronous ? 202 : 201;
+  const userId = randomInt(1, USERS);
+  const headers = {
+    'Content-Type': 'application/json',
+    Authorization: `Bearer ${tokens[userId]}`,
+  };
+  if (CHAOS_KEYS) headers['Idempotency-Key'] = orderKey();
+  if (asynchronous) headers.Prefer = 'respond-async';
+  const body = JSON.stringify({ userId, orderItems: randomItems() });
+  let res;
+  for (let attempt = 0; attempt < CAREFUL_TRIES; attempt++) {
+    res = http.post(`${BASE_URL}/api/v1/orders`, body, {
+      headers,
+      timeout: CAREFUL_TIMEOUT,
+      responseCallback: asynchronous ? EXPECT_202 : EXPECT_201,
+    });
+    const code = res.status === success ? null : errorCode(res);
+    if (code) errorsByCode.add(1, { code });
+    const inProgress = res.status === 409 && code === 'CONFLICT';
+    if (CHAOS_KEYS ? !RETRIED.has(res.status) && !inProgress : res.status !== 503) break;
+    if (attempt + 1 < CAREFUL_TRIES) sleep(backoffSeconds(res, attempt));
+  }
+  const expected = res.status === success;
+  check(res, { [`last answer is ${success}`]: () => expected });
+  if (expected) ordersCreated.add(1);
+  chaosFinal.add(1, { answer: String(res.status) });
+  unexpectedAnswers.add(!expected);
+  if (!expected) warnFailure(res, errorCode(res));
+}
+
 function healthz() {
   const host = target();
   const res = http.get(`${host.url}/healthz`, { responseCallback: EXPECT_200, tags: host.tags });
@@ -178,6 +237,7 @@ const SCENARIOS = {
   sellout: { profile: 'sellout', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), true) },
   async: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false, true) },
   ceiling: { profile: 'load', peakVus: 100, run: () => healthz(), noTokens: true },
+  chaos: { profile: 'load', peakVus: 100, run: (tokens) => carefulOrder(tokens) },
   smoke: { profile: 'smoke', peakVus: 5, run: (tokens) => placeOrder(tokens, randomItems(), false) },
 };
 

@@ -1,5 +1,5 @@
 /**
- * Entry script: SCENARIO=load|spike|hot|sellout|async|ceiling|smoke (default load).
+ * Entry script: SCENARIO=load|spike|hot|sellout|async|chaos|ceiling|smoke (default load).
  * Everything else lives in lib.js; `python manage.py loadtest` sets the environment.
  *
  *   k6 run -e SCENARIO=spike -e BASE_URL=http://127.0.0.1:8080 loadtest/k6/main.js

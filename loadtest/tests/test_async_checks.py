@@ -54,6 +54,16 @@ def test_after_seeded_history_the_checks_and_figures_are_of_the_runs_own_orders(
     assert (figures.orders, figures.paid, figures.cancelled) == (1, 1, 0)
 
 
+def test_orders_paid_in_their_request_beside_202s_pass_only_when_the_run_made_both():
+    seed(SeedShape(users=3, products=2, stock=100, balance=1_000))
+    order_place(user_id=1, lines=[OrderLine(1, 2, 1)], asynchronous=False)  # 201: created, paid
+    order_place(user_id=2, lines=[OrderLine(2, 1, 1)], asynchronous=True)
+    orders_settle_batch(limit=10)
+
+    assert _held(async_checks(paid_in_request_too=True))["events equal status changes"] is True
+    assert _held(async_checks())["events equal status changes"] is False
+
+
 def test_waiting_for_the_drain_gives_up_when_no_settler_is_left_and_says_so_before_its_timeout():
     seed(SeedShape(users=1, products=1, stock=10, balance=10))
     order_place(user_id=1, lines=[OrderLine(1, 1, 1)], asynchronous=True)

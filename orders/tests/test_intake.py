@@ -12,6 +12,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
+from config import local
+from devtools import devservers
 from devtools.testing import (
     Settler,
     client_for,
@@ -20,6 +22,7 @@ from devtools.testing import (
     make_user,
     order_body,
     race,
+    settlement_batch_in_flight,
     start_redis_server,
     wait_for,
 )
@@ -370,3 +373,36 @@ def _stop_after_rounds(rounds: int):
             return self.checks > rounds or super().is_set()
 
     return _After()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not local.uses_own_database(),
+    reason="restarts PostgreSQL: only the project's own server (DATABASE_URL unset)",
+)
+def test_postgresql_crashing_mid_batch_keeps_every_202_the_intake_gave_and_charges_each_once():
+    """Issue 21: orders accepted by Redis alone, a real settler writing them in batches, and
+    PostgreSQL stopped in immediate mode with a batch open; after the restart every 202 ends
+    exactly once (the stock epoch, which fences each batch, came back unchanged)."""
+    users = [make_user(balance=1_000) for _ in range(10)]
+    product = make_product(price=100, stock_quantity=100)
+    ids = [_accept(u, product).order.id for u in users] + [_accept(u, product, quantity=2).order.id for u in users]
+    assert not Order.objects.exists()  # Redis holds them all
+    settler = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "400"}, batch_size=5)
+    try:
+        wait_for(settlement_batch_in_flight, what="a batch in flight")
+        connection.close()
+        devservers.stop_postgres(mode="immediate")  # a crash: the open batch is simply gone
+        devservers.start_postgres()
+        wait_for(lambda: Order.objects.filter(pk__in=ids, status=OrderStatus.PAID).count() == 20, timeout=90,
+                 what="every accepted order paid")  # fmt: skip
+    finally:
+        settler.stop()
+
+    assert "settlement batch failed" in settler.log_path.read_text()  # it did lose a batch
+    assert intake.intake_backlog() == 0
+    assert sorted(Payment.objects.values_list("order_id", flat=True)) == sorted(ids)  # one payment each
+    for user in users:
+        assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
+    assert not inventory_reconcile().drifted
+    assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 70}

@@ -114,6 +114,25 @@ class Command(BaseCommand):
             action="store_true",
             help="after each run, time the periodic jobs (reconciliation, expiry, the retention trims) on its data",
         )
+        chaos = parser.add_argument_group("--scenario chaos (docs/chaos.md)")
+        chaos.add_argument(
+            "--faults",
+            help="the fault schedule, times since k6 started: e.g. redis-kill@20s,pg-stop@40s+10s,"
+            "web-worker-kill@60s,settler-kill@70s,celery-kill@80s (default: five faults spread over the run, "
+            "their times scaled by --duration-scale; a pg-stop lasts 10 s)",
+        )
+        chaos.add_argument(
+            "--chaos-orders",
+            choices=runner.CHAOS_ORDERS,
+            default="async",
+            help="the careful clients' orders: async (202, Prefer: respond-async; default), sync (201) or both",
+        )
+        chaos.add_argument(
+            "--no-idempotency-key",
+            action="store_true",
+            help="the careful clients send no Idempotency-Key: asynchronous orders take Redis' intake path "
+            "(issue 21: 202s while PostgreSQL is stopped); only 503s are retried then",
+        )
         parser.add_argument("--vus", type=int, help="peak VUs (default 100; smoke 5)")
         parser.add_argument("--port", type=int, default=8089, help="port of the started gunicorn (default 8089)")
         parser.add_argument("--reports-dir", type=Path, default=runner.REPORTS_DIR, help="where reports go")
@@ -158,6 +177,9 @@ class Command(BaseCommand):
                 (options["baseline_env"], options["compare_env"]) if options["compare_env"] is not None else None
             ),
             hosts=options["hosts"],
+            faults=options["faults"],
+            chaos_orders=options["chaos_orders"],
+            chaos_keys=not options["no_idempotency_key"],
         )
         try:
             out_dir, results = runner.run(run_options, echo=self._echo)
