@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import http.client
 import itertools
 import json
 import random
@@ -95,7 +96,7 @@ class Clients:
                 with self._lock:
                     self.refused[refused.code] += 1
                 continue
-            except (OSError, ValueError):  # refused, reset or cut mid-answer: no answer
+            except (OSError, ValueError, http.client.HTTPException):  # refused, reset or cut mid-answer: no answer
                 with self._lock:
                     self.failures += 1
                 time.sleep(0.05)
