@@ -218,7 +218,9 @@ def test_loadtest_over_two_hosts_spreads_k6s_vus_over_both_and_reports_what_each
         pytest.skip(reason)
     reports = tmp_path / "reports"
     try:
-        call_command("loadtest", "--scenario", "smoke", "--hosts", "2", "--reports-dir", str(reports))
+        call_command(
+            "loadtest", "--scenario", "smoke", "--hosts", "2", "--duration-scale", "0.3", "--reports-dir", str(reports)
+        )
     except CommandError as exc:
         if "cannot be made here" not in str(exc):
             raise

@@ -163,7 +163,7 @@ def test_a_runs_redis_appendfsync_goes_to_the_running_redis_and_is_put_back_afte
 def test_compare_env_starts_each_runs_server_with_its_own_environment(tmp_path):
     reports = tmp_path / "reports"
     call_command("loadtest", "--compare-env", "GUNICORN_WORKERS=2", "--baseline-env", "GUNICORN_WORKERS=1",
-                 scenario="smoke", duration_scale=0.5, port=free_port(), reports_dir=reports)  # fmt: skip
+                 scenario="smoke", duration_scale=0.3, port=free_port(), reports_dir=reports)  # fmt: skip
 
     (report_dir,) = reports.iterdir()
     assert report_dir.name.endswith("-smoke-env")
