@@ -300,6 +300,17 @@ def files_open_to_others(directory: Path) -> Iterator[set[str]]:
         os.umask(umask)
 
 
+def postgres_crashed_mid_batch() -> None:
+    """Once a settler holds a batch open: PostgreSQL stopped in immediate mode (a crash, the open
+    batch simply gone), then started again. Only the project's own server."""
+    from devtools import devservers
+
+    wait_for(settlement_batch_in_flight, what="a batch in flight")
+    connection.close()
+    devservers.stop_postgres(mode="immediate")
+    devservers.start_postgres()
+
+
 def wait_for(condition: Callable[[], object], *, timeout: float = 30, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

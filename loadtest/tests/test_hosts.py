@@ -116,6 +116,11 @@ def _pending_of(pid: int) -> int:
                                                       else c["name"]).endswith(f"-{pid}"))  # fmt: skip
 
 
+# Where namespaces cannot be made (not root, no `ip`) these tests say why instead of running.
+_UNAVAILABLE = netns.unavailable_reason()
+needs_namespaces = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+
+
 PAID_EVENTS = {
     201: [events.CREATED, events.PAID],  # paid inside the request
     202: [events.CREATED, events.PAYMENT_STARTED, events.PAID],  # paid by a settler
@@ -145,10 +150,8 @@ def _wait_for(condition, *, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+@needs_namespaces
 def test_a_host_killed_whole_under_load_loses_no_order_its_clients_were_told_of_and_charges_none_twice(tmp_path):
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     with contextlib.ExitStack() as stack:
         try:
             made = stack.enter_context(hosts.network(2))
@@ -212,10 +215,8 @@ def test_a_host_killed_whole_under_load_loses_no_order_its_clients_were_told_of_
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+@needs_namespaces
 def test_loadtest_over_two_hosts_spreads_k6s_vus_over_both_and_reports_what_each_served(tmp_path):
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     reports = tmp_path / "reports"
     try:
         call_command(
@@ -240,10 +241,8 @@ def test_loadtest_over_two_hosts_spreads_k6s_vus_over_both_and_reports_what_each
     assert not netns.ours()  # the namespaces removed
 
 
+@needs_namespaces
 def test_a_crashed_runs_leftover_namespace_is_removed_first_and_what_is_made_goes_whatever_happens():
-    reason = netns.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
     leftover = netns.namespace_name(1)
     netns.clean()
     if subprocess.run(["ip", "netns", "add", leftover], capture_output=True).returncode != 0:

@@ -13,7 +13,6 @@ from rest_framework.test import APIClient
 from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config import local
-from devtools import devservers
 from devtools.testing import (
     Settler,
     client_for,
@@ -21,8 +20,8 @@ from devtools.testing import (
     make_product,
     make_user,
     order_body,
+    postgres_crashed_mid_batch,
     race,
-    settlement_batch_in_flight,
     start_redis_server,
     wait_for,
 )
@@ -390,10 +389,7 @@ def test_postgresql_crashing_mid_batch_keeps_every_202_the_intake_gave_and_charg
     assert not Order.objects.exists()  # Redis holds them all
     settler = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "400"}, batch_size=5)
     try:
-        wait_for(settlement_batch_in_flight, what="a batch in flight")
-        connection.close()
-        devservers.stop_postgres(mode="immediate")  # a crash: the open batch is simply gone
-        devservers.start_postgres()
+        postgres_crashed_mid_batch()
         wait_for(lambda: Order.objects.filter(pk__in=ids, status=OrderStatus.PAID).count() == 20, timeout=90,
                  what="every accepted order paid")  # fmt: skip
     finally:

@@ -5,20 +5,18 @@ conserved (real servers killed for real)."""
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 
 from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config import local
-from devtools import devservers
 from devtools.testing import (
     Settler,
     free_port,
     make_product,
     make_user,
+    postgres_crashed_mid_batch,
     run_in_django_process,
-    settlement_batch_in_flight,
     start_redis_server,
     wait_for,
 )
@@ -60,10 +58,7 @@ def test_postgresql_crashing_mid_batch_loses_no_accepted_order_and_charges_each_
     placed = _place_for(users, product) + _place_for(users, product, quantity=2)
     settler = Settler(extra_env={"PAYMENT_GATEWAY_LATENCY_MS": "400"}, batch_size=5)
     try:
-        wait_for(settlement_batch_in_flight, what="a batch in flight")
-        connection.close()
-        devservers.stop_postgres(mode="immediate")  # a crash: the open batch is simply gone
-        devservers.start_postgres()
+        postgres_crashed_mid_batch()
         wait_for(lambda: _all_settled(placed), timeout=90, what="every accepted order settled")
     finally:
         settler.stop()
