@@ -107,14 +107,22 @@ def redis_server_pid() -> int | None:
     return pid if server is not None and server.comm.startswith("redis") else None
 
 
+def machine_ticks() -> list[int] | None:
+    """The machine's CPU time so far by kind, in ticks (/proc/stat's first line: user, nice,
+    system, idle, iowait, irq, softirq, steal, ...); None off Linux."""
+    try:
+        return [int(value) for value in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
 def machine_busy_ms() -> float | None:
     """CPU milliseconds all of this machine's processes used so far (user, nice, system, irq,
     softirq: not idle, I/O wait nor what the host stole); None off Linux."""
-    try:
-        fields = [int(value) for value in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:8]]
-    except (OSError, ValueError):
+    ticks = machine_ticks()
+    if ticks is None or len(ticks) < 7:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields
+    user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]
     return (user + nice + system + irq + softirq) * 1000 / TICKS_PER_S
 
 

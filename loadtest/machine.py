@@ -15,6 +15,7 @@ from django.db import connection
 
 from config import web_server
 from inventory import redis_counts
+from loadtest import cpu
 
 
 def _quietly(read: Callable[[], str]) -> str:
@@ -41,7 +42,7 @@ def _k6_version(k6: str) -> str:
     return subprocess.run([k6, "version"], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def gunicorn_config() -> str:
+def web_server_config() -> str:
     """The web server (config/web_server.py's WEB_SERVER) with its workers and threads, as its
     configuration computes them from this environment."""
     if web_server.web_server() == "granian":
@@ -59,9 +60,8 @@ def gunicorn_config() -> str:
 
 def cpu_times() -> tuple[int, int] | None:
     """(all CPU time, time stolen by the hypervisor) so far, in ticks; None off Linux."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
+    fields = cpu.machine_ticks()
+    if fields is None:
         return None
     return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
 

@@ -37,17 +37,19 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
+from config import web_server
 from config.local import current_database_url
 from devtools import devservers, netns
 from inventory import redis_counts
 from kernel import metrics
 from loadtest import async_run, chaos, cpu, hosts, jobs, seeding, server, server_metrics
 from loadtest.invariants import Baseline, Check, check_invariants
-from loadtest.machine import cpu_times, gunicorn_config, machine_info, steal_share
+from loadtest.machine import cpu_times, machine_info, steal_share, web_server_config
 from loadtest.report import (
     RunResult,
     async_comparison,
     environment_comparison,
+    environment_text,
     hosts_comparison,
     shape_comparison,
     strategy_comparison,
@@ -317,8 +319,9 @@ def _serving(options: RunOptions, strategy: str, out_dir: Path, echo: Echo) -> I
         with _serving_hosts(options, strategy, out_dir, echo) as served:
             yield served
         return
-    echo(f"starting gunicorn ({strategy} strategy) on port {options.port}; log: {out_dir / 'gunicorn.log'}")
-    with server.gunicorn(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as served:
+    echo(f"starting {web_server.web_server()} ({strategy} strategy) on port {options.port}; "
+         f"log: {out_dir / 'gunicorn.log'}")  # fmt: skip
+    with server.web_server(strategy=strategy, port=options.port, log_path=out_dir / "gunicorn.log") as served:
         yield served
     echo("gunicorn stopped")
 
@@ -399,16 +402,17 @@ def _processes(
             "web server": f"external server at {options.url}",
             "settlers and periodic jobs": "the deployment's own, not seen by this command",
         }
-    workers = len(cpu.children(served.pid))
-    environment = ", ".join(f"{name}={value}" for name, value in options.environment) or "as configured"
     paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
-    web = f"{gunicorn_config()}: master pid {served.pid} with {workers} workers seen in /proc"
     if options.hosts:
         each = "; ".join(f"{host.base_url} master pid {host.pid} with {len(cpu.children(host.pid))} workers"
                          for host in served.every_host)  # fmt: skip
-        web = f"{gunicorn_config()} on each of {len(served.every_host)} hosts (network namespaces): {each}"
+        web = f"{web_server_config()} on each of {len(served.every_host)} hosts (network namespaces): {each}"
+    else:
+        web = (
+            f"{web_server_config()}: master pid {served.pid} with {len(cpu.children(served.pid))} workers seen in /proc"
+        )
     return {
-        "environment set by this run": environment,
+        "environment set by this run": environment_text(dict(options.environment)),
         "web server": web,
         "settlers": (
             f"{len(settlers)} x `manage.py settle_payments` (batch size {settings.SETTLE_BATCH_SIZE}, "
@@ -464,7 +468,7 @@ def environment_set(variables: tuple[tuple[str, str], ...], echo: Echo) -> Itera
     reads of the configuration (gunicorn's workers, say)."""
     saved = {name: os.environ.get(name) for name, _ in variables}
     if variables:
-        echo("environment of this run's processes: " + ", ".join(f"{name}={value}" for name, value in variables))
+        echo(f"environment of this run's processes: {environment_text(dict(variables))}")
     os.environ.update(dict(variables))
     try:
         yield
@@ -516,7 +520,7 @@ def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_cei
     if chaos_report is not None:
         checks += chaos.checks(chaos_report)
     job_timings = _timed_jobs(options, echo)
-    served_by = f"external server at {options.url}" if options.url else f"{gunicorn_config()}, started by the runner"
+    served_by = f"external server at {options.url}" if options.url else f"{web_server_config()}, started by the runner"
     result = RunResult(
         scenario=scenario.name,
         strategy=strategy,

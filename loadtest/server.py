@@ -24,8 +24,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from config import web_server
 from config.local import current_database_url
+from config.web_server import command as web_server_command
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0  # gunicorn's graceful_timeout is 10 s
@@ -122,8 +122,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
-    """Start gunicorn, wait for /healthz, yield its URL and pid; stop it on the way out, whatever happens."""
+def web_server(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
+    """Start the web server WEB_SERVER names (config/web_server.py: gunicorn unless it says granian),
+    wait for /healthz, yield its URL and pid; stop it on the way out, whatever happens."""
     base_url = f"http://127.0.0.1:{port}"
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:  # else /healthz might answer from someone else
@@ -132,7 +133,7 @@ def gunicorn(*, strategy: str, port: int, log_path: Path) -> Iterator[Served]:
     metrics_dir().mkdir(parents=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            web_server.command(f"127.0.0.1:{port}"),
+            web_server_command(f"127.0.0.1:{port}"),
             cwd=settings.BASE_DIR,
             env=server_environment(strategy=strategy, port=port),
             stdout=log,

@@ -65,7 +65,7 @@ def test_a_revoked_token_is_refused_by_every_worker_at_once(tmp_path, monkeypatc
 
     log_path = Path(settings.BASE_DIR) / "test-output" / "token-workers-gunicorn.log"
     log_path.parent.mkdir(exist_ok=True)
-    with server.gunicorn(strategy="new", port=free_port(), log_path=log_path) as served:
+    with server.web_server(strategy="new", port=free_port(), log_path=log_path) as served:
         before = until_every_worker_answered(served.base_url, key, access_log, after=0)
         assert all(statuses == {"200"} for statuses in before.values()), before  # both accept it
 

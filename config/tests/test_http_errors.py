@@ -19,7 +19,7 @@ from accounts.services import token_create
 from config import gunicorn_errors, web_server
 from devtools.testing import free_port, make_user
 from kernel.errors import ErrorCode
-from loadtest.server import gunicorn
+from loadtest.server import web_server as running_web_server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -40,7 +40,7 @@ def server(request, django_db_setup, django_db_blocker, tmp_path_factory):
         patch.setenv("GRANIAN_WORKERS", "1")
         with django_db_blocker.unblock():
             log = tmp_path_factory.mktemp(request.param) / "server.log"
-            with gunicorn(strategy="new", port=free_port(), log_path=log) as served:
+            with running_web_server(strategy="new", port=free_port(), log_path=log) as served:
                 yield Served(request.param, int(served.base_url.rsplit(":", 1)[1]))
 
 

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from accounts.services import token_create
 from devtools.testing import Settler, free_port, make_product, make_user
-from loadtest.server import gunicorn
+from loadtest.server import web_server
 from orders.services import OrderLine, order_place
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -41,7 +41,7 @@ def server(django_db_setup, django_db_blocker, tmp_path_factory):
         patch.setenv("GUNICORN_WORKERS", "2")
         with django_db_blocker.unblock():
             log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-            with gunicorn(strategy="new", port=free_port(), log_path=log) as served:
+            with web_server(strategy="new", port=free_port(), log_path=log) as served:
                 yield served.base_url
 
 

@@ -155,7 +155,7 @@ def test_a_load_run_of_its_own_leaves_the_developers_database_redis_and_tokens_a
 def test_against_a_url_nothing_is_reseeded_without_reseed_and_with_it_the_target_is_named_first(tmp_path, tokens_path):
     customer, product = make_user(username="deployed customer"), make_product(name="Deployed widget")
     reports = tmp_path / "reports"
-    with server.gunicorn(strategy="new", port=free_port(), log_path=tmp_path / "gunicorn.log") as served:
+    with server.web_server(strategy="new", port=free_port(), log_path=tmp_path / "gunicorn.log") as served:
         with pytest.raises(CommandError) as refused:
             call_command("loadtest", scenario="smoke", duration_scale=0.05, url=served.base_url, reports_dir=reports)
         message = str(refused.value)

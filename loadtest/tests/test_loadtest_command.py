@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from devtools import netns
 from devtools.testing import free_port
 from inventory import redis_counts
-from loadtest.machine import gunicorn_config
+from loadtest.machine import web_server_config
 from loadtest.runner import RunOptions, comparison_runs, environment_set, redis_durability_set
 from loadtest.server import server_environment
 
@@ -140,7 +140,7 @@ def test_a_runs_environment_is_set_for_its_processes_and_put_back_after(monkeypa
     monkeypatch.delenv("GUNICORN_THREADS", raising=False)
 
     with environment_set((("GUNICORN_WORKERS", "1"), ("GUNICORN_THREADS", "2")), echo=lambda _: None):
-        assert "1 gthread workers x 2 thread(s)" in gunicorn_config()
+        assert "1 gthread workers x 2 thread(s)" in web_server_config()
         assert server_environment(strategy="new")["GUNICORN_THREADS"] == "2"
 
     assert os.environ["GUNICORN_WORKERS"] == "3"

@@ -44,7 +44,7 @@ def test_a_series_of_real_scrapes_holds_the_backlog_the_rates_and_the_time_to_pa
     product, scarce = make_product(price=1, stock_quantity=100), make_product(price=1, stock_quantity=1)
     rich, poor = make_user(balance=1_000), make_user(balance=0)
     rich_token, poor_token = token_create(user=rich).key, token_create(user=poor).key
-    with server.gunicorn(strategy="new", port=free_port(), log_path=tmp_path / "gunicorn.log") as served:
+    with server.web_server(strategy="new", port=free_port(), log_path=tmp_path / "gunicorn.log") as served:
         before = server_metrics.scrape(served.base_url)
         statuses = [
             *(_post_order(served.base_url, rich_token, order_body(rich, (product, 1)), asynchronous=True)

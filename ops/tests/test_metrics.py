@@ -313,7 +313,7 @@ def test_orders_counted_by_two_gunicorn_workers_add_up_in_one_scrape(monkeypatch
     user = make_user(balance=100_000)
     token = token_create(user=user).key
     log = Path(tmp_path) / "gunicorn.log"
-    with server.gunicorn(strategy="new", port=free_port(), log_path=log) as served:
+    with server.web_server(strategy="new", port=free_port(), log_path=log) as served:
         workers = cpu.children(served.pid)
         assert len(workers) == 2
         sent, body = 0, order_body(user, (product, 1))
@@ -343,7 +343,7 @@ def test_the_request_id_is_on_the_json_log_line_of_acceptance_and_the_settler_lo
     log = Path(tmp_path) / "gunicorn.log"
     settler = Settler(extra_env={"LOG_FORMAT": "json"}, name="json-log")
     try:
-        with server.gunicorn(strategy="new", port=free_port(), log_path=log) as served:
+        with server.web_server(strategy="new", port=free_port(), log_path=log) as served:
             status, headers, body = _post_order(
                 served.base_url, token, order_body(user, (product, 1)),
                 {"X-Request-ID": "trace-42", "Prefer": "respond-async"},
