@@ -5,6 +5,7 @@ from redis.connection import parse_url
 
 from inventory import redis_counts
 from inventory.reservations import stock_epoch
+from inventory.shards import stock_shards
 from orders.backlog import payment_backlog_forget
 
 
@@ -18,7 +19,8 @@ def clean_redis(request, settings):
     client = redis_counts.redis_client()
     client.flushdb()
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(request.fixturenames):
-        redis_counts.mark_loaded(epoch=stock_epoch())
+        for shard in stock_shards():
+            redis_counts.mark_loaded(shard, epoch=stock_epoch(shard))
     payment_backlog_forget()
     yield
     client.flushdb()
@@ -45,3 +47,13 @@ def database_intake(settings, monkeypatch):
     for the tests of that path, in this process and in the processes it starts."""
     settings.ORDER_ASYNC_INTAKE = "database"
     monkeypatch.setenv("ORDER_ASYNC_INTAKE", "database")
+
+
+@pytest.fixture
+def sharded_stock(settings, clean_redis):
+    """Stock spread over three shards on the one Redis (STOCK_SHARDS=3), each loaded: an order of
+    products with consecutive ids takes holds on several shards (inventory/shards.py)."""
+    settings.STOCK_SHARDS = 3
+    for shard in stock_shards():
+        redis_counts.mark_loaded(shard, epoch=stock_epoch(shard))
+    return stock_shards()

@@ -208,6 +208,11 @@ CACHES = {
 # Reservations older than this, still unresolved, are settled by reconciliation: released
 # if their order never committed. Longer than any order transaction can live.
 STOCK_RESERVATION_GRACE_SECONDS = env.int("STOCK_RESERVATION_GRACE_SECONDS", default=60)
+# How many shards stock is spread over (inventory/shards.py, docs/redis-cluster.md): 1 on a
+# single Redis. Change it only with the service stopped; the next start rebuilds every shard.
+STOCK_SHARDS = env.int("STOCK_SHARDS", default=1)
+if STOCK_SHARDS < 1:
+    raise ValueError(f"STOCK_SHARDS must be 1 or more, not {STOCK_SHARDS}")
 BALANCE_UPDATE_MAX_ATTEMPTS = env.int("BALANCE_UPDATE_MAX_ATTEMPTS", default=30)
 BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
 # API tokens (accounts/authentication.py, docs/security.md "Tokens"): a request's token is read

@@ -81,8 +81,25 @@ class StockCollector:
             "Age of the ledger sum behind shop_stock_database_units (at most STOCK_LEDGER_GAUGE_SECONDS).",
             value=age,
         )
+        states = redis_counts.shard_states()
         yield GaugeMetricFamily(
             "shop_stock_reservations_tracked",
-            "Reservations tracked in Redis: in flight, or sold in the last seconds and not yet forgotten.",
-            value=redis_counts.tracked_reservations(),
+            "Reservations tracked in Redis: in flight, or sold in the last seconds and not yet forgotten "
+            "(one of several stock shards counts once per shard).",
+            value=sum(state.tracked for state in states),
         )
+        loaded = GaugeMetricFamily(
+            "shop_stock_shard_loaded",
+            "1 while a stock shard's counts are loaded by the Redis server that serves it, 0 while it waits for a "
+            "rebuild (after data loss or a failover). Shard: its hash tag, or 'single' on one Redis.",
+            labels=["shard"],
+        )
+        tracked = GaugeMetricFamily(
+            "shop_stock_shard_reservations_tracked", "Reservations a stock shard tracks.", labels=["shard"]
+        )
+        for state in states:
+            label = state.shard.tag or "single"
+            loaded.add_metric([label], int(state.loaded))
+            tracked.add_metric([label], state.tracked)
+        yield loaded
+        yield tracked

@@ -101,3 +101,18 @@ class StockReservation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.token} {self.state}"
+
+
+class StockShardEpoch(models.Model):
+    """The generation of one stock shard's counts in Redis (inventory/shards.py): a rebuild of
+    the shard bumps it first, and a reservation made under an older one is never recorded
+    (inventory.queries.EPOCH_FENCE). A row per shard, made by its first load."""
+
+    tag = models.CharField(max_length=32, primary_key=True)  # "" for the only shard of one Redis
+    epoch = models.BigIntegerField()
+
+    class Meta:
+        db_table = "inventory_stock_shard"
+
+    def __str__(self) -> str:
+        return f"shard {self.tag or '(single)'}: epoch {self.epoch}"

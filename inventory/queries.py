@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING
 import orjson
 from psycopg import sql
 
-from inventory.models import Product, StockMovement, StockReservation
+from inventory.models import Product, StockMovement, StockReservation, StockShardEpoch
 from kernel.database import SqlParams, Statement
 
 if TYPE_CHECKING:
     from inventory.services import Reservation
 
-# The generation of Redis' stock counts (a sequence: no model).
-STOCK_EPOCH = sql.Identifier("inventory_stock_epoch")
+STOCK_SHARD = sql.Identifier(StockShardEpoch._meta.db_table)
 _PRODUCT = sql.Identifier(Product._meta.db_table)
 _RESERVATION = sql.Identifier(StockReservation._meta.db_table)
 _MOVEMENT = sql.Identifier(StockMovement._meta.db_table)
@@ -40,10 +39,16 @@ class ReservationToken(SqlParams):
 
 @dataclass(frozen=True, slots=True)
 class StockEpoch(SqlParams):
-    """The stock epoch a reservation was made under (EPOCH_FENCE)."""
+    """The epoch of each shard a reservation was made on (EPOCH_FENCE): a JSON object, shard tag
+    -> epoch, and how many shards."""
 
     prefix = "stock_"
-    epoch: int
+    epochs: str
+    shards: int
+
+    @classmethod
+    def of(cls, epochs: dict[str, int]) -> StockEpoch:
+        return cls(epochs=orjson.dumps(epochs).decode(), shards=len(epochs))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +104,16 @@ class LedgerReference(SqlParams):
     reference: str
 
 
-# The generation of Redis' stock counts. A rebuild from the database (after Redis lost data)
-# bumps it before it waits for older transactions, and a reservation's units are recorded only
-# while the epoch is still the one they were reserved under: a statement that read the old
-# epoch began before the bump, so the rebuild waits for it and counts its sale; one that reads
-# the new epoch records nothing. Read with last_value, which needs no lock and no snapshot.
-EPOCH_FENCE = sql.SQL("SELECT 1 FROM {epoch} WHERE last_value = {stock_epoch}").format(
-    epoch=STOCK_EPOCH, stock_epoch=StockEpoch.placeholder("epoch")
+# The generation of each shard's counts in Redis. A rebuild of a shard from the database (after
+# Redis lost its data) bumps the shard's epoch before it waits for older transactions, and a
+# reservation's units are recorded only while the epoch of every shard it holds units on is still
+# the one they were reserved under: a statement that read the old epoch began before the bump,
+# so the rebuild waits for it and counts its sale; one that reads the new epoch records nothing.
+# The shards' table is a few rows, read whole; the bump's row lock never makes this read wait.
+EPOCH_FENCE = sql.SQL("""SELECT 1 WHERE (
+    SELECT count(*) FROM {shard} AS shard WHERE shard.epoch = ({epochs}::jsonb ->> shard.tag)::bigint
+) = {shards}""").format(
+    shard=STOCK_SHARD, epochs=StockEpoch.placeholder("epochs"), shards=StockEpoch.placeholder("shards")
 )
 # The same fence, and the prices the caller was quoted still the database's: every product
 # exists, is on sale and costs what the order will charge (prices_for_order's checks, read in

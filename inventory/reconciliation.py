@@ -26,6 +26,7 @@ from inventory.errors import (
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
 from inventory.queries import PRODUCTS_FOR_MIRROR_BY_ID_SQL, PRODUCTS_FOR_MIRROR_SQL
 from inventory.reservations import reservation_mark_released, stock_epoch, stock_epoch_bump
+from inventory.shards import StockShard, by_shard, shard_of, stock_shards
 from kernel import metrics
 from kernel.database import AdvisoryLock
 
@@ -53,7 +54,8 @@ class ProductDrift:
 
 @dataclass
 class ReconcileReport:
-    rebuilt: bool = False
+    rebuilt: bool = False  # some shard was rebuilt from the database...
+    rebuilt_shards: list[str] = field(default_factory=list)  # ...these (their tags)
     released_tokens: list[str] = field(default_factory=list)
     forgotten_tokens: int = 0
     products: list[ProductDrift] = field(default_factory=list)
@@ -170,25 +172,26 @@ def on_hand_by_product() -> dict[int, int]:
     return {pid: totals[pid] or 0 for pid in sorted(totals)}
 
 
-def _settle_abandoned(*, grace_seconds: float) -> list[str]:
-    """Release reservations older than the grace period whose order never committed. Those of
-    accepted orders (orders' intake) are not abandoned: a settler will record their sale.
+def _settle_abandoned(shard: StockShard, *, grace_seconds: float) -> list[str]:
+    """Release the shard's reservations older than the grace period whose order never committed.
+    Those of accepted orders (orders' intake) are not abandoned: a settler will record their sale.
 
     Inserting the RELEASED row first means a late order transaction can no longer commit (its
-    SOLD insert conflicts); a crash after the insert just repeats the idempotent release.
+    SOLD insert conflicts); a crash after the insert just repeats the idempotent release. The
+    row decides for a reservation's parts on every shard: each shard's turn releases its own.
     """
     cutoff_ms = int((time.time() - grace_seconds) * 1000)
-    tokens = redis_counts.tokens_reserved_before(cutoff_ms=cutoff_ms)
+    tokens = redis_counts.tokens_reserved_before(shard, cutoff_ms=cutoff_ms)
     if not tokens:
         return []
     # Most old reservations were sold long ago: find those in one query and leave them to the
     # drift pass, which forgets them; only the rest need settling one by one.
     sold = _sold_tokens(tokens)
     unsettled = [t for t in tokens if t not in sold]
-    held = redis_counts.held_by_accepted_orders(tokens=unsettled) if unsettled else set()
+    held = redis_counts.held_by_accepted_orders(shard=shard, tokens=unsettled) if unsettled else set()
     released = []
     for token in (t for t in unsettled if t not in held):
-        if reservation_mark_released(token) and redis_counts.release(token=token):
+        if reservation_mark_released(token) and redis_counts.release(token=token, shards=[shard]):
             released.append(token)
     if released:
         logger.warning("released %d abandoned stock reservations", len(released))
@@ -262,19 +265,38 @@ def _reconciliation_lock() -> Iterator[bool]:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [AdvisoryLock.STOCK_RECONCILIATION])
 
 
+@dataclass
+class _ShardState:
+    """One shard's side of a reconciliation: its server's run id, its epoch, its snapshot."""
+
+    shard: StockShard
+    run_id: str
+    epoch: int
+    loaded: bool
+    product_ids: list[int] = field(default_factory=list)
+    snapshot: redis_counts.Snapshot | None = None
+
+
 def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_wait_seconds: float) -> ReconcileReport:
-    run_id = redis_counts.server_run_id()
-    epoch = stock_epoch()
-    if not redis_counts.is_loaded(run_id=run_id):
-        report.rebuilt = True
-        if repair:  # a check changes nothing: it need not wait for transactions older than the loss
-            # First the fence: reservations made before the loss can no longer be recorded...
-            epoch = stock_epoch_bump()
-            # ...then the wait for the sales that read the old epoch, so the rebuild counts them.
+    states = []
+    for shard in stock_shards():
+        run_id = redis_counts.server_run_id(shard)
+        states.append(_ShardState(shard=shard, run_id=run_id, epoch=stock_epoch(shard),
+                                  loaded=redis_counts.is_loaded(shard, run_id=run_id)))  # fmt: skip
+    lost = [state for state in states if not state.loaded]
+    report.rebuilt_shards = [state.shard.tag for state in lost]
+    report.rebuilt = bool(lost)
+    if repair:  # a check changes nothing: it need not wait for transactions older than the loss
+        for state in lost:
+            # First the fence: reservations made on the shard before the loss can no longer be
+            # recorded...
+            state.epoch = stock_epoch_bump(state.shard)
+        if lost:  # ...then the wait for the sales that read the old epoch, so the rebuild counts them.
             _wait_for_older_transactions(timeout=rebuild_wait_seconds)
-    elif repair:
-        report.released_tokens = _settle_abandoned(grace_seconds=grace)
-    if repair:  # before the counts: a rebuilt Redis is marked loaded with its prices there
+        for state in states:
+            if state.loaded:
+                report.released_tokens += _settle_abandoned(state.shard, grace_seconds=grace)
+        # Before the counts: a rebuilt shard is marked loaded with its prices there.
         report.prices_mirrored = prices_mirror_load()
     with transaction.atomic():
         with connection.cursor() as cursor:
@@ -284,41 +306,66 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
         limited = sorted(pid for pid, limit in limits.items() if limit)
         held_for_good = holdings_by_holder(product_ids=limited)
         pending = pending_moves()
-        snap = redis_counts.snapshot(product_ids=list(on_hand), limited_ids=limited)
-        sold = _sold_tokens(list(snap.reservations))
-        recorded = _recorded_moves(list(snap.moves))
-    # Reservations in flight are in Redis' counts and holdings, not in the ledger.
-    expected_held = dict(held_for_good)
-    in_flight = _count_units(
-        (tracked for token, tracked in snap.reservations.items() if token not in sold),
-        holdings=expected_held, holding_sign=1, limited=snap.holdings,
-    )  # fmt: skip
-    # Moves between the two snapshots: committed but not applied in Redis yet (the repair applies
-    # them, unless their own step gets there first), or applied but committed after the database
-    # snapshot. Either way they are pending, not drift: Redis is expected without the first and
-    # with the second.
-    unapplied = {token: move for token, move in pending.items() if token not in snap.moves}
-    unrecorded = {token: move for token, move in snap.moves.items() if token not in recorded}
-    not_applied = _count_units(unapplied.values(), holdings=expected_held, holding_sign=1, limited=snap.holdings)
-    not_recorded = _count_units(unrecorded.values(), holdings=expected_held, holding_sign=-1, limited=snap.holdings)
-    report.holding_drifts = _holding_drifts(expected_held, snap.holdings)
-    report.products = [
-        ProductDrift(product_id=pid, on_hand=units, in_flight=in_flight.get(pid, 0), redis=snap.available[pid],
-                     unapplied=not_applied.get(pid, 0), unrecorded=not_recorded.get(pid, 0))
-        for pid, units in on_hand.items()
-    ]  # fmt: skip
+        # Each shard's Redis snapshot after the one database snapshot (see inventory_reconcile).
+        products_of = by_shard(on_hand)
+        for state in states:
+            state.product_ids = products_of.get(state.shard, [])
+            state.snapshot = redis_counts.snapshot(
+                state.shard, product_ids=state.product_ids,
+                limited_ids=[pid for pid in limited if shard_of(pid) == state.shard],
+            )  # fmt: skip
+        sold = _sold_tokens(sorted({token for state in states for token in state.snapshot.reservations}))
+        recorded = _recorded_moves(sorted({token for state in states for token in state.snapshot.moves}))
+    pending_parts = redis_counts.moves_by_shard(pending)
+    acknowledged = _fully_applied(recorded, pending_parts=pending_parts, states=states)
+    repairs = []
+    for state in states:
+        snap = state.snapshot
+        # Reservations in flight are in Redis' counts and holdings, not in the ledger.
+        expected_held = {key: units for key, units in held_for_good.items() if key[0] in snap.holdings}
+        in_flight = _count_units(
+            (tracked for token, tracked in snap.reservations.items() if token not in sold),
+            holdings=expected_held, holding_sign=1, limited=snap.holdings,
+        )  # fmt: skip
+        # Moves between the two snapshots: committed but not applied in Redis yet (the repair
+        # applies them, unless their own step gets there first), or applied but committed after
+        # the database snapshot. Either way they are pending, not drift: Redis is expected
+        # without the first and with the second.
+        shard_pending = pending_parts.get(state.shard, {})
+        unapplied = {token: move for token, move in shard_pending.items() if token not in snap.moves}
+        unrecorded = {token: move for token, move in snap.moves.items() if token not in recorded}
+        not_applied = _count_units(unapplied.values(), holdings=expected_held, holding_sign=1, limited=snap.holdings)
+        not_recorded = _count_units(unrecorded.values(), holdings=expected_held, holding_sign=-1,
+                                    limited=snap.holdings)  # fmt: skip
+        holding_drifts = _holding_drifts(expected_held, snap.holdings)
+        report.holding_drifts.update(holding_drifts)
+        products = [
+            ProductDrift(product_id=pid, on_hand=on_hand[pid], in_flight=in_flight.get(pid, 0),
+                         redis=snap.available[pid], unapplied=not_applied.get(pid, 0),
+                         unrecorded=not_recorded.get(pid, 0))
+            for pid in state.product_ids
+        ]  # fmt: skip
+        report.products += products
+        report.pending_moves += len(unapplied) + len(unrecorded)
+        repairs.append((state, products, holding_drifts, unapplied))
     report.forgotten_tokens = len(sold)
-    report.pending_moves = len(unapplied) + len(unrecorded)
     if repair:
         # Acknowledged (committed) before Redis forgets the markers: a crash in between leaves a
         # marker whose move the next snapshot shows recorded, and it is forgotten then.
-        _acknowledge_moves(sorted(recorded))
-        report.repaired = redis_counts.repair(
-            drifts={p.product_id: p.drift for p in report.products}, forget_tokens=sorted(sold), run_id=run_id,
-            epoch=epoch, limits=limits, holding_drifts=report.holding_drifts, apply=unapplied,
-            forget_moves=sorted(recorded),
-        )  # fmt: skip
-    drifted = [] if report.rebuilt else report.drifted
+        _acknowledge_moves(sorted(acknowledged))
+        outcomes = []
+        for state, products, holding_drifts, unapplied in repairs:
+            own = set(state.product_ids)
+            outcomes.append(redis_counts.repair(
+                state.shard, drifts={p.product_id: p.drift for p in products},
+                forget_tokens=sorted(token for token in state.snapshot.reservations if token in sold),
+                run_id=state.run_id, epoch=state.epoch, limits={pid: limits[pid] for pid in own},
+                holding_drifts=holding_drifts, apply=unapplied,
+                forget_moves=sorted(token for token in state.snapshot.moves if token in acknowledged),
+            ))  # fmt: skip
+        report.repaired = all(outcomes)
+    rebuilt = set(report.rebuilt_shards)
+    drifted = [p for p in report.drifted if shard_of(p.product_id).tag not in rebuilt]
     metrics.STOCK_DRIFT_FOUND.inc(len(drifted))
     if report.repaired:
         metrics.STOCK_DRIFT_REPAIRED.inc(len(drifted))
@@ -339,6 +386,23 @@ def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_w
         logger.warning("purchase-limit holdings drifted for %d holders%s", len(report.holding_drifts),
                        " - repaired" if repair else "")  # fmt: skip
     return report
+
+
+def _fully_applied(
+    recorded: set[str], *, pending_parts: dict[StockShard, dict[str, redis_counts.Units]], states: list[_ShardState]
+) -> set[str]:
+    """The recorded moves no longer pending: applied on every shard they put units on (a move of
+    several shards acknowledged after one part would leave the others to a late copy of its
+    step, which would find no marker and apply them twice)."""
+    applied_on: dict[str, set[StockShard]] = {}
+    for state in states:
+        for token in state.snapshot.moves:
+            applied_on.setdefault(token, set()).add(state.shard)
+    needed: dict[str, set[StockShard]] = {}
+    for shard, moves in pending_parts.items():
+        for token in moves:
+            needed.setdefault(token, set()).add(shard)
+    return {token for token in recorded if needed.get(token, set()) <= applied_on.get(token, set())}
 
 
 def _holding_drifts(
@@ -369,15 +433,17 @@ def inventory_forget_sold(*, older_than_seconds: float = 1.0, chunk: int = 2_000
     (in flight, or abandoned) are left for reconciliation.
     """
     cutoff_ms = int((time.time() - older_than_seconds) * 1000)
-    forgotten = kept = 0
+    forgotten = 0
     with _reconciliation_lock() as locked:
         if not locked:
             return 0
-        while tokens := redis_counts.tokens_reserved_before(cutoff_ms=cutoff_ms, offset=kept, limit=chunk):
-            sold = _sold_tokens(tokens)
-            if sold:
-                forgotten += redis_counts.forget(tokens=sorted(sold))
-            kept += len(tokens) - len(sold)
-            if len(tokens) < chunk:
-                break
+        for shard in stock_shards():
+            kept = 0
+            while tokens := redis_counts.tokens_reserved_before(shard, cutoff_ms=cutoff_ms, offset=kept, limit=chunk):
+                sold = _sold_tokens(tokens)
+                if sold:
+                    forgotten += redis_counts.forget(shard, tokens=sorted(sold))
+                kept += len(tokens) - len(sold)
+                if len(tokens) < chunk:
+                    break
     return forgotten

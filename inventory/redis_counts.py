@@ -1,12 +1,13 @@
 """The live available count in Redis: reservations by Lua script, and what reconciliation reads.
 
-Keys (single Redis instance; the scripts build stock keys from a prefix):
+Keys, per stock shard (inventory/shards.py: a hash tag; on a single Redis, one shard whose keys
+carry no tag, as written here; with N shards each name carries its shard's tag, inv:{tag}:stock:7):
     inv:stock:{product_id}   available units
-    inv:resv:{token}         hash product_id -> quantity of one reservation
+    inv:resv:{token}         hash product_id -> quantity of one reservation's units on the shard
     inv:reservations         zset token -> reserved-at (ms): every reservation not yet forgotten
-    inv:ready                the run id of the server that loaded stock from the database: absent
-                             after data loss, another run's after a restart or failover
-    inv:epoch                the database's stock epoch the counts were loaded under
+    inv:ready                the run id of the server that loaded the shard from the database:
+                             absent after data loss, another run's after a restart or failover
+    inv:epoch                the shard's epoch in the database when its counts were loaded
     inv:limit:{product_id}   the product's purchase limit per holder (absent: none)
     inv:held:{product_id}    hash holder (user id) -> units held (paid or in flight), for a
                              product with a limit
@@ -23,34 +24,32 @@ Keys (single Redis instance; the scripts build stock keys from a prefix):
 
 A reservation hash may carry `o`, the id of the accepted order whose settler will record its sale
 (orders' intake): reconciliation counts it in flight and never gives it back as abandoned.
+
+An order whose products fall in several shards holds units on each, under one token: the
+reservation is recorded only if every shard's epoch still holds, and a refusal on one shard gives
+back what the others held (reserve). A reservation (or a move) of several shards is several
+independent ones that share a token: each shard's reconciliation settles its own part, and the
+database's SOLD or RELEASED row decides the fate of all of them at once.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
 from django_redis import get_redis_connection
 
+from inventory.shards import StockShard, by_shard, shard_of, stock_shards
 from kernel.redis_scripts import run_lua
 
-STOCK_PREFIX = "inv:stock:"
-RESERVATION_PREFIX = "inv:resv:"
-RESERVATIONS_KEY = "inv:reservations"
-READY_KEY = "inv:ready"
-EPOCH_KEY = "inv:epoch"
-LIMIT_PREFIX = "inv:limit:"
-HELD_PREFIX = "inv:held:"
-MOVE_PREFIX = "inv:move:"
-MOVES_KEY = "inv:moves"
 # How long a move's marker outlives its acknowledgement. The step that applies a move is sent
 # right after its commit; a copy of it arriving later than this (a process frozen between its
 # commit and its Redis call for a day) would find no marker and apply the move again.
 MOVE_MARKER_TTL_SECONDS = 24 * 3600
-PRICE_PREFIX = "inv:price:"
 PRICE_OFF = "off"  # the mirror's value for a product not on sale
 _PRICE_CHUNK = 1_000  # keys per MSET / DEL command when the mirror is written whole
 _LUA_DIR = Path(__file__).parent / "lua"
@@ -71,7 +70,7 @@ class AdmissionCounter:
 @dataclass(frozen=True)
 class ReserveResult:
     ok: bool
-    epoch: int | None = None  # the stock epoch the units were reserved under
+    epochs: dict[str, int] | None = None  # shard tag -> the epoch the units were reserved under
     loaded: bool = True
     failed_product_id: int | None = None
     available: int | None = None
@@ -82,15 +81,39 @@ class ReserveResult:
 
 
 def redis_client():
+    """Where stock lives: the Redis Cluster STOCK_REDIS_CLUSTER names, else the one Redis."""
+    if getattr(settings, "STOCK_REDIS_CLUSTER", ""):
+        from kernel.redis_cluster import stock_cluster_client
+
+        return stock_cluster_client()
     return get_redis_connection("default")
 
 
 def run_script(name: str, *, keys: list[str], args: list[object], client=None):
-    return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args, client=client)
+    return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args, client=redis_client() if client is None else client)
 
 
-def reservation_key(token: uuid.UUID | str) -> str:
-    return f"{RESERVATION_PREFIX}{token}"
+def stock_key(product_id: int) -> str:
+    return shard_of(product_id).stock_key(product_id)
+
+
+def price_key(product_id: int) -> str:
+    return shard_of(product_id).price_key(product_id)
+
+
+def limit_key(product_id: int) -> str:
+    return f"{shard_of(product_id).limit_prefix}{product_id}"
+
+
+def held_key(product_id: int) -> str:
+    return f"{shard_of(product_id).held_prefix}{product_id}"
+
+
+def move_key(token: uuid.UUID | str, *, shard: StockShard) -> str:
+    return f"{shard.move_prefix}{token}"
+
+
+# --- Reserving and releasing ----------------------------------------------------------------
 
 
 def reserve(
@@ -100,18 +123,61 @@ def reserve(
     holder: int | None = None,
     counters: tuple[AdmissionCounter, ...] = (),
 ) -> ReserveResult:
-    """One script: the admission counters, then stock and `holder`'s purchase limits (see
-    reserve.lua)."""
-    args: list[object] = [STOCK_PREFIX, str(token), int(time.time() * 1000), "" if holder is None else holder,
-                          LIMIT_PREFIX, HELD_PREFIX, len(counters)]  # fmt: skip
+    """The admission counters, then stock and `holder`'s purchase limits, all or nothing.
+
+    On one shard, one script does it all (reserve.lua). With several shards the counters run
+    first, on the one Redis (admit.lua: a cluster cannot run one script over keys of different
+    slots), then each shard of the order's products is reserved in turn under the same token;
+    a shard that refuses has the ones before it given back (release.lua). A crash between the
+    steps leaves holds that reconciliation gives back after the grace period, as for any
+    reservation whose order never committed."""
+    groups = by_shard(quantities)
+    bundled = len(stock_shards()) == 1
+    if counters and not bundled:
+        refused = _admit(counters)
+        if refused is not None:
+            return refused
+    epochs: dict[str, int] = {}
+    for shard, product_ids in groups.items():
+        result = _reserve_on(shard, token=token, quantities={pid: quantities[pid] for pid in product_ids},
+                             holder=holder, counters=counters if bundled else ())  # fmt: skip
+        if not result.ok:
+            release(token=token, shards=[done for done in groups if done.tag in epochs])
+            return result
+        epochs[shard.tag] = result.epochs[shard.tag]
+    return ReserveResult(ok=True, epochs=epochs)
+
+
+def _admit(counters: tuple[AdmissionCounter, ...]) -> ReserveResult | None:
+    args: list[object] = []
+    for counter in counters:
+        args += [counter.limit, counter.window_ms]
+    result = run_lua(_LUA_DIR / "admit.lua", keys=[c.key for c in counters], args=args,
+                     client=get_redis_connection("default"))  # fmt: skip
+    if result[0] == -2:
+        return ReserveResult(ok=False, refused_by=counters[int(result[1]) - 1], retry_after_ms=int(result[2]))
+    return None
+
+
+def _reserve_on(
+    shard: StockShard,
+    *,
+    token: uuid.UUID,
+    quantities: dict[int, int],
+    holder: int | None,
+    counters: tuple[AdmissionCounter, ...],
+) -> ReserveResult:
+    args: list[object] = [shard.stock_prefix, str(token), int(time.time() * 1000), "" if holder is None else holder,
+                          shard.limit_prefix, shard.held_prefix, len(counters)]  # fmt: skip
     for counter in counters:
         args += [counter.limit, counter.window_ms]
     for product_id, quantity in sorted(quantities.items()):
         args += [product_id, quantity]
-    keys = [READY_KEY, RESERVATIONS_KEY, reservation_key(token), EPOCH_KEY, *(c.key for c in counters)]
+    keys = [shard.ready_key, shard.reservations_key, shard.reservation_key(token), shard.epoch_key,
+            *(c.key for c in counters)]  # fmt: skip
     result = run_script("reserve", keys=keys, args=args)
     if result[0] == 1:
-        return ReserveResult(ok=True, epoch=int(result[1]))
+        return ReserveResult(ok=True, epochs={shard.tag: int(result[1])})
     if result[0] == -1:
         return ReserveResult(ok=False, loaded=False)
     if result[0] == -2:
@@ -130,55 +196,68 @@ class ReservationKeys:
     per_product: list[str]
 
 
-def reservation_keys(*, token: uuid.UUID | str, product_ids: Sequence[int]) -> ReservationKeys:
+def reservation_keys(*, shard: StockShard, token: uuid.UUID | str, product_ids: Sequence[int]) -> ReservationKeys:
+    """The keys of a reservation of `product_ids`, all on `shard`."""
     per_product: list[str] = []
     for pid in product_ids:
-        per_product += [f"{STOCK_PREFIX}{pid}", f"{PRICE_PREFIX}{pid}", f"{LIMIT_PREFIX}{pid}", f"{HELD_PREFIX}{pid}"]
-    return ReservationKeys(head=[READY_KEY, EPOCH_KEY, RESERVATIONS_KEY, reservation_key(token)],
-                           per_product=per_product)  # fmt: skip
+        per_product += [shard.stock_key(pid), shard.price_key(pid), f"{shard.limit_prefix}{pid}",
+                        f"{shard.held_prefix}{pid}"]  # fmt: skip
+    return ReservationKeys(head=[shard.ready_key, shard.epoch_key, shard.reservations_key,
+                                 shard.reservation_key(token)], per_product=per_product)  # fmt: skip
 
 
-def held_by_accepted_orders(*, tokens: list[str]) -> set[str]:
+def held_by_accepted_orders(*, shard: StockShard, tokens: list[str]) -> set[str]:
     """The reservations among `tokens` that an accepted order holds (field `o`): never abandoned."""
     pipe = redis_client().pipeline(transaction=False)
     for token in tokens:
-        pipe.hexists(reservation_key(token), "o")
+        pipe.hexists(shard.reservation_key(token), "o")
     return {token for token, held in zip(tokens, pipe.execute(), strict=True) if held}
 
 
-def release(*, token: uuid.UUID | str) -> bool:
-    return bool(
-        run_script(
-            "release", keys=[RESERVATIONS_KEY, reservation_key(token)], args=[STOCK_PREFIX, str(token), HELD_PREFIX]
-        )
-    )
+def release(*, token: uuid.UUID | str, shards: Iterable[StockShard]) -> bool:
+    """Give back the reservation's units on each of `shards`, once; True if any were held."""
+    released = False
+    for shard in shards:
+        keys = [shard.reservations_key, shard.reservation_key(token)]
+        released |= bool(run_script("release", keys=keys, args=[shard.stock_prefix, str(token), shard.held_prefix]))
+    return released
+
+
+# --- Counts, moves, limits ------------------------------------------------------------------
 
 
 def add_available(*, product_id: int, quantity: int) -> None:
-    redis_client().incrby(f"{STOCK_PREFIX}{product_id}", quantity)
+    redis_client().incrby(stock_key(product_id), quantity)
 
 
 def shift_available(*, quantities: dict[int, int]) -> None:
     """Add each (signed) quantity to its product's count, in one round trip."""
     pipe = redis_client().pipeline(transaction=False)
     for product_id, quantity in quantities.items():
-        pipe.incrby(f"{STOCK_PREFIX}{product_id}", quantity)
+        pipe.incrby(stock_key(product_id), quantity)
     pipe.execute()
-
-
-def move_key(token: uuid.UUID | str) -> str:
-    return f"{MOVE_PREFIX}{token}"
 
 
 def apply_moves(*, moves: dict[str, Units]) -> int:
     """Put the units of each move (token -> units and holder) into the counts, and off the
-    holder's holdings of the products with a purchase limit, each move at most once (move.lua).
-    Returns how many were applied now (not before)."""
-    return int(run_script("move", keys=[MOVES_KEY], args=_move_args(moves)))
+    holder's holdings of the products with a purchase limit, each move at most once on each shard
+    it touches (move.lua). Returns how many shards' parts of moves were applied now (not before)."""
+    return sum(int(run_script("move", keys=[shard.moves_key], args=_move_args(shard, part)))
+               for shard, part in moves_by_shard(moves).items())  # fmt: skip
 
 
-def _move_args(moves: dict[str, Units]) -> list[object]:
-    args: list[object] = [STOCK_PREFIX, MOVE_PREFIX, LIMIT_PREFIX, HELD_PREFIX]
+def moves_by_shard(moves: dict[str, Units]) -> dict[StockShard, dict[str, Units]]:
+    """Each move split into its part on each shard (the same token on each)."""
+    parts: dict[StockShard, dict[str, Units]] = {}
+    for token, move in moves.items():
+        for shard, product_ids in by_shard(move.items).items():
+            items = {pid: move.items[pid] for pid in product_ids}
+            parts.setdefault(shard, {})[token] = Units(items=items, holder=move.holder)
+    return parts
+
+
+def _move_args(shard: StockShard, moves: dict[str, Units]) -> list[object]:
+    args: list[object] = [shard.stock_prefix, shard.move_prefix, shard.limit_prefix, shard.held_prefix]
     for token, move in moves.items():
         args += [token, "" if move.holder is None else move.holder, len(move.items)]
         for product_id, quantity in move.items.items():
@@ -189,25 +268,32 @@ def _move_args(moves: dict[str, Units]) -> list[object]:
 def set_purchase_limit(*, product_id: int, limit: int | None) -> None:
     """The product's limit as reserve.lua reads it (reconciliation loads every product's too)."""
     if limit:
-        redis_client().set(f"{LIMIT_PREFIX}{product_id}", limit)
+        redis_client().set(limit_key(product_id), limit)
     else:
-        redis_client().delete(f"{LIMIT_PREFIX}{product_id}", f"{HELD_PREFIX}{product_id}")
+        redis_client().delete(limit_key(product_id), held_key(product_id))
 
 
 def holdings(*, product_id: int) -> dict[int, int]:
     """Units each holder holds of a product with a purchase limit."""
-    return {int(k): int(v) for k, v in redis_client().hgetall(f"{HELD_PREFIX}{product_id}").items()}
+    return {int(k): int(v) for k, v in redis_client().hgetall(held_key(product_id)).items()}
+
+
+def _get_each(keys: list[str]) -> list[bytes | None]:
+    """GET of each key in one round trip per node (a cluster's MGET takes one slot only)."""
+    pipe = redis_client().pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    return pipe.execute()
 
 
 def available(*, product_ids: list[int]) -> dict[int, int | None]:
     if not product_ids:
         return {}
-    values = redis_client().mget([f"{STOCK_PREFIX}{pid}" for pid in product_ids])
+    values = _get_each([stock_key(pid) for pid in product_ids])
     return {pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, values, strict=True)}
 
 
-def price_key(product_id: int) -> str:
-    return f"{PRICE_PREFIX}{product_id}"
+# --- The price mirror -----------------------------------------------------------------------
 
 
 def price_mirror_value(*, price: int, active: bool) -> str:
@@ -217,30 +303,41 @@ def price_mirror_value(*, price: int, active: bool) -> str:
 
 def prices_forget(*, product_ids: Sequence[int]) -> None:
     """Delete the products' mirror keys: orders then take the database's path for them."""
-    if product_ids:
-        redis_client().delete(*(price_key(pid) for pid in product_ids))
+    pipe = redis_client().pipeline(transaction=False)
+    for shard, pids in by_shard(product_ids).items():
+        pipe.delete(*(shard.price_key(pid) for pid in pids))
+    pipe.execute()
 
 
 def prices_forget_all() -> int:
     """Delete every mirror key (a seed that replaces all products); returns how many."""
     client = redis_client()
-    keys = list(client.scan_iter(f"{PRICE_PREFIX}*", count=1000))
-    for start in range(0, len(keys), _PRICE_CHUNK):
-        client.delete(*keys[start : start + _PRICE_CHUNK])
-    return len(keys)
+    pipe = client.pipeline(transaction=False)
+    forgotten = 0
+    for shard in stock_shards():
+        keys = list(client.scan_iter(f"{_glob_escaped(shard.price_prefix)}*", count=1000))
+        for start in range(0, len(keys), _PRICE_CHUNK):
+            pipe.delete(*keys[start : start + _PRICE_CHUNK])
+        forgotten += len(keys)
+    pipe.execute()
+    return forgotten
+
+
+def _glob_escaped(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def prices_write(*, values: dict[int, str], gone: Sequence[int] = ()) -> None:
     """Set the mirror keys (product id -> price_mirror_value) and delete those of `gone`
-    (products that no longer exist), in one round trip. Only from a read that still locks the
-    rows (inventory.reconciliation.prices_mirror_load): a value written from anything else may be
-    older than a change committed meanwhile."""
+    (products that no longer exist), in one round trip per node. Only from a read that still
+    locks the rows (inventory.reconciliation.prices_mirror_load): a value written from anything
+    else may be older than a change committed meanwhile."""
     pipe = redis_client().pipeline(transaction=False)
-    items = list(values.items())
-    for start in range(0, len(items), _PRICE_CHUNK):
-        pipe.mset({price_key(pid): value for pid, value in items[start : start + _PRICE_CHUNK]})
-    if gone:
-        pipe.delete(*(price_key(pid) for pid in gone))
+    for shard, pids in by_shard(values).items():
+        for start in range(0, len(pids), _PRICE_CHUNK):
+            pipe.mset({shard.price_key(pid): values[pid] for pid in pids[start : start + _PRICE_CHUNK]})
+    for shard, pids in by_shard(gone).items():
+        pipe.delete(*(shard.price_key(pid) for pid in pids))
     pipe.execute()
 
 
@@ -249,53 +346,88 @@ def prices_mirrored(product_ids: Sequence[int]) -> dict[int, int | str | None]:
     ("off") while not, None when the key is absent (orders take the database's path)."""
     if not product_ids:
         return {}
-    values = redis_client().mget([price_key(pid) for pid in product_ids])
+    values = _get_each([price_key(pid) for pid in product_ids])
     return {
         pid: None if value is None else PRICE_OFF if value == PRICE_OFF.encode() else int(value)
         for pid, value in zip(product_ids, values, strict=True)
     }
 
 
-def server_run_id() -> str:
-    """The id of this run of the Redis server: a new one on every start and on failover."""
-    return redis_client().info("server")["run_id"]
+# --- Whether a shard is loaded, and what reconciliation reads ----------------------------
 
 
-def is_loaded(*, run_id: str | None = None) -> bool:
-    ready = redis_client().get(READY_KEY)
-    return ready is not None and ready.decode() == (run_id or server_run_id())
+def server_run_id(shard: StockShard) -> str:
+    """The id of this run of the Redis server that holds the shard: a new one on every start and
+    on failover."""
+    return run_script("run_id", keys=[shard.ready_key], args=[]).decode()
 
 
-def mark_loaded(*, epoch: int) -> None:
+def is_loaded(shard: StockShard, *, run_id: str | None = None) -> bool:
+    ready = redis_client().get(shard.ready_key)
+    return ready is not None and ready.decode() == (run_id or server_run_id(shard))
+
+
+def mark_loaded(shard: StockShard, *, epoch: int) -> None:
     """Only for a Redis known to hold the database's counts (tests set up their own)."""
-    redis_client().set(EPOCH_KEY, epoch)
-    redis_client().set(READY_KEY, server_run_id())
+    redis_client().set(shard.epoch_key, epoch)
+    redis_client().set(shard.ready_key, server_run_id(shard))
 
 
 def mark_not_loaded() -> None:
-    redis_client().delete(READY_KEY)
+    """Every shard needs a rebuild (tests, and a seed that replaces stock)."""
+    pipe = redis_client().pipeline(transaction=False)
+    for shard in stock_shards():
+        pipe.delete(shard.ready_key)
+    pipe.execute()
 
 
-def tokens_reserved_before(*, cutoff_ms: int, offset: int = 0, limit: int | None = None) -> list[str]:
-    """Tracked reservations made before `cutoff_ms`, oldest first (`limit` of them, after `offset`)."""
+def tokens_reserved_before(
+    shard: StockShard, *, cutoff_ms: int, offset: int = 0, limit: int | None = None
+) -> list[str]:
+    """The shard's tracked reservations made before `cutoff_ms`, oldest first (`limit` of them,
+    after `offset`)."""
     page = {"start": offset, "num": limit} if limit else {}
-    return [t.decode() for t in redis_client().zrangebyscore(RESERVATIONS_KEY, "-inf", cutoff_ms, **page)]
+    return [t.decode() for t in redis_client().zrangebyscore(shard.reservations_key, "-inf", cutoff_ms, **page)]
 
 
 def oldest_tracked_ms() -> int | None:
     """When the oldest reservation Redis still tracks was made (ms), None if it tracks none."""
-    oldest = redis_client().zrange(RESERVATIONS_KEY, 0, 0, withscores=True)
-    return int(oldest[0][1]) if oldest else None
+    pipe = redis_client().pipeline(transaction=False)
+    for shard in stock_shards():
+        pipe.zrange(shard.reservations_key, 0, 0, withscores=True)
+    oldest = [int(found[0][1]) for found in pipe.execute() if found]
+    return min(oldest) if oldest else None
 
 
 def tracked_reservations() -> int:
-    """Reservations Redis tracks: in flight, or sold and not yet forgotten (every few seconds)."""
-    return int(redis_client().zcard(RESERVATIONS_KEY))
+    """Reservations Redis tracks: in flight, or sold and not yet forgotten (every few seconds);
+    one of several shards counts once per shard."""
+    pipe = redis_client().pipeline(transaction=False)
+    for shard in stock_shards():
+        pipe.zcard(shard.reservations_key)
+    return sum(int(count) for count in pipe.execute())
 
 
-def forget(*, tokens: list[str]) -> int:
-    """Stop tracking reservations the database shows SOLD."""
-    return int(run_script("forget", keys=[RESERVATIONS_KEY], args=[RESERVATION_PREFIX, *tokens]))
+@dataclass(frozen=True)
+class ShardState:
+    """What the operator sees of one shard (/metrics, the operator page)."""
+
+    shard: StockShard
+    loaded: bool
+    tracked: int  # reservations it tracks
+
+
+def shard_states() -> list[ShardState]:
+    states = []
+    for shard in stock_shards():
+        states.append(ShardState(shard=shard, loaded=is_loaded(shard),
+                                 tracked=int(redis_client().zcard(shard.reservations_key))))  # fmt: skip
+    return states
+
+
+def forget(shard: StockShard, *, tokens: list[str]) -> int:
+    """Stop tracking, on the shard, reservations the database shows SOLD."""
+    return int(run_script("forget", keys=[shard.reservations_key], args=[shard.reservation_prefix, *tokens]))
 
 
 @dataclass(frozen=True)
@@ -330,9 +462,12 @@ def _by_token(flat: list) -> dict[str, Units]:
     return {flat[i].decode(): _units(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def snapshot(*, product_ids: list[int], limited_ids: list[int] = ()) -> Snapshot:
-    args = [STOCK_PREFIX, RESERVATION_PREFIX, HELD_PREFIX, MOVE_PREFIX, len(product_ids), *product_ids, *limited_ids]
-    stock, reservations, held, moves = run_script("snapshot", keys=[RESERVATIONS_KEY, MOVES_KEY], args=args)
+def snapshot(shard: StockShard, *, product_ids: list[int], limited_ids: list[int] = ()) -> Snapshot:
+    """The shard's counts of `product_ids` (its own), reservations, holdings and applied moves."""
+    args = [shard.stock_prefix, shard.reservation_prefix, shard.held_prefix, shard.move_prefix, len(product_ids),
+            *product_ids, *limited_ids]  # fmt: skip
+    stock, reservations, held, moves = run_script("snapshot", keys=[shard.reservations_key, shard.moves_key],
+                                                  args=args)  # fmt: skip
     return Snapshot(
         available={pid: (int(v) if v is not None else None) for pid, v in zip(product_ids, stock, strict=True)},
         reservations=_by_token(reservations),
@@ -345,6 +480,7 @@ def snapshot(*, product_ids: list[int], limited_ids: list[int] = ()) -> Snapshot
 
 
 def repair(
+    shard: StockShard,
     *,
     drifts: dict[int, int],
     forget_tokens: list[str],
@@ -355,20 +491,20 @@ def repair(
     apply: dict[str, Units] | None = None,
     forget_moves: Sequence[str] = (),
 ) -> bool:
-    """Apply reconciliation's result; stock counts as loaded (under `epoch`) afterwards unless
-    the server restarted since `run_id` was read (then False). `limits`: product id -> its
-    purchase limit (None: none, its holdings dropped); `holding_drifts`: (product id, holder)
-    -> units to add; `apply`: committed moves the snapshot did not show applied, to apply unless
-    their own step got there first (move.lua); `forget_moves`: moves the database has
-    acknowledged.
+    """Apply reconciliation's result to the shard (every product and move given is the shard's
+    own); it counts as loaded (under `epoch`) afterwards unless its server restarted since
+    `run_id` was read (then False). `limits`: product id -> its purchase limit (None: none, its
+    holdings dropped); `holding_drifts`: (product id, holder) -> units to add; `apply`: committed
+    moves the snapshot did not show applied, to apply unless their own step got there first
+    (move.lua); `forget_moves`: moves the database has acknowledged.
 
-    One MULTI/EXEC: no order runs between the shift by the drift and the moves it left out,
-    and the moves find the limits loaded; a connection lost before EXEC changes nothing, and the
-    next reconciliation computes it all again. Moves are applied after the holdings' drift, since
-    a holding clipped at zero would not add up the other way round."""
+    One MULTI/EXEC, on the shard's one slot: no order runs between the shift by the drift and
+    the moves it left out, and the moves find the limits loaded; a connection lost before EXEC
+    changes nothing, and the next reconciliation computes it all again. Moves are applied after
+    the holdings' drift, since a holding clipped at zero would not add up the other way round."""
     limits, holding_drifts = limits or {}, holding_drifts or {}
-    args: list[object] = [STOCK_PREFIX, RESERVATION_PREFIX, len(drifts), run_id, epoch, LIMIT_PREFIX, HELD_PREFIX,
-                          len(limits), len(holding_drifts)]  # fmt: skip
+    args: list[object] = [shard.stock_prefix, shard.reservation_prefix, len(drifts), run_id, epoch,
+                          shard.limit_prefix, shard.held_prefix, len(limits), len(holding_drifts)]  # fmt: skip
     for product_id, drift in drifts.items():
         args += [product_id, drift]
     for product_id, limit in limits.items():
@@ -377,11 +513,11 @@ def repair(
         args += [product_id, holder, drift]
     args += forget_tokens
     pipe = redis_client().pipeline(transaction=True)
-    run_script("repair", keys=[RESERVATIONS_KEY, READY_KEY, EPOCH_KEY], args=args, client=pipe)
+    run_script("repair", keys=[shard.reservations_key, shard.ready_key, shard.epoch_key], args=args, client=pipe)
     if apply:
-        run_script("move", keys=[MOVES_KEY], args=_move_args(apply), client=pipe)
+        run_script("move", keys=[shard.moves_key], args=_move_args(shard, apply), client=pipe)
     if forget_moves:
-        pipe.srem(MOVES_KEY, *forget_moves)
+        pipe.srem(shard.moves_key, *forget_moves)
         for token in forget_moves:  # the marker stays a while: a late copy of its step finds it
-            pipe.expire(move_key(token), MOVE_MARKER_TTL_SECONDS)
+            pipe.expire(move_key(token, shard=shard), MOVE_MARKER_TTL_SECONDS)
     return bool(pipe.execute()[0])

@@ -3,7 +3,8 @@ reconciliation all decide a reservation by.
 
 A reservation made in Redis ends SOLD (its order's transaction inserts the row) or RELEASED (a
 failed order or reconciliation inserts it); the row's primary key makes the two mutually
-exclusive. The epoch is the generation of Redis' counts (see inventory/queries.py StockEpoch).
+exclusive. The epoch is the generation of a shard's counts in Redis (inventory/queries.py
+StockEpoch, inventory/shards.py).
 """
 
 from __future__ import annotations
@@ -11,23 +12,32 @@ from __future__ import annotations
 from django.db import connection
 
 from inventory.models import StockReservation
+from inventory.shards import StockShard
 from kernel.database import sql_one
 
-_EPOCH_SQL = "SELECT last_value FROM inventory_stock_epoch"
-# setval, not nextval: nextval logs a sequence up to 32 values ahead of use, so after a crash
-# the epoch came back higher and every sale made under the old one was fenced off until the next
-# rebuild; setval logs the value it sets. Bumps run under the reconciliation lock, one at a time.
-_EPOCH_BUMP_SQL = "SELECT setval('inventory_stock_epoch', last_value + 1) FROM inventory_stock_epoch"
+# The row is made by the shard's first read: a shard's epoch exists before anything is reserved
+# under it. The bump runs under the reconciliation lock, one at a time; it takes the row's lock,
+# which an order's fence (a plain read) never waits for.
+_EPOCH_SQL = (
+    "WITH made AS (INSERT INTO inventory_stock_shard (tag, epoch) VALUES (%(tag)s, 1) "
+    "ON CONFLICT (tag) DO NOTHING RETURNING epoch) "
+    "SELECT epoch FROM made UNION ALL SELECT epoch FROM inventory_stock_shard WHERE tag = %(tag)s"
+)
+_EPOCH_BUMP_SQL = (
+    "INSERT INTO inventory_stock_shard (tag, epoch) VALUES (%(tag)s, 1) "
+    "ON CONFLICT (tag) DO UPDATE SET epoch = inventory_stock_shard.epoch + 1 RETURNING epoch"
+)
 
 
-def stock_epoch() -> int:
-    (epoch,) = sql_one(_EPOCH_SQL, [])
+def stock_epoch(shard: StockShard) -> int:
+    (epoch,) = sql_one(_EPOCH_SQL, {"tag": shard.tag})
     return epoch
 
 
-def stock_epoch_bump() -> int:
-    """A new epoch (a rebuild's fence: reservations made before it can no longer be recorded)."""
-    (epoch,) = sql_one(_EPOCH_BUMP_SQL, [])
+def stock_epoch_bump(shard: StockShard) -> int:
+    """A new epoch for the shard (a rebuild's fence: reservations made on it before can no longer
+    be recorded)."""
+    (epoch,) = sql_one(_EPOCH_BUMP_SQL, {"tag": shard.tag})
     return epoch
 
 

@@ -42,6 +42,7 @@ from inventory.models import PendingMove, Product, StockMovement, StockReservati
 from inventory.queries import RECORD_UNITS, LedgerReference, ReservationToken, StockEpoch, StockSale
 from inventory.reconciliation import inventory_reconcile, prices_mirror_load
 from inventory.reservations import reservation_mark_released
+from inventory.shards import StockShard, shard_named
 from kernel.database import sql_all, sql_one
 from kernel.errors import DomainError
 from kernel.retention import Progress, TrimResult, statement_batches, trim_in_batches
@@ -64,12 +65,17 @@ def prices_for_order(*, product_ids: list[int]) -> dict[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """Units held in Redis for one order: its token, the stock epoch it was made under, and
-    the user it holds them for (purchase limits; None for an adjustment)."""
+    """Units held in Redis for one order: its token, the epoch of each stock shard it holds units
+    on (shard tag -> epoch), and the user it holds them for (purchase limits; None for an
+    adjustment)."""
 
     token: uuid.UUID
-    epoch: int
+    epochs: dict[str, int]
     holder: int | None = None
+
+    @property
+    def shards(self) -> list[StockShard]:
+        return [shard_named(tag) for tag in self.epochs]
 
 
 def stock_reserve(
@@ -87,7 +93,7 @@ def stock_reserve(
     token = uuid.uuid4()
     result = redis_counts.reserve(token=token, quantities=quantities, holder=holder, counters=counters)
     if result.ok:
-        return Reservation(token=token, epoch=result.epoch, holder=holder)
+        return Reservation(token=token, epochs=result.epochs, holder=holder)
     raise stock_refusal(result, quantities=quantities)
 
 
@@ -121,7 +127,7 @@ def stock_refusal(result: redis_counts.ReserveResult, *, quantities: dict[int, i
     )
 
 
-def stock_release(*, token: uuid.UUID) -> bool:
+def stock_release(*, reservation: Reservation) -> bool:
     """Give back a reservation whose order failed, unless its sale committed after all.
 
     An error can reach the caller after the COMMIT went through (a lost connection on COMMIT,
@@ -130,7 +136,8 @@ def stock_release(*, token: uuid.UUID) -> bool:
     script releases a token at most once). If the database cannot be reached, the reservation
     stays tracked and reconciliation settles it after the grace period.
     """
-    return reservation_mark_released(str(token)) and redis_counts.release(token=token)
+    token = reservation.token
+    return reservation_mark_released(str(token)) and redis_counts.release(token=token, shards=reservation.shards)
 
 
 # --- Recording a sale: the reservation settled SOLD and its ledger rows, fenced by the epoch --
@@ -151,7 +158,7 @@ def _record_reserved_units(
     (the epoch moved on)."""
     params = RECORD_UNITS.bind(
         ReservationToken(token=reservation.token),
-        StockEpoch(epoch=reservation.epoch),
+        StockEpoch.of(reservation.epochs),
         StockSale.of(reservation=reservation, quantities=quantities, kind=kind, reason=reason),
         LedgerReference(reference=reference),
     )
@@ -230,7 +237,7 @@ def stock_adjust(
                 _record_reserved_units(reservation=reservation, quantities={product.id: -quantity}, kind=kind,
                                        reference=reference, reason=reason)  # fmt: skip
         except Exception:
-            stock_release(token=reservation.token)
+            stock_release(reservation=reservation)
             raise
         return
     with transaction.atomic():

@@ -198,8 +198,10 @@ def _load_stock_into_redis(progress: Callable[[str], None]) -> None:
     progress("loading stock into Redis")
     redis = redis_counts.redis_client()
     keys = [*redis.scan_iter("inv:*", count=1000), *redis.scan_iter("ord:*", count=1000)]
-    for i in range(0, len(keys), 1000):
-        redis.delete(*keys[i : i + 1000])
+    pipe = redis.pipeline(transaction=False)  # a key per DEL: on a cluster the keys are in many slots
+    for key in keys:
+        pipe.delete(key)
+    pipe.execute()
     inventory_reconcile()
 
 

@@ -72,7 +72,16 @@ def operator_snapshot() -> dict:
                        metrics.by_label(parsed, "shop_stock_database_units", "product")),
         "stockDatabaseAgeSeconds": metrics.total(parsed, "shop_stock_database_age_seconds"),
         "stockProducts": metrics.total(parsed, "shop_stock_products"),
+        "stockShards": _stock_shards(parsed),
     }  # fmt: skip
+
+
+def _stock_shards(parsed: dict) -> dict:
+    """Each stock shard's tag ("single" on one Redis): loaded or waiting for a rebuild, and the
+    reservations it tracks."""
+    tracked = metrics.by_label(parsed, "shop_stock_shard_reservations_tracked", "shard")
+    return {shard: {"loaded": bool(loaded), "tracked": int(tracked.get(shard, 0))}
+            for shard, loaded in metrics.by_label(parsed, "shop_stock_shard_loaded", "shard").items()}  # fmt: skip
 
 
 def _fewest_left(live: dict[str, float], ledger: dict[str, float]) -> dict:

@@ -40,6 +40,7 @@ from inventory import redis_counts
 from inventory.errors import ProductUnavailable
 from inventory.redis_counts import AdmissionCounter, ReserveResult
 from inventory.services import stock_refusal
+from inventory.shards import StockShard, stock_shards
 from kernel import metrics
 from kernel.database import sql_all
 from kernel.errors import DomainError
@@ -63,6 +64,19 @@ _LUA_DIR = Path(__file__).parent / "lua"
 
 def _run(name: str, *, keys: list[str], args: list[object]):
     return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args)
+
+
+def intake_shard() -> StockShard:
+    """The one stock shard the intake reserves on: its keys and the intake's share one script,
+    so it runs only while stock is not sharded (STOCK_SHARDS=1; intake_in_use)."""
+    (shard,) = stock_shards()
+    return shard
+
+
+def intake_in_use() -> bool:
+    """Whether the usual asynchronous order goes to the intake: ORDER_ASYNC_INTAKE=redis, and
+    stock on one shard (sharded, the database's path takes it: docs/redis-cluster.md)."""
+    return settings.ORDER_ASYNC_INTAKE == "redis" and len(stock_shards()) == 1
 
 
 def undrained_key(user_id: int) -> str:
@@ -134,7 +148,7 @@ def intake_accept(
     StockNotLoaded), PaymentBacklogFull, ProductUnavailable, PriceChanged, TooManyUnpaidOrders."""
     token = uuid.uuid4()
     product_ids = sorted(quantities)
-    stock_keys = redis_counts.reservation_keys(token=token, product_ids=product_ids)
+    stock_keys = redis_counts.reservation_keys(shard=intake_shard(), token=token, product_ids=product_ids)
     keys = [*stock_keys.head, ID_BLOCK_KEY, RECORDS_KEY, undrained_key(user_id), STREAM_KEY, ACCEPTED_COUNT_KEY,
             *(c.key for c in counters), *stock_keys.per_product]  # fmt: skip
     bound = settings.PAYMENT_BACKLOG_MAX_SECONDS
@@ -360,8 +374,8 @@ class ClaimedBatch:
 
 
 def entries_claim(order_ids: Sequence[int]) -> ClaimedBatch:
-    reply = _run("intake_claim", keys=[RECORDS_KEY, redis_counts.READY_KEY, redis_counts.EPOCH_KEY],
-                 args=list(order_ids))  # fmt: skip
+    shard = intake_shard()
+    reply = _run("intake_claim", keys=[RECORDS_KEY, shard.ready_key, shard.epoch_key], args=list(order_ids))
     if not reply[0]:
         return ClaimedBatch(epoch=None, orders={})
     flat = reply[1]

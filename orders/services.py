@@ -146,7 +146,7 @@ def _takes_the_intake(placing: _Placing) -> bool:
     with the order), nor two lines quoting one product at different prices, nor the old design."""
     return (
         not placing.pay_now
-        and settings.ORDER_ASYNC_INTAKE == "redis"
+        and intake.intake_in_use()
         and settings.ORDER_STRATEGY != "old"
         and not placing.coupon_code
         and not placing.claim
@@ -287,7 +287,7 @@ def _sold(reservation: Reservation, quantities: dict[int, int]) -> tuple[Reserva
     """The sale's part of an order's statement: the reservation's token and epoch, its units."""
     return (
         ReservationToken(token=reservation.token),
-        StockEpoch(epoch=reservation.epoch),
+        StockEpoch.of(reservation.epochs),
         StockSale.of(reservation=reservation, quantities=quantities),
     )
 

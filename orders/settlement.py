@@ -209,7 +209,7 @@ def _intake_insert(orders: list[intake.AcceptedOrder], *, epoch: int) -> set[int
         queries.AcceptedBatch(pending=OrderStatus.PENDING_PAYMENT, orders=orjson.dumps(rows).decode(),
                               items=orjson.dumps(items).decode()),
         queries.NewEvents(events=events.as_json(new_events)),
-        StockEpoch(epoch=epoch),
+        StockEpoch.of({intake.intake_shard().tag: epoch}),
         StockSales(sold=StockReservation.State.SOLD, kind=StockMovement.Kind.SALE, sales=orjson.dumps(sales).decode()),
     )  # fmt: skip
     fence_holds, written = sql_one(INTAKE_INSERT.text, params)

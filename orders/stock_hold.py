@@ -107,7 +107,7 @@ class ReservedInRedis:
     def give_back(self) -> None:
         """Give the reservation back; if Redis is unreachable now, reconciliation will."""
         try:
-            stock_release(token=self.reservation.token)
+            stock_release(reservation=self.reservation)
         except Exception:
             logger.warning("could not release reservation %s; reconciliation will", self.reservation.token,
                            exc_info=True)  # fmt: skip

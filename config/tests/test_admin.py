@@ -182,7 +182,7 @@ def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(
     product = make_product(price=3, stock_quantity=10)
     form = {"name": product.name, "price": 3, "active": "on", "purchase_limit": 2}
     assert admin_client.post(f"/admin/inventory/product/{product.id}/change/", form).status_code == 302
-    assert redis_counts.redis_client().get(f"{redis_counts.LIMIT_PREFIX}{product.id}") == b"2"
+    assert redis_counts.redis_client().get(redis_counts.limit_key(product.id)) == b"2"
     buyer = make_user(balance=100)
     answer = client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json")
     assert answer.json()["error"]["code"] == "PURCHASE_LIMIT_REACHED"
@@ -190,7 +190,7 @@ def test_a_purchase_limit_saved_in_the_admin_is_what_orders_are_checked_against(
         admin_client.post(f"/admin/inventory/product/{product.id}/change/", {**form, "purchase_limit": ""}).status_code
         == 302
     )
-    assert redis_counts.redis_client().get(f"{redis_counts.LIMIT_PREFIX}{product.id}") is None
+    assert redis_counts.redis_client().get(redis_counts.limit_key(product.id)) is None
     assert client_for(buyer).post("/api/v1/orders", order_body(buyer, (product, 3)), format="json").status_code == 201
 
 

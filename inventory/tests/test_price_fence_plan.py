@@ -16,7 +16,7 @@ def test_the_price_fence_looks_products_up_by_id_rather_than_scanning_the_catalo
         cursor.execute("ANALYZE inventory_product")  # the planner sees the catalogue as it is
         cursor.execute(
             f"EXPLAIN SELECT 1 WHERE EXISTS ({EPOCH_AND_PRICES_FENCE_SQL})",
-            {"stock_epoch": 1, **quoted_prices_params(prices=quoted)},
+            {"stock_epochs": '{"": 1}', "stock_shards": 1, **quoted_prices_params(prices=quoted)},
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
 

@@ -28,9 +28,12 @@ from inventory.models import StockReservation
 from inventory.reconciliation import inventory_forget_sold, inventory_reconcile, on_hand_by_product
 from inventory.reservations import stock_epoch
 from inventory.services import stock_record_sale, stock_release, stock_reserve
+from inventory.shards import stock_shards
 from kernel.database import AdvisoryLock
 from orders import services
 from orders.models import Order
+
+(ONLY_SHARD,) = stock_shards()  # these tests run on one Redis, one shard
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -110,12 +113,12 @@ def test_reconciliation_keeps_sold_reservations_and_forgets_them_once_the_databa
     user = make_user(balance=1_000)
     product = make_product(price=10, stock_quantity=10)
     client_for(user).post("/api/v1/orders", order_body(user, (product, 3)), format="json")
-    assert redis_counts.redis_client().zcard(redis_counts.RESERVATIONS_KEY) == 1
+    assert redis_counts.redis_client().zcard(ONLY_SHARD.reservations_key) == 1
 
     report = inventory_reconcile(grace_seconds=0)
 
     assert report.released_tokens == [] and report.forgotten_tokens == 1 and report.drifted == []
-    assert redis_counts.redis_client().zcard(redis_counts.RESERVATIONS_KEY) == 0
+    assert redis_counts.redis_client().zcard(ONLY_SHARD.reservations_key) == 0
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}
 
 
@@ -138,9 +141,9 @@ def test_check_on_an_empty_redis_says_it_changed_nothing_and_changes_nothing(cap
     call_command("reconcile_inventory", "--check")
 
     assert "--check changed nothing" in capsys.readouterr().out
-    assert not redis_counts.is_loaded()
+    assert not redis_counts.is_loaded(ONLY_SHARD)
     call_command("reconcile_inventory")
-    assert redis_counts.is_loaded() and redis_counts.available(product_ids=[product.id]) == {product.id: 10}
+    assert redis_counts.is_loaded(ONLY_SHARD) and redis_counts.available(product_ids=[product.id]) == {product.id: 10}
 
 
 @pytest.mark.parametrize("interval", ["-5", "0", "nan", "inf"])
@@ -196,7 +199,7 @@ def test_an_async_order_whose_reservation_redis_lost_is_refused_and_writes_nothi
 def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted():
     product = make_product(price=10, stock_quantity=10)
     reservation = stock_reserve(quantities={product.id: 2})
-    epoch_before = stock_epoch()
+    epoch_before = stock_epoch(ONLY_SHARD)
     sold, may_commit, committed = threading.Event(), threading.Event(), threading.Event()
     rebuilt = []
 
@@ -224,7 +227,7 @@ def test_a_sale_that_read_the_epoch_before_a_rebuild_is_waited_for_and_counted()
     rebuilder = threading.Thread(target=rebuild)
     rebuilder.start()
     # The rebuild has bumped the epoch (its fence) and now waits for the open sale: they overlap.
-    wait_for(lambda: stock_epoch() > epoch_before, what="the rebuild's epoch bump")
+    wait_for(lambda: stock_epoch(ONLY_SHARD) > epoch_before, what="the rebuild's epoch bump")
     assert rebuilder.is_alive() and not committed.is_set()
     may_commit.set()
     seller.join(60)
@@ -295,7 +298,7 @@ def test_a_failure_reported_after_the_sale_committed_does_not_give_its_units_bac
     with transaction.atomic():
         stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="committed")
 
-    assert stock_release(token=reservation.token) is False  # e.g. the COMMIT's answer was lost
+    assert stock_release(reservation=reservation) is False  # e.g. the COMMIT's answer was lost
 
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 3} == on_hand_by_product()
 
@@ -318,11 +321,11 @@ def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, 
             process = start_redis_server(port, tmp_path)
             redis_counts.redis_client().connection_pool.disconnect()
 
-            assert redis_counts.redis_client().get(redis_counts.READY_KEY) is not None  # replayed from the file
-            assert not redis_counts.is_loaded()
+            assert redis_counts.redis_client().get(ONLY_SHARD.ready_key) is not None  # replayed from the file
+            assert not redis_counts.is_loaded(ONLY_SHARD)
             with pytest.raises(StockNotLoaded):
                 stock_reserve(quantities={product.id: 1})
-            assert redis_counts.is_loaded()  # the refusal rebuilt it from the database
+            assert redis_counts.is_loaded(ONLY_SHARD)  # the refusal rebuilt it from the database
             assert redis_counts.available(product_ids=[product.id]) == {product.id: 7}  # 3 still in flight
             inventory_reconcile(grace_seconds=0)
             assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}
@@ -332,7 +335,7 @@ def test_after_a_redis_restart_its_replayed_counts_wait_for_a_rebuild(tmp_path, 
 
 
 def _tracked() -> list[str]:
-    return redis_counts.tokens_reserved_before(cutoff_ms=int(time.time() * 1000) + 60_000)
+    return redis_counts.tokens_reserved_before(ONLY_SHARD, cutoff_ms=int(time.time() * 1000) + 60_000)
 
 
 def test_forgetting_sold_reservations_keeps_the_ones_in_flight_and_reconciliation_exact():

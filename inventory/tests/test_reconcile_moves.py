@@ -20,7 +20,10 @@ from inventory import models, redis_counts
 from inventory.errors import PurchaseLimitReached
 from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from inventory.services import product_create, product_purchase_limit_set, stock_adjust
+from inventory.shards import stock_shards
 from orders.services import OrderLine, order_cancel, order_place
+
+(ONLY_SHARD,) = stock_shards()  # these tests run on one Redis, one shard
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,11 +57,11 @@ def around_the_redis_snapshot(
     its Redis snapshot, and `after` just after its Redis snapshot (before its repair)."""
     real = redis_counts.snapshot
 
-    def snapshot(**kwargs):
+    def snapshot(*args, **kwargs):
         monkeypatch.setattr(redis_counts, "snapshot", real)  # once
         if before is not None:
             before()
-        taken = real(**kwargs)
+        taken = real(*args, **kwargs)
         if after is not None:
             after()
         return taken
@@ -78,7 +81,7 @@ def buy(user, product, quantity: int):
 
 def nothing_left_pending() -> bool:
     """Every move acknowledged in the database and forgotten by Redis."""
-    return not models.PendingMove.objects.exists() and not redis_counts.redis_client().scard(redis_counts.MOVES_KEY)
+    return not models.PendingMove.objects.exists() and not redis_counts.redis_client().scard(ONLY_SHARD.moves_key)
 
 
 def assert_redis_matches_the_ledger(product) -> None:
@@ -221,7 +224,9 @@ def test_a_late_copy_of_a_moves_redis_step_after_it_was_acknowledged_changes_not
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 8} == on_hand_by_product()
     assert nothing_left_pending()
     assert (
-        redis_counts.redis_client().ttl(f"{redis_counts.MOVE_PREFIX}{models.StockMovement.objects.last().move_token}")
+        redis_counts.redis_client().ttl(
+            redis_counts.move_key(models.StockMovement.objects.last().move_token, shard=ONLY_SHARD)
+        )
         > 0
     )
 
@@ -232,7 +237,7 @@ def test_a_crash_between_acknowledging_a_move_and_redis_forgetting_it_is_repeate
     buy(buyer, product, 1)
     order_cancel(order_id=buy(buyer, product, 2).id, user_id=buyer.id)  # applied at once, as usual
 
-    def redis_gone(**kwargs):
+    def redis_gone(*args, **kwargs):
         raise ConnectionError("Redis went away")
 
     with pytest.MonkeyPatch.context() as patch:
@@ -240,7 +245,7 @@ def test_a_crash_between_acknowledging_a_move_and_redis_forgetting_it_is_repeate
         with pytest.raises(ConnectionError):
             inventory_reconcile()
     assert not models.PendingMove.objects.exists()  # acknowledged...
-    assert redis_counts.redis_client().scard(redis_counts.MOVES_KEY) == 1  # ...and still tracked in Redis
+    assert redis_counts.redis_client().scard(ONLY_SHARD.moves_key) == 1  # ...and still tracked in Redis
 
     report = inventory_reconcile()
 

@@ -16,6 +16,9 @@ from inventory import redis_counts
 from inventory.models import StockReservation
 from inventory.reconciliation import inventory_reconcile, on_hand_by_product
 from inventory.services import inventory_trim_reservations, stock_record_sale, stock_reserve
+from inventory.shards import stock_shards
+
+(ONLY_SHARD,) = stock_shards()  # these tests run on one Redis, one shard
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,7 +57,7 @@ def test_a_sold_reservation_redis_still_tracks_keeps_its_row_so_reconciliation_n
         stock_record_sale(reservation=reservation, quantities={product.id: 2}, reference="two days ago")
     two_days_ago = time.time() - 2 * DAY
     redis_counts.redis_client().zadd(
-        redis_counts.RESERVATIONS_KEY, {str(reservation.token): int(two_days_ago * 1000)}, xx=True
+        ONLY_SHARD.reservations_key, {str(reservation.token): int(two_days_ago * 1000)}, xx=True
     )
     StockReservation.objects.filter(token=reservation.token).update(
         created_at=datetime.datetime.fromtimestamp(two_days_ago + 0.5, tz=datetime.UTC)

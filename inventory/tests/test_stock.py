@@ -8,6 +8,9 @@ from inventory.errors import OutOfStock, PurchaseLimitReached, StockNotLoaded
 from inventory.reconciliation import on_hand_by_product
 from inventory.reservations import stock_epoch
 from inventory.services import stock_adjust, stock_release, stock_reserve
+from inventory.shards import stock_shards
+
+(ONLY_SHARD,) = stock_shards()  # these tests run on one Redis, one shard
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,39 +43,50 @@ def test_a_refusal_names_a_bigint_product_id_exactly(product_id):
 
 def test_releasing_twice_gives_the_units_back_once():
     a = make_product(stock_quantity=5)
-    token = stock_reserve(quantities={a.id: 4}).token
+    reservation = stock_reserve(quantities={a.id: 4})
 
-    assert stock_release(token=token) is True
-    assert stock_release(token=token) is False
+    assert stock_release(reservation=reservation) is True
+    assert stock_release(reservation=reservation) is False
     assert redis_counts.available(product_ids=[a.id]) == {a.id: 5}
 
 
 def test_stock_loaded_by_another_run_of_the_redis_server_does_not_count_as_loaded():
     a = make_product(stock_quantity=5)
-    redis_counts.redis_client().set(redis_counts.READY_KEY, "0123456789abcdef")  # as replayed after a restart
+    redis_counts.redis_client().set(ONLY_SHARD.ready_key, "0123456789abcdef")  # as replayed after a restart
 
-    assert not redis_counts.is_loaded()
+    assert not redis_counts.is_loaded(ONLY_SHARD)
     with pytest.raises(StockNotLoaded):
         stock_reserve(quantities={a.id: 1})
-    assert redis_counts.is_loaded()  # the refusal rebuilt it
+    assert redis_counts.is_loaded(ONLY_SHARD)  # the refusal rebuilt it
 
 
 def test_a_repair_computed_before_a_restart_leaves_stock_not_loaded():
     redis_counts.mark_not_loaded()
 
-    assert redis_counts.repair(drifts={}, forget_tokens=[], run_id="0123456789abcdef", epoch=stock_epoch()) is False
-    assert not redis_counts.is_loaded()
     assert (
-        redis_counts.repair(drifts={}, forget_tokens=[], run_id=redis_counts.server_run_id(), epoch=stock_epoch())
+        redis_counts.repair(
+            ONLY_SHARD, drifts={}, forget_tokens=[], run_id="0123456789abcdef", epoch=stock_epoch(ONLY_SHARD)
+        )
+        is False
+    )
+    assert not redis_counts.is_loaded(ONLY_SHARD)
+    assert (
+        redis_counts.repair(
+            ONLY_SHARD,
+            drifts={},
+            forget_tokens=[],
+            run_id=redis_counts.server_run_id(ONLY_SHARD),
+            epoch=stock_epoch(ONLY_SHARD),
+        )
         is True
     )
-    assert redis_counts.is_loaded()
+    assert redis_counts.is_loaded(ONLY_SHARD)
 
 
 def test_reserving_before_stock_is_loaded_is_refused():
     a = make_product(stock_quantity=5)
     redis_counts.mark_not_loaded()
-    redis_counts.redis_client().delete(f"{redis_counts.STOCK_PREFIX}{a.id}")
+    redis_counts.redis_client().delete(redis_counts.stock_key(a.id))
 
     with pytest.raises(StockNotLoaded):
         stock_reserve(quantities={a.id: 1})

@@ -87,7 +87,7 @@ BREAKAGES = {
         {"money conserved", "paid orders have payments"},
     ),
     "redis holds the wrong available count": (
-        lambda: redis_counts.redis_client().incrby(f"{redis_counts.STOCK_PREFIX}1", 5),
+        lambda: redis_counts.redis_client().incrby(redis_counts.stock_key(1), 5),
         {"redis matches database"},
     ),
     "a reservation was left in flight": (

@@ -15,6 +15,7 @@ from django.test import Client
 from accounts.models import User
 from devtools.browser import chromium_page
 from devtools.testing import client_for, make_product, make_user, order_body
+from inventory import redis_counts
 from ops.tasks import record_operator_history
 from orders.tests.test_shop_page import SHOTS
 
@@ -69,6 +70,19 @@ def test_the_stock_table_lists_the_products_with_the_fewest_units_left(settings)
     assert data["stockRedis"] == {str(fewest.id): 1, str(few.id): 4}  # live: 1 and 4 left, not the 50
     assert set(data["stockDatabase"]) == {str(fewest.id), str(few.id)}
     assert data["stockProducts"] == 3
+
+
+def test_the_operator_data_names_a_stock_shard_that_waits_for_a_rebuild(sharded_stock):
+    client = _staff(may_view_orders=True)
+    assert client.get("/admin/operator/data").json()["stockShards"] == {
+        shard.tag: {"loaded": True, "tracked": 0} for shard in sharded_stock
+    }
+    failed_over = sharded_stock[1]
+    redis_counts.redis_client().set(failed_over.ready_key, "0123456789abcdef")  # another server's run
+
+    shards = client.get("/admin/operator/data").json()["stockShards"]
+
+    assert [tag for tag, shard in shards.items() if not shard["loaded"]] == [failed_over.tag]
 
 
 def test_beat_records_the_snapshots_the_page_starts_from_and_keeps_the_last_few(settings):

@@ -1,4 +1,6 @@
-WITH fence AS (SELECT 1 FROM "inventory_stock_epoch" WHERE last_value = %(stock_epoch)s), new_orders AS (
+WITH fence AS (SELECT 1 WHERE (
+    SELECT count(*) FROM "inventory_stock_shard" AS shard WHERE shard.epoch = (%(stock_epochs)s::jsonb ->> shard.tag)::bigint
+) = %(stock_shards)s), new_orders AS (
     INSERT INTO "orders_order" (id, user_id, status, total_amount, discount_amount, paid_amount, coupon_code,
                          reservation_token, created_at, updated_at)
     SELECT o.id, o.user_id, %(pending)s, o.total, 0, 0, '', o.token, o.created_at, now()

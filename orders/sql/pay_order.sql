@@ -1,4 +1,6 @@
-WITH fence AS (SELECT 1 FROM "inventory_stock_epoch" WHERE last_value = %(stock_epoch)s AND (
+WITH fence AS (SELECT 1 WHERE (
+    SELECT count(*) FROM "inventory_stock_shard" AS shard WHERE shard.epoch = (%(stock_epochs)s::jsonb ->> shard.tag)::bigint
+) = %(stock_shards)s AND (
     SELECT count(*) FROM "inventory_product" AS product
     WHERE product.id = ANY(%(quoted_ids)s::bigint[]) AND product.active
       AND product.price = (%(quoted_prices)s::jsonb ->> product.id::text)::bigint

@@ -1,4 +1,6 @@
-WITH fence AS (SELECT 1 FROM "inventory_stock_epoch" WHERE last_value = %(stock_epoch)s), 
+WITH fence AS (SELECT 1 WHERE (
+    SELECT count(*) FROM "inventory_stock_shard" AS shard WHERE shard.epoch = (%(stock_epochs)s::jsonb ->> shard.tag)::bigint
+) = %(stock_shards)s), 
 settled AS (
     INSERT INTO "inventory_stockreservation" (token, state, created_at)
     SELECT %(stock_token)s, %(stock_sold)s, now() FROM "fence"

@@ -209,12 +209,12 @@ def test_parallel_orders_of_one_user_never_pass_its_purchase_limit_nor_its_unpai
 def test_a_repriced_or_off_sale_product_is_refused_by_the_intake_and_nothing_is_held():
     user = make_user(balance=1_000)
     product = make_product(price=100, stock_quantity=10)
-    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", 120)
+    redis_counts.redis_client().set(redis_counts.price_key(product.id), 120)
     client = client_for(user)
     response = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", **ASYNC)
     assert response.status_code == 409 and response.json()["error"]["code"] == "PRICE_CHANGED"
     assert response.json()["error"]["details"]["currentPrices"] == {str(product.id): 120}
-    redis_counts.redis_client().set(f"{redis_counts.PRICE_PREFIX}{product.id}", "off")
+    redis_counts.redis_client().set(redis_counts.price_key(product.id), "off")
     response = client.post("/api/v1/orders", order_body(user, (product, 1)), format="json", **ASYNC)
     assert response.status_code == 409 and response.json()["error"]["code"] == "PRODUCT_UNAVAILABLE"
     assert redis_counts.available(product_ids=[product.id]) == {product.id: 10}

@@ -111,8 +111,8 @@ def test_reconciliation_rebuilds_wiped_holdings_from_the_database_and_in_flight_
     order_place(user_id=other.id, lines=[OrderLine(product.id, 1, product.price)])
     in_flight = redis_counts.reserve(token=uuid.uuid4(), quantities={product.id: 1}, holder=buyer.id)
     assert in_flight.ok  # an order of the buyer's that has not committed yet
-    redis_counts.redis_client().delete(f"{redis_counts.HELD_PREFIX}{product.id}")  # Redis lost the holdings
-    redis_counts.redis_client().delete(f"{redis_counts.LIMIT_PREFIX}{product.id}")  # and the limit
+    redis_counts.redis_client().delete(redis_counts.held_key(product.id))  # Redis lost the holdings
+    redis_counts.redis_client().delete(redis_counts.limit_key(product.id))  # and the limit
 
     report = inventory_reconcile()
     assert report.holding_drifts == {(product.id, buyer.id): 3, (product.id, other.id): 1}

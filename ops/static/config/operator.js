@@ -187,7 +187,18 @@
     const age = Math.round(data.stockDatabaseAgeSeconds || 0);
     document.getElementById("stock-note").textContent =
       (count < data.stockProducts ? `The ${count} of ${data.stockProducts} products with the fewest units left. ` : "") +
-      `Ledger figures as of ${age} s ago.`;
+      `Ledger figures as of ${age} s ago.` + shardsNote(data.stockShards || {});
+  }
+
+  // One Redis: nothing to say. Sharded: how many shards, and those waiting for a rebuild.
+  function shardsNote(shards) {
+    const tags = Object.keys(shards).filter((tag) => tag !== "single").sort();
+    if (!tags.length) return "";
+    const waiting = tags.filter((tag) => !shards[tag].loaded);
+    const tracked = tags.map((tag) => `${tag}: ${shards[tag].tracked}`).join(", ");
+    return ` Stock on ${tags.length} shards, ` +
+      (waiting.length ? `waiting for a rebuild: ${waiting.join(", ")}.` : "all loaded.") +
+      ` Reservations tracked per shard: ${tracked}.`;
   }
 
   let first = true;
