@@ -3,6 +3,7 @@
 import pytest
 from redis.connection import parse_url
 
+from config import local
 from inventory import redis_counts
 from inventory.reservations import stock_epoch
 from inventory.shards import stock_shards
@@ -49,10 +50,45 @@ def database_intake(settings, monkeypatch):
     monkeypatch.setenv("ORDER_ASYNC_INTAKE", "database")
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real Redis Cluster of the tests' own (three masters, each with a replica: devtools/
+    redis_cluster.py), on six ports of its own, started once."""
+    from devtools import redis_cluster as devcluster
+
+    cluster = devcluster.cluster_for_tests()
+    devcluster.remove(cluster)  # a killed master of an earlier run left its nodes.conf
+    devcluster.start(cluster)
+    yield cluster
+    devcluster.remove(cluster)
+
+
 @pytest.fixture
-def sharded_stock(settings, clean_redis):
-    """Stock spread over three shards on the one Redis (STOCK_SHARDS=3), each loaded: an order of
-    products with consecutive ids takes holds on several shards (inventory/shards.py)."""
+def stock_on_cluster(settings, clean_redis, redis_cluster):
+    """Stock on the tests' Redis Cluster (STOCK_REDIS_CLUSTER) in three shards, one per master,
+    each empty and loaded; counters, the intake and Celery stay on the one Redis."""
+    from kernel.redis_cluster import close_stock_cluster_clients
+
+    settings.STOCK_REDIS_CLUSTER = "test"
+    settings.STOCK_REDIS_CLUSTER_NODES = local.default_redis_cluster_urls(base_port=redis_cluster.base_port)
+    settings.STOCK_SHARDS = 3
+    client = redis_counts.redis_client()
+    client.flushdb()
+    for shard in stock_shards():
+        redis_counts.mark_loaded(shard, epoch=stock_epoch(shard))
+    yield redis_cluster
+    redis_counts.redis_client().flushdb()
+    close_stock_cluster_clients()
+
+
+@pytest.fixture(params=["one-redis", "cluster"])
+def sharded_stock(request, settings, clean_redis):
+    """Stock spread over three shards, each loaded: on the one Redis (STOCK_SHARDS=3), then on the
+    tests' Redis Cluster. An order of products with consecutive ids takes holds on several shards
+    (inventory/shards.py)."""
+    if request.param == "cluster":
+        request.getfixturevalue("stock_on_cluster")
+        return stock_shards()
     settings.STOCK_SHARDS = 3
     for shard in stock_shards():
         redis_counts.mark_loaded(shard, epoch=stock_epoch(shard))

@@ -21,6 +21,12 @@ from kernel.private_files import private_file_read_or_create
 DATA_DIR = (BASE_DIR / env.str("SHOP_DATA_DIR", default=".data")).resolve()
 PG_PORT = env.int("SHOP_PG_PORT", default=54329)
 REDIS_PORT = env.int("SHOP_REDIS_PORT", default=63799)
+# The first of the six ports of the local Redis Cluster for stock (STOCK_REDIS_CLUSTER=local).
+# Each node also listens on its port + 10000 (the cluster bus): both below Linux's ephemeral
+# ports (32768 and up), which an outgoing connection may hold when a node starts.
+REDIS_CLUSTER_PORT = env.int("SHOP_REDIS_CLUSTER_PORT", default=21300)
+TEST_REDIS_CLUSTER_PORT = REDIS_CLUSTER_PORT + 6  # the tests' own six nodes
+LOADTEST_REDIS_CLUSTER_PORT = REDIS_CLUSTER_PORT + 12  # a load run's own (manage.py loadtest)
 PG_USER = "postgres"
 PG_DATABASE = "shop"
 PG_PASSWORD_FILE = DATA_DIR / "postgres-password.txt"
@@ -41,6 +47,13 @@ def default_database_url() -> str:
 def default_redis_url() -> str:
     """The project's own Redis, with its password (made on first use), logical database 0."""
     return f"redis://:{quote(local_password(REDIS_PASSWORD_FILE), safe='')}@127.0.0.1:{REDIS_PORT}/0"
+
+
+def default_redis_cluster_urls(*, base_port: int = REDIS_CLUSTER_PORT) -> list[str]:
+    """The six nodes of one of the project's own Redis Clusters (devtools/redis_cluster.py), with
+    the password."""
+    password = quote(local_password(REDIS_PASSWORD_FILE), safe="")
+    return [f"redis://:{password}@127.0.0.1:{port}" for port in range(base_port, base_port + 6)]
 
 
 def metrics_dir(*, wipe: bool = False) -> Path:

@@ -208,11 +208,27 @@ CACHES = {
 # Reservations older than this, still unresolved, are settled by reconciliation: released
 # if their order never committed. Longer than any order transaction can live.
 STOCK_RESERVATION_GRACE_SECONDS = env.int("STOCK_RESERVATION_GRACE_SECONDS", default=60)
-# How many shards stock is spread over (inventory/shards.py, docs/redis-cluster.md): 1 on a
-# single Redis. Change it only with the service stopped; the next start rebuilds every shard.
-STOCK_SHARDS = env.int("STOCK_SHARDS", default=1)
+# Where stock lives (docs/redis-cluster.md): "" the one Redis of REDIS_URL; "local" the
+# project's own Redis Cluster (devtools/redis_cluster.py); else the seed nodes of a Redis
+# Cluster, comma-separated redis:// URLs (the password in each). Rate counters, the intake and
+# Celery stay on REDIS_URL.
+STOCK_REDIS_CLUSTER = env.str("STOCK_REDIS_CLUSTER", default="")
+if STOCK_REDIS_CLUSTER == "local":
+    # A load run of its own has a cluster of its own, as it has a database and a Redis db.
+    STOCK_REDIS_CLUSTER_NODES = local.default_redis_cluster_urls(
+        base_port=local.LOADTEST_REDIS_CLUSTER_PORT if LOADTEST else local.REDIS_CLUSTER_PORT
+    )
+else:
+    STOCK_REDIS_CLUSTER_NODES = [url.strip() for url in STOCK_REDIS_CLUSTER.split(",") if url.strip()]
+# How many shards stock is spread over (inventory/shards.py): 1 on a single Redis, 6 on a
+# cluster (two per master of three). Change it only with the service stopped; the next start
+# rebuilds every shard.
+STOCK_SHARDS = env.int("STOCK_SHARDS", default=6 if STOCK_REDIS_CLUSTER_NODES else 1)
 if STOCK_SHARDS < 1:
     raise ValueError(f"STOCK_SHARDS must be 1 or more, not {STOCK_SHARDS}")
+if STOCK_REDIS_CLUSTER_NODES and STOCK_SHARDS < 2:
+    # One shard's keys carry no hash tag: on a cluster they would fall in different slots.
+    raise ValueError("STOCK_REDIS_CLUSTER needs STOCK_SHARDS of 2 or more")
 BALANCE_UPDATE_MAX_ATTEMPTS = env.int("BALANCE_UPDATE_MAX_ATTEMPTS", default=30)
 BALANCE_UPDATE_BACKOFF_MS = env.int("BALANCE_UPDATE_BACKOFF_MS", default=2)
 # API tokens (accounts/authentication.py, docs/security.md "Tokens"): a request's token is read

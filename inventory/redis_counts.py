@@ -305,8 +305,15 @@ def prices_forget(*, product_ids: Sequence[int]) -> None:
     """Delete the products' mirror keys: orders then take the database's path for them."""
     pipe = redis_client().pipeline(transaction=False)
     for shard, pids in by_shard(product_ids).items():
-        pipe.delete(*(shard.price_key(pid) for pid in pids))
+        _delete(pipe, [shard.price_key(pid) for pid in pids])
     pipe.execute()
+
+
+def _delete(pipe, keys: list[str]) -> None:
+    """One DEL of keys of one shard. A cluster's pipeline refuses its own delete() of several
+    keys (and mset()) but routes a plain command to the one slot of its keys."""
+    if keys:
+        pipe.execute_command("DEL", *keys)
 
 
 def prices_forget_all() -> int:
@@ -317,7 +324,7 @@ def prices_forget_all() -> int:
     for shard in stock_shards():
         keys = list(client.scan_iter(f"{_glob_escaped(shard.price_prefix)}*", count=1000))
         for start in range(0, len(keys), _PRICE_CHUNK):
-            pipe.delete(*keys[start : start + _PRICE_CHUNK])
+            _delete(pipe, keys[start : start + _PRICE_CHUNK])
         forgotten += len(keys)
     pipe.execute()
     return forgotten
@@ -335,9 +342,10 @@ def prices_write(*, values: dict[int, str], gone: Sequence[int] = ()) -> None:
     pipe = redis_client().pipeline(transaction=False)
     for shard, pids in by_shard(values).items():
         for start in range(0, len(pids), _PRICE_CHUNK):
-            pipe.mset({shard.price_key(pid): values[pid] for pid in pids[start : start + _PRICE_CHUNK]})
+            chunk = pids[start : start + _PRICE_CHUNK]
+            pipe.execute_command("MSET", *(part for pid in chunk for part in (shard.price_key(pid), values[pid])))
     for shard, pids in by_shard(gone).items():
-        pipe.delete(*(shard.price_key(pid) for pid in pids))
+        _delete(pipe, [shard.price_key(pid) for pid in pids])
     pipe.execute()
 
 

@@ -112,6 +112,19 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+# A backing service that does not answer, or (a Redis Cluster in failover) does not serve the
+# slot yet: 503, the client retries.
+_SERVICE_AWAY = (
+    OperationalError,
+    InterfaceError,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.TryAgainError,
+)
+
+
 def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
@@ -122,7 +135,7 @@ def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
         return Response(error_body(ErrorCode.FORBIDDEN, "Forbidden."), status=status.HTTP_403_FORBIDDEN)
     if isinstance(exc, drf_exceptions.APIException):
         return _drf_error(exc)
-    if isinstance(exc, (OperationalError, InterfaceError, redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, _SERVICE_AWAY):
         logger.warning("backing service unavailable: %s: %s", type(exc).__name__, exc)
         return _error_response(ServiceUnavailable(), context)
     if isinstance(exc, DatabaseError):

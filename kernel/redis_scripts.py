@@ -5,6 +5,7 @@ from functools import cache
 from pathlib import Path
 
 from django_redis import get_redis_connection
+from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
 
@@ -18,4 +19,8 @@ def run_lua(path: Path, *, keys: list[str], args: list[object], client=None):
     pipeline runs), else the default connection."""
     # The client is passed on every call so the script follows the current connection settings.
     client = get_redis_connection("default") if client is None else client
-    return _registered(path)(keys=keys, args=args, client=client)
+    script = _registered(path)
+    if isinstance(client, ClusterPipeline):
+        # A cluster's pipeline cannot load a script its node lacks (NOSCRIPT at EXEC): the body.
+        return client.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    return script(keys=keys, args=args, client=client)

@@ -36,10 +36,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
+from django.test import override_settings
 
 from config import web_server
-from config.local import current_database_url
-from devtools import devservers, netns
+from config.local import current_database_url, default_redis_cluster_urls
+from devtools import devservers, netns, redis_cluster
 from inventory import redis_counts
 from kernel import metrics
 from loadtest import async_run, chaos, cpu, hosts, jobs, seeding, server, server_metrics
@@ -457,7 +458,12 @@ def run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceil
     Reseed, serve and load under measurement (servers stopped whatever happens), then, from what
     the run left: the server's metrics, the payment figures, the CPU per order, the invariants
     and, if asked, the periodic jobs' times."""
-    with environment_set(options.environment, echo), redis_durability_set(dict(options.environment), echo):
+    environment = dict(options.environment)
+    with (
+        environment_set(options.environment, echo),
+        redis_durability_set(environment, echo),
+        stock_placement_set(environment, echo),
+    ):
         return _run_strategy(options, strategy=strategy, out_dir=out_dir, with_ceiling=with_ceiling, echo=echo)
 
 
@@ -497,6 +503,30 @@ def redis_durability_set(environment: dict[str, str], echo: Echo) -> Iterator[No
         yield
     finally:
         client.config_set("appendfsync", before)
+
+
+@contextlib.contextmanager
+def stock_placement_set(environment: dict[str, str], echo: Echo) -> Iterator[None]:
+    """STOCK_REDIS_CLUSTER and STOCK_SHARDS in a run's environment are this process's too: it
+    reseeds stock and checks the books where the run's servers keep them. "local" is the load
+    run's own cluster (devtools/redis_cluster.py), started if need be, and its processes are
+    given its nodes by address (they run without SHOP_LOADTEST, which would pick it)."""
+    if "STOCK_REDIS_CLUSTER" not in environment and "STOCK_SHARDS" not in environment:
+        yield
+        return
+    named = environment.get("STOCK_REDIS_CLUSTER", settings.STOCK_REDIS_CLUSTER)
+    nodes = [url.strip() for url in named.split(",") if url.strip()]
+    if named == "local":
+        cluster = redis_cluster.load_run_cluster()
+        echo(f"starting the load run's Redis Cluster on ports {cluster.ports[0]}-{cluster.ports[-1]}")
+        redis_cluster.start(cluster)
+        nodes = default_redis_cluster_urls(base_port=cluster.base_port)
+        os.environ["STOCK_REDIS_CLUSTER"] = ",".join(nodes)  # environment_set restores it
+    shards = int(environment.get("STOCK_SHARDS", 6 if nodes else 1))
+    where = f"a Redis Cluster of {len(nodes)} nodes" if nodes else "the one Redis"
+    echo(f"stock: {shards} shard(s) on {where}")
+    with override_settings(STOCK_REDIS_CLUSTER=",".join(nodes), STOCK_REDIS_CLUSTER_NODES=nodes, STOCK_SHARDS=shards):
+        yield
 
 
 def _run_strategy(options: RunOptions, *, strategy: str, out_dir: Path, with_ceiling: bool, echo: Echo) -> RunResult:

@@ -10,6 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.admin.models import LogEntry
 from django.db import connection, transaction
+from django_redis import get_redis_connection
 
 from accounts.models import Account, BalanceEntry, User
 from accounts.services import token_create_many, token_map_clear_all
@@ -196,12 +197,12 @@ def _load_stock_into_redis(progress: Callable[[str], None]) -> None:
     intake's keys (ord:*) go too: the orders' id sequence restarted with the TRUNCATE, so a block
     of ids left from the last seed would be handed out again."""
     progress("loading stock into Redis")
-    redis = redis_counts.redis_client()
-    keys = [*redis.scan_iter("inv:*", count=1000), *redis.scan_iter("ord:*", count=1000)]
-    pipe = redis.pipeline(transaction=False)  # a key per DEL: on a cluster the keys are in many slots
-    for key in keys:
-        pipe.delete(key)
-    pipe.execute()
+    for client, pattern in ((redis_counts.redis_client(), "inv:*"), (get_redis_connection("default"), "ord:*")):
+        keys = list(client.scan_iter(pattern, count=1000))
+        pipe = client.pipeline(transaction=False)  # a key per DEL: on a cluster the keys are in many slots
+        for key in keys:
+            pipe.delete(key)
+        pipe.execute()
     inventory_reconcile()
 
 

@@ -16,8 +16,8 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+from django_redis import get_redis_connection
 
-from inventory.redis_counts import redis_client
 from kernel.database import AdvisoryLock, sql_execute, sql_one
 from kernel.retention import Batch, Progress, TrimResult, trim_in_batches
 from orders.models import Order, OrderEvent
@@ -88,7 +88,7 @@ def events_relay(*, batch_size: int = 500) -> int:
         events = list(OrderEvent.objects.filter(published_at__isnull=True).order_by("id")[:batch_size])
         if not events:
             return 0
-        pipe = redis_client().pipeline(transaction=False)
+        pipe = get_redis_connection("default").pipeline(transaction=False)
         for event in events:
             pipe.xadd(
                 STREAM_KEY, _stream_fields(event), maxlen=settings.ORDER_EVENTS_STREAM_MAX_LENGTH, approximate=True
@@ -163,7 +163,7 @@ def stream_trim(
     `batch_size` entries a command, so Redis never stalls on it; a few entries past the cutoff
     may stay until the next run."""
     cutoff_ms = int((time.time() - settings.ORDER_EVENTS_STREAM_RETENTION_HOURS * 3600) * 1000)
-    client = redis_client()
+    client = get_redis_connection("default")
 
     def delete_batch(size: int) -> Batch:
         deleted = client.xtrim(STREAM_KEY, minid=cutoff_ms, approximate=True, limit=size)

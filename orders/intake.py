@@ -35,6 +35,7 @@ from pathlib import Path
 import orjson
 import redis
 from django.conf import settings
+from django_redis import get_redis_connection
 
 from inventory import redis_counts
 from inventory.errors import ProductUnavailable
@@ -64,6 +65,11 @@ _LUA_DIR = Path(__file__).parent / "lua"
 
 def _run(name: str, *, keys: list[str], args: list[object]):
     return run_lua(_LUA_DIR / f"{name}.lua", keys=keys, args=args)
+
+
+def _redis():
+    """The intake's keys live on the one Redis (REDIS_URL), with the stock it reserves from."""
+    return get_redis_connection("default")
 
 
 def intake_shard() -> StockShard:
@@ -208,7 +214,7 @@ def order_ids_refill(*, count: int | None = None) -> int:
     them; ids of a block Redis loses are gaps, as a rolled-back insert's are."""
     count = count or settings.ORDER_ID_BLOCK_SIZE
     rows = sql_all("SELECT nextval(pg_get_serial_sequence('orders_order', 'id')) FROM generate_series(1, %s)", [count])
-    redis_counts.redis_client().rpush(ID_BLOCK_KEY, *(row[0] for row in rows))
+    _redis().rpush(ID_BLOCK_KEY, *(row[0] for row in rows))
     return len(rows)
 
 
@@ -216,13 +222,13 @@ def order_ids_refill(*, count: int | None = None) -> int:
 
 
 def accepted_order(*, order_id: int) -> AcceptedOrder | None:
-    record = redis_counts.redis_client().hget(RECORDS_KEY, order_id)
+    record = _redis().hget(RECORDS_KEY, order_id)
     return AcceptedOrder.parse(order_id, record) if record else None
 
 
 def accepted_orders_of(*, user_id: int) -> list[AcceptedOrder]:
     """The user's orders not yet drained, newest first."""
-    client = redis_counts.redis_client()
+    client = _redis()
     ids = sorted((int(i) for i in client.smembers(undrained_key(user_id))), reverse=True)
     if not ids:
         return []
@@ -258,7 +264,7 @@ def group_ensure() -> None:
     """The settlers' consumer group, made with the stream if need be (again after Redis lost
     both: then the orders lost with it are counted, intake_lost_count)."""
     try:
-        redis_counts.redis_client().xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+        _redis().xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -269,7 +275,7 @@ def intake_seen() -> str:
     """Record in the database what this generation of the intake has accepted and drained (a
     settler does after each batch), and count the orders of any earlier generation Redis lost
     since (once, whichever settler sees it first). Returns the current generation."""
-    client = redis_counts.redis_client()
+    client = _redis()
     client.set(GENERATION_KEY, uuid.uuid4().hex, nx=True)
     generation, accepted, drained = (v.decode() if v else "0" for v in client.mget(
         GENERATION_KEY, ACCEPTED_COUNT_KEY, DRAINED_COUNT_KEY))  # fmt: skip
@@ -307,7 +313,7 @@ def settlers_wake() -> None:
     Idempotency-Key): a wake-up entry, so that an idle settler looks there at once. Lost (Redis
     away), the order waits for the settlers' next look, SETTLE_IDLE_WAIT_SECONDS at most."""
     with contextlib.suppress(redis.RedisError):
-        redis_counts.redis_client().xadd(STREAM_KEY, {"w": 1})
+        _redis().xadd(STREAM_KEY, {"w": 1})
 
 
 def _orders_in(reply) -> list[IntakeEntry]:
@@ -320,7 +326,7 @@ def _orders_in(reply) -> list[IntakeEntry]:
         else:
             done.append(entry_id.decode())
     if done:
-        client = redis_counts.redis_client()
+        client = _redis()
         client.xack(STREAM_KEY, GROUP, *done)
         client.xdel(STREAM_KEY, *done)
     return entries
@@ -342,7 +348,7 @@ def entries_read(*, consumer: str, count: int, claim_idle_ms: int) -> list[Intak
     finish, or what settlers_wait read), then those another settler left unacknowledged for
     `claim_idle_ms` (it died or hangs), then new ones. Nothing if the group had to be made
     just now (Redis came back without it)."""
-    client = redis_counts.redis_client()
+    client = _redis()
     for read in (
         lambda: client.xreadgroup(GROUP, consumer, {STREAM_KEY: "0"}, count=count)[0][1],
         lambda: client.xautoclaim(STREAM_KEY, GROUP, consumer, min_idle_time=claim_idle_ms, count=count)[1],
@@ -359,7 +365,7 @@ def entries_read(*, consumer: str, count: int, claim_idle_ms: int) -> list[Intak
 def settlers_wait(*, consumer: str, block_ms: int) -> bool:
     """Block until the stream has new entries (they become this consumer's to settle) or
     `block_ms` passed; True if something came."""
-    client = redis_counts.redis_client()
+    client = _redis()
     reply = _read(lambda: client.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=1, block=block_ms))
     if not reply:
         return False
@@ -400,23 +406,23 @@ def entries_drained(entries: Sequence[tuple[IntakeEntry, int]]) -> None:
 def entries_forget(entries: Sequence[IntakeEntry]) -> None:
     """Entries whose record is gone (Redis lost it): acknowledged, nothing else to do."""
     if entries:
-        client = redis_counts.redis_client()
+        client = _redis()
         client.xack(STREAM_KEY, GROUP, *(e.entry_id for e in entries))
         client.xdel(STREAM_KEY, *(e.entry_id for e in entries))
 
 
 def intake_backlog() -> int:
     """Orders accepted and not yet drained."""
-    return int(redis_counts.redis_client().hlen(RECORDS_KEY))
+    return int(_redis().hlen(RECORDS_KEY))
 
 
 def undrained_order_ids() -> list[int]:
-    return sorted(int(i) for i in redis_counts.redis_client().hkeys(RECORDS_KEY))
+    return sorted(int(i) for i in _redis().hkeys(RECORDS_KEY))
 
 
 def intake_oldest_seconds() -> float:
     """How long the oldest undrained entry has waited (0: none), by Redis' clock."""
-    client = redis_counts.redis_client()
+    client = _redis()
     oldest = client.xrange(STREAM_KEY, count=1)
     if not oldest:
         return 0.0

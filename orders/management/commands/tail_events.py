@@ -1,7 +1,7 @@
 import orjson
 from django.core.management.base import BaseCommand
+from django_redis import get_redis_connection
 
-from inventory.redis_counts import redis_client
 from orders.events import STREAM_KEY
 
 
@@ -12,7 +12,7 @@ class Command(BaseCommand):
         parser.add_argument("--from-start", action="store_true", help="replay the stream from its beginning")
 
     def handle(self, *args, **options):
-        client = redis_client()
+        client = get_redis_connection("default")
         last_id = "0" if options["from_start"] else "$"
         self.stdout.write(f"following {STREAM_KEY} (Ctrl-C to stop)")
         try:
