@@ -94,17 +94,26 @@ def postgres_server_pid() -> int | None:
     return postmaster.pid if postmaster is not None and postmaster.comm.startswith("postgres") else None
 
 
-def redis_server_pid() -> int | None:
-    """The Redis server this process talks to, if it runs on this machine (its `process_id` is a
-    redis-server here); None otherwise."""
-    from inventory import redis_counts
+def redis_server_pids() -> list[int]:
+    """The Redis servers this process talks to that run on this machine (each one's `process_id`
+    is a redis-server here): the one of REDIS_URL and, with stock on a Redis Cluster, every node
+    of it, replicas too (they replay every write)."""
+    import redis
+    from django.conf import settings
+    from django_redis import get_redis_connection
 
-    try:
-        pid = int(redis_counts.redis_client().info("server")["process_id"])
-    except Exception:  # no Redis: the report goes on without Redis's share
-        return None
-    server = read_stat(pid)
-    return pid if server is not None and server.comm.startswith("redis") else None
+    clients = [get_redis_connection("default")]
+    clients += [redis.Redis.from_url(url, socket_timeout=2) for url in settings.STOCK_REDIS_CLUSTER_NODES]
+    pids = []
+    for client in clients:
+        try:
+            pid = int(client.info("server")["process_id"])
+        except Exception:  # not answering: the report goes on without its share
+            continue
+        server = read_stat(pid)
+        if server is not None and server.comm.startswith("redis") and pid not in pids:
+            pids.append(pid)
+    return pids
 
 
 def machine_ticks() -> list[int] | None:

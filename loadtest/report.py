@@ -267,7 +267,7 @@ CPU_ROWS = [
     ("settlement side: settlers", "settlement_ms"),
     ("periodic jobs: Celery worker and beat", "periodic_ms"),
     ("PostgreSQL server (both sides)", "postgres_ms"),
-    ("Redis server (both sides)", "redis_ms"),
+    ("Redis servers (both sides; every node of a cluster)", "redis_ms"),
     ("all of these", "total_ms"),
     ("load generator: k6", "load_generator_ms"),
     ("whole machine: every process, k6 and anything else included", "machine_ms"),

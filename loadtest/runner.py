@@ -382,13 +382,13 @@ def _cpu_meter(
     if ours:
         echo("waiting for gunicorn workers, settlers and periodic jobs to go idle before measuring CPU")
         cpu.wait_until_idle(ours)
-    postgres, redis = cpu.postgres_server_pid(), cpu.redis_server_pid()
+    postgres = cpu.postgres_server_pid()
     meter = cpu.CpuMeter({
         "request": web,
         "settlement": [p.pid for p in settlers],
         "periodic": [p.pid for p in periodic],
         "postgres": [postgres] if postgres else [],
-        "redis": [redis] if redis else [],
+        "redis": cpu.redis_server_pids(),
     })  # fmt: skip
     meter.start()
     return meter

@@ -93,9 +93,17 @@ def test_cpu_per_order_by_side_and_in_total(use, per_order):
 
 
 def test_the_redis_server_this_process_uses_is_found_on_this_machine():
-    pid = cpu.redis_server_pid()
+    (pid,) = cpu.redis_server_pids()
 
-    assert pid is not None and cpu.read_stat(pid).comm.startswith("redis")
+    assert cpu.read_stat(pid).comm.startswith("redis")
+
+
+@pytest.mark.django_db
+def test_with_stock_on_a_cluster_every_node_is_counted_beside_the_one_redis(stock_on_cluster):
+    pids = cpu.redis_server_pids()
+
+    assert len(pids) == 1 + len(stock_on_cluster.ports) and len(set(pids)) == len(pids)
+    assert all(cpu.read_stat(pid).comm.startswith("redis") for pid in pids)
 
 
 def test_the_whole_machine_counts_what_a_busy_process_burns():
