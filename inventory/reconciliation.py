@@ -25,7 +25,12 @@ from inventory.errors import (
 )
 from inventory.models import PendingMove, Product, StockMovement, StockReservation
 from inventory.queries import PRODUCTS_FOR_MIRROR_BY_ID_SQL, PRODUCTS_FOR_MIRROR_SQL
-from inventory.reservations import reservation_mark_released, stock_epoch, stock_epoch_bump
+from inventory.reservations import (
+    reservation_mark_released,
+    stock_epoch,
+    stock_epoch_bump,
+    stock_epochs_fence_other_layouts,
+)
 from inventory.shards import StockShard, by_shard, shard_of, stock_shards
 from kernel import metrics
 from kernel.database import AdvisoryLock
@@ -278,11 +283,16 @@ class _ShardState:
 
 
 def _reconcile(report: ReconcileReport, *, repair: bool, grace: float, rebuild_wait_seconds: float) -> ReconcileReport:
+    if repair:
+        stock_epochs_fence_other_layouts(stock_shards())
     states = []
     for shard in stock_shards():
-        run_id = redis_counts.server_run_id(shard)
-        states.append(_ShardState(shard=shard, run_id=run_id, epoch=stock_epoch(shard),
-                                  loaded=redis_counts.is_loaded(shard, run_id=run_id)))  # fmt: skip
+        run_id, epoch = redis_counts.server_run_id(shard), stock_epoch(shard)
+        # Loaded by this server run, and under the database's epoch: the keys of a layout that
+        # served before another (STOCK_SHARDS or STOCK_REDIS_CLUSTER changed, then changed back)
+        # still look loaded, but their epoch was bumped while the other one sold.
+        states.append(_ShardState(shard=shard, run_id=run_id, epoch=epoch,
+                                  loaded=redis_counts.is_loaded(shard, run_id=run_id, epoch=epoch)))  # fmt: skip
     lost = [state for state in states if not state.loaded]
     report.rebuilt_shards = [state.shard.tag for state in lost]
     report.rebuilt = bool(lost)

@@ -370,9 +370,16 @@ def server_run_id(shard: StockShard) -> str:
     return run_script("run_id", keys=[shard.ready_key], args=[]).decode()
 
 
-def is_loaded(shard: StockShard, *, run_id: str | None = None) -> bool:
-    ready = redis_client().get(shard.ready_key)
-    return ready is not None and ready.decode() == (run_id or server_run_id(shard))
+def is_loaded(shard: StockShard, *, run_id: str | None = None, epoch: int | None = None) -> bool:
+    """Whether the shard's counts are this server run's (and, given `epoch`, were loaded under
+    that epoch: the database's, for reconciliation)."""
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.get(shard.ready_key)
+    pipe.get(shard.epoch_key)
+    ready, loaded_under = pipe.execute()
+    if ready is None or ready.decode() != (run_id or server_run_id(shard)):
+        return False
+    return epoch is None or (loaded_under is not None and int(loaded_under) == epoch)
 
 
 def mark_loaded(shard: StockShard, *, epoch: int) -> None:

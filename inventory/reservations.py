@@ -41,6 +41,19 @@ def stock_epoch_bump(shard: StockShard) -> int:
     return epoch
 
 
+def stock_epochs_fence_other_layouts(shards: tuple[StockShard, ...]) -> int:
+    """Bump the epoch of every shard that is not one of `shards` (those of another STOCK_SHARDS,
+    or the one shard of a single Redis while stock is sharded); returns how many. Its keys, if
+    that layout serves again, show an older epoch: reconciliation rebuilds them instead of
+    trusting counts that stood still while this layout sold, and any sale reserved on them is
+    fenced off meanwhile (a process still running with the old layout, say)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE inventory_stock_shard SET epoch = epoch + 1 WHERE NOT (tag = ANY(%s))", [[s.tag for s in shards]]
+        )
+        return cursor.rowcount
+
+
 def reservation_mark_released(token: str) -> bool:
     """Mark the reservation RELEASED unless it was SOLD; True if it is RELEASED now."""
     with connection.cursor() as cursor:

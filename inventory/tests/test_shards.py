@@ -140,3 +140,28 @@ def test_forty_buyers_racing_for_the_last_ten_pairs_across_two_shards_never_over
     on_hand = on_hand_by_product()
     assert on_hand[a.id] == on_hand[b.id] == 0
     assert Order.objects.filter(status=OrderStatus.PAID).count() == 10
+
+
+def test_a_layout_that_serves_again_after_another_sold_is_rebuilt_not_trusted(settings):
+    settings.STOCK_SHARDS = 3
+    product = make_product(price=1, stock_quantity=10)
+    buyer = make_user(balance=1_000)
+    client = client_for(buyer)
+
+    def order(units: int) -> int:
+        return client.post("/api/v1/orders", order_body(buyer, (product, units)), format="json").status_code
+
+    inventory_reconcile()  # the three shards loaded from the ledger
+    assert order(2) == 201  # three shards: 8 left
+    settings.STOCK_SHARDS = 1  # the service restarted on one shard...
+    inventory_reconcile()
+    assert order(5) == 201  # ...which sold 5 more: 3 left
+    settings.STOCK_SHARDS = 3  # and back: the three shards' keys still say 8, as this server run's
+
+    assert order(8) == 503  # reserved on the stale count, but its epoch is fenced: nothing sold
+    report = inventory_reconcile()
+
+    assert shard_of(product.id).tag in report.rebuilt_shards
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 3}
+    assert order(4) == 409 and order(3) == 201
+    assert on_hand_by_product() == {product.id: 0}
