@@ -363,9 +363,15 @@ class ChaosReport:
     given_back: int = 0  # abandoned reservations reconciliation gave back after the run
 
 
+CUT_OFF = "cut off"  # an order a careful client began and k6 interrupted at its end: no last answer
+
+
 def final_answers(path: Path) -> dict[str, int]:
-    """The careful clients' last answer per order (k6's chaos_final counter, tagged answer=)."""
+    """The careful clients' last answer per order (k6's chaos_final counter, tagged answer=),
+    and as CUT_OFF the orders begun (chaos_begun) that never got to one: k6 interrupted them
+    at its end (gracefulRampDown), still retrying."""
     counts: Counter[str] = Counter()
+    begun = 0
     with gzip.open(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         column = {name: index for index, name in enumerate(next(reader, []))}
@@ -373,6 +379,10 @@ def final_answers(path: Path) -> dict[str, int]:
             if row[column["metric_name"]] == "chaos_final":
                 tags = dict(p.split("=", 1) for p in row[column["extra_tags"]].split("&") if "=" in p)
                 counts[tags.get("answer", "?")] += int(float(row[column["metric_value"]]))
+            elif row[column["metric_name"]] == "chaos_begun":
+                begun += int(float(row[column["metric_value"]]))
+    if begun > sum(counts.values()):
+        counts[CUT_OFF] = begun - sum(counts.values())
     return dict(sorted(counts.items()))
 
 
@@ -407,10 +417,11 @@ def charged_once() -> Check:
 
 def clients_told(answers: dict[str, int]) -> Check:
     """Every order the careful clients sent ended with an answer: a client that gave up (no
-    answer after every try) cannot know whether its order exists, so the books cannot be checked
-    against what it was told."""
-    gave_up = {answer: n for answer, n in answers.items() if answer == "0"}
-    problems = [f"{n} orders got no answer after every try" for n in gave_up.values()]
+    answer after every try) or that k6 cut off at its end, still retrying, cannot know whether
+    its order exists, so the books cannot be checked against what it was told."""
+    problems = [f"{answers['0']} orders got no answer after every try"] if answers.get("0") else []
+    if answers.get(CUT_OFF):
+        problems.append(f"{answers[CUT_OFF]} orders cut off by k6's end while their clients still retried")
     told = ", ".join(f"{answer} {n}" for answer, n in answers.items()) or "none"
     return _check("every client got an answer", problems, None, "", f"last answers: {told}")
 
