@@ -10,7 +10,10 @@ started, the second part how long the fault lasts (pg-stop only):
 - pg-stop: PostgreSQL stopped in immediate mode (a crash), started again after the hold;
 - web-worker-kill: SIGKILL to one gunicorn worker (its master starts another);
 - settler-kill / celery-kill: SIGKILL to a settler / the Celery worker, restarted after a
-  second by the supervisor below, as `make run`'s supervisor (devtools/serve.py) does.
+  second by the supervisor below, as `make run`'s supervisor (devtools/serve.py) does;
+- host-kill (with --hosts 2 or more): the last host dies whole, SIGKILL to every process in its
+  network namespace (its gunicorn and settlers), and is started again at once, as a machine
+  rebooting (loadtest/hosts.py, Host.kill and Host.start_again).
 
 Only the run's own processes and the project's own PostgreSQL and Redis are ever touched;
 against --url the runner refuses (loadtest/runner.py, RunOptions.problems).
@@ -43,13 +46,16 @@ from loadtest import cpu
 from loadtest.invariants import Check, _check
 from payments.models import Payment
 
-KINDS = ("redis-kill", "pg-stop", "web-worker-kill", "settler-kill", "celery-kill")
+KINDS = ("redis-kill", "pg-stop", "web-worker-kill", "settler-kill", "celery-kill", "host-kill")
+HOST_KILL = "host-kill"  # needs another host serving meanwhile: --hosts 2 or more
 DEFAULT_PG_STOP_S = 10.0
 # Above DB_STATEMENT_TIMEOUT_MS (10 s): a reservation this old has no order still committing it.
 ABANDONED_GRACE_S = 12.0
 RESTART_AFTER_S = 1.0  # a killed settler or Celery worker, as `make run`'s supervisor
 # Spread over the load profile's 240 s (at --duration-scale 1); the times scale, the hold not.
 DEFAULT_SCHEDULE = "redis-kill@40s,pg-stop@80s+10s,web-worker-kill@130s,settler-kill@160s,celery-kill@190s"
+# With --hosts 2 or more, a whole host too, in the hold between the worker and the settler.
+DEFAULT_HOST_KILL = "host-kill@145s"
 # One fault of a schedule: <kind>@<seconds>s, a pg-stop optionally +<seconds>s.
 _FAULT = re.compile(r"^\s*(?P<kind>[a-z-]+)@(?P<at>\d+(?:\.\d+)?)s(?:\+(?P<hold>\d+(?:\.\d+)?)s)?\s*$")
 
@@ -91,9 +97,21 @@ def parse_schedule(text: str) -> list[Fault]:
     return sorted(faults, key=lambda f: f.at_s)
 
 
-def default_schedule(duration_scale: float) -> list[Fault]:
-    """The default faults, their times scaled to the run's length (a pg-stop still lasts 10 s)."""
-    return [Fault(f.kind, round(f.at_s * duration_scale, 1), f.hold_s) for f in parse_schedule(DEFAULT_SCHEDULE)]
+def default_schedule(duration_scale: float, *, hosts: int = 1) -> list[Fault]:
+    """The default faults, their times scaled to the run's length (a pg-stop still lasts 10 s);
+    with `hosts` 2 or more, a host-kill too."""
+    text = DEFAULT_SCHEDULE + (f",{DEFAULT_HOST_KILL}" if hosts >= 2 else "")
+    return [Fault(f.kind, round(f.at_s * duration_scale, 1), f.hold_s) for f in parse_schedule(text)]
+
+
+def host_kill_refusal(faults: list[Fault], *, hosts: int) -> str | None:
+    """Why the schedule's host-kill cannot be injected, or None: it needs a host to kill while
+    another one serves, so --hosts 2 or more."""
+    if hosts >= 2 or not any(f.kind == HOST_KILL for f in faults):
+        return None
+    had = f"--hosts {hosts}" if hosts else "one host (no --hosts)"
+    return (f"--faults: {HOST_KILL} kills a whole host while another one serves: it needs --hosts 2 (or more); "
+            f"this run has {had}")  # fmt: skip
 
 
 def refusal(*, url: str | None) -> str | None:
@@ -121,12 +139,18 @@ class Injected:
 class Targets:
     """The run's own processes: gunicorn's master, the settlers and the periodic jobs (the
     lists async_run keeps and stops at the end; a restarted process takes its place there),
-    with what restarts them."""
+    with what restarts them. With --hosts: what kills the last host whole and starts it again
+    (its settlers' places in `settlers` taken by the new ones), and the address and network
+    PostgreSQL and Redis listen on besides loopback, which a restart of theirs must keep."""
 
     gunicorn_pid: int
     settlers: list[subprocess.Popen]
     periodic: list[subprocess.Popen]  # [celery worker, celery beat]
     restart: Callable[[subprocess.Popen, str], subprocess.Popen]  # (dead process, log name) -> new
+    kill_host: Callable[[], str] | None = None  # -> what was done; None: one host, no namespaces
+    also_on: tuple[str, str] | None = None  # (gateway address, network), devservers.also_listening_on
+    # Held while a host is killed and started again: the supervisor leaves its settlers alone meanwhile.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _now_ms() -> int:
@@ -138,21 +162,21 @@ def _sigkill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _redis_kill() -> str:
+def _redis_kill(also_on: tuple[str, str] | None) -> str:
     pid = int((devservers.DATA_DIR / "redis" / "redis.pid").read_text().split()[0])
     _sigkill(pid)
     deadline = time.monotonic() + 10
     while devservers._port_open(devservers.REDIS_PORT) and time.monotonic() < deadline:
         time.sleep(0.05)
-    devservers.start_redis()  # replays the append-only file before it answers
+    devservers.start_redis(also_on=also_on[0] if also_on else None)  # replays the append-only file first
     return f"SIGKILL to redis-server pid {pid}, restarted from its append-only file"
 
 
-def _pg_stop(hold_s: float) -> str:
+def _pg_stop(hold_s: float, also_on: tuple[str, str] | None) -> str:
     connection.close()
     devservers.stop_postgres(mode="immediate")
     time.sleep(hold_s)
-    devservers.start_postgres()
+    devservers.start_postgres(also_on=also_on)
     return f"stopped in immediate mode, started after {hold_s:g} s"
 
 
@@ -172,9 +196,14 @@ class Supervisor:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             for processes, index, name in self._watched():
-                if processes[index].poll() is not None and not self._stop.wait(RESTART_AFTER_S):
-                    processes[index] = self.targets.restart(processes[index], name)
-                    self.restarts[name] += 1
+                if processes[index].poll() is None:
+                    continue
+                if self._stop.wait(RESTART_AFTER_S):
+                    return
+                with self.targets.lock:  # a host killed whole is started again by the injector
+                    if processes[index].poll() is not None:
+                        processes[index] = self.targets.restart(processes[index], name)
+                        self.restarts[name] += 1
 
     def __enter__(self) -> Supervisor:
         self._thread.start()
@@ -198,9 +227,14 @@ class Injector:
 
     def _inject(self, fault: Fault) -> str:
         if fault.kind == "redis-kill":
-            return _redis_kill()
+            return _redis_kill(self.targets.also_on)
         if fault.kind == "pg-stop":
-            return _pg_stop(fault.hold_s)
+            return _pg_stop(fault.hold_s, self.targets.also_on)
+        if fault.kind == HOST_KILL:
+            if self.targets.kill_host is None:
+                raise ProcessLookupError("no host to kill: the run has one host, not --hosts 2")
+            with self.targets.lock:
+                return self.targets.kill_host()
         if fault.kind == "web-worker-kill":
             workers = cpu.children(self.targets.gunicorn_pid)
             if not workers:
@@ -329,9 +363,15 @@ class ChaosReport:
     given_back: int = 0  # abandoned reservations reconciliation gave back after the run
 
 
+CUT_OFF = "cut off"  # an order a careful client began and k6 interrupted at its end: no last answer
+
+
 def final_answers(path: Path) -> dict[str, int]:
-    """The careful clients' last answer per order (k6's chaos_final counter, tagged answer=)."""
+    """The careful clients' last answer per order (k6's chaos_final counter, tagged answer=),
+    and as CUT_OFF the orders begun (chaos_begun) that never got to one: k6 interrupted them
+    at its end (gracefulRampDown), still retrying."""
     counts: Counter[str] = Counter()
+    begun = 0
     with gzip.open(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         column = {name: index for index, name in enumerate(next(reader, []))}
@@ -339,6 +379,10 @@ def final_answers(path: Path) -> dict[str, int]:
             if row[column["metric_name"]] == "chaos_final":
                 tags = dict(p.split("=", 1) for p in row[column["extra_tags"]].split("&") if "=" in p)
                 counts[tags.get("answer", "?")] += int(float(row[column["metric_value"]]))
+            elif row[column["metric_name"]] == "chaos_begun":
+                begun += int(float(row[column["metric_value"]]))
+    if begun > sum(counts.values()):
+        counts[CUT_OFF] = begun - sum(counts.values())
     return dict(sorted(counts.items()))
 
 
@@ -373,10 +417,11 @@ def charged_once() -> Check:
 
 def clients_told(answers: dict[str, int]) -> Check:
     """Every order the careful clients sent ended with an answer: a client that gave up (no
-    answer after every try) cannot know whether its order exists, so the books cannot be checked
-    against what it was told."""
-    gave_up = {answer: n for answer, n in answers.items() if answer == "0"}
-    problems = [f"{n} orders got no answer after every try" for n in gave_up.values()]
+    answer after every try) or that k6 cut off at its end, still retrying, cannot know whether
+    its order exists, so the books cannot be checked against what it was told."""
+    problems = [f"{answers['0']} orders got no answer after every try"] if answers.get("0") else []
+    if answers.get(CUT_OFF):
+        problems.append(f"{answers[CUT_OFF]} orders cut off by k6's end while their clients still retried")
     told = ", ".join(f"{answer} {n}" for answer, n in answers.items()) or "none"
     return _check("every client got an answer", problems, None, "", f"last answers: {told}")
 

@@ -170,7 +170,9 @@ class CpuMeter:
             if name not in self.sides and name != self.MACHINE:
                 continue
             before, after = self._before.get(name), self._now(name)
-            self.used_ms[name] = after - before if before is not None and after is not None else None
+            # A root gone (killed: chaos) took its CPU with it; what is left would be less than before.
+            gone = name != self.MACHINE and not all(os.path.exists(f"/proc/{pid}") for pid in self.sides[name])
+            self.used_ms[name] = after - before if before is not None and after is not None and not gone else None
 
 
 @dataclass(frozen=True)

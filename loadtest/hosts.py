@@ -42,16 +42,35 @@ from loadtest import async_run, server
 
 @dataclass
 class Host:
-    """One host: its namespace, its gunicorn's URL and the processes started in it."""
+    """One host: its namespace, its gunicorn's URL and the processes started in it, with the
+    environment and the log folder they were started with (to start them again)."""
 
     namespace: netns.Namespace
     base_url: str
     gunicorn: subprocess.Popen
     settlers: list[subprocess.Popen] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log_dir: Path | None = None
 
     @property
     def name(self) -> str:
         return f"h{self.namespace.number}"
+
+    def start_settler(self, index: int) -> subprocess.Popen:
+        return _settler(self.namespace, index, env=self.env, log_dir=self.log_dir)
+
+    def restart_settler(self, dead: subprocess.Popen) -> subprocess.Popen:
+        """One of this host's settlers that died, started again in its place."""
+        index = next(i for i, settler in enumerate(self.settlers) if settler is dead)
+        self.settlers[index] = self.start_settler(index + 1)
+        return self.settlers[index]
+
+    def start_again(self) -> None:
+        """After kill(): gunicorn and as many settlers as before, as the host booting; returns
+        once gunicorn answers /healthz."""
+        self.gunicorn = _gunicorn(self.namespace, env=self.env, log_dir=self.log_dir)
+        self.settlers = [self.start_settler(index) for index in range(1, len(self.settlers) + 1)]
+        server.wait_until_healthy(self.base_url, self.gunicorn)
 
     def kill(self) -> list[int]:
         """The host dies whole, no goodbye: SIGKILL to every process in its namespace (gunicorn's
@@ -131,6 +150,18 @@ def _start(namespace: netns.Namespace, command: list[str], *, env: dict[str, str
     )
 
 
+def _gunicorn(namespace: netns.Namespace, *, env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    """gunicorn in the namespace, on the host's address (env's BIND), appending to gunicorn-h<n>.log."""
+    with (log_dir / f"gunicorn-h{namespace.number}.log").open("ab") as log:
+        return _start(namespace, web_server.command(env["BIND"]), env=env, log=log)
+
+
+def _settler(namespace: netns.Namespace, index: int, *, env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    """Settler number `index` (1-based) in the namespace, appending to settler-h<n>-<index>.log."""
+    with (log_dir / f"settler-h{namespace.number}-{index}.log").open("ab") as log:
+        return _start(namespace, async_run.settler_command(), env=env, log=log)
+
+
 @contextlib.contextmanager
 def serving(
     made: netns.Network,
@@ -155,24 +186,20 @@ def serving(
     server.metrics_dir().mkdir(parents=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     hosts: list[Host] = []
-    with contextlib.ExitStack() as logs:
-        try:
-            for namespace in made.namespaces[:count]:
-                extra = {**(extra_env or {}), **(extra_env_by_host or {}).get(namespace.number, {})}
-                env = host_environment(made, namespace, strategy=strategy, port=port, extra_env=extra)
-                name = f"h{namespace.number}"
-                opened = logs.enter_context((log_dir / f"gunicorn-{name}.log").open("ab"))
-                host = Host(namespace, f"http://{namespace.address}:{port}", _start(
-                    namespace, web_server.command(env["BIND"]), env=env, log=opened))  # fmt: skip
-                hosts.append(host)
-                for index in range(1, settlers_each + 1):
-                    opened = logs.enter_context((log_dir / f"settler-{name}-{index}.log").open("ab"))
-                    host.settlers.append(_start(namespace, async_run.settler_command(), env=env, log=opened))
-            for host in hosts:
-                server.wait_until_healthy(host.base_url, host.gunicorn)
-            yield hosts
-        finally:
-            server.stop_all([p for host in hosts for p in [host.gunicorn, *host.settlers]],
-                            timeout=async_run.SETTLER_STOP_TIMEOUT_S)  # fmt: skip
-            for namespace in made.namespaces[:count]:
-                netns.kill_all(namespace.name)
+    try:
+        for namespace in made.namespaces[:count]:
+            extra = {**(extra_env or {}), **(extra_env_by_host or {}).get(namespace.number, {})}
+            env = host_environment(made, namespace, strategy=strategy, port=port, extra_env=extra)
+            host = Host(namespace, f"http://{namespace.address}:{port}",
+                        _gunicorn(namespace, env=env, log_dir=log_dir), env=env, log_dir=log_dir)  # fmt: skip
+            hosts.append(host)
+            host.settlers = [host.start_settler(index) for index in range(1, settlers_each + 1)]
+        for host in hosts:
+            server.wait_until_healthy(host.base_url, host.gunicorn)
+        yield hosts
+    finally:
+        # The processes each host holds now: a host started again (chaos' host-kill) holds its new ones.
+        server.stop_all([p for host in hosts for p in [host.gunicorn, *host.settlers]],
+                        timeout=async_run.SETTLER_STOP_TIMEOUT_S)  # fmt: skip
+        for namespace in made.namespaces[:count]:
+            netns.kill_all(namespace.name)

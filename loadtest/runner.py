@@ -117,14 +117,14 @@ class RunOptions:
     compare_environments: tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
     hosts: tuple[int, ...] = ()  # web hosts in network namespaces (loadtest/hosts.py); two counts: compare them
     network: netns.Network | None = None  # the namespaces made for --hosts, by run() (once for both runs)
-    faults: str | None = None  # chaos: the fault schedule (None: chaos.DEFAULT_SCHEDULE, scaled)
+    faults: str | None = None  # chaos: the fault schedule (None: chaos.default_schedule, scaled)
     chaos_orders: str = "async"  # chaos: 201s, 202s or both
     chaos_keys: bool = True  # chaos: an Idempotency-Key per order (False: async orders via the intake)
 
     @property
     def fault_schedule(self) -> list[chaos.Fault]:
         if self.faults is None:
-            return chaos.default_schedule(self.duration_scale)
+            return chaos.default_schedule(self.duration_scale, hosts=self.hosts[0] if len(self.hosts) == 1 else 1)
         return chaos.parse_schedule(self.faults)
 
     @property
@@ -202,19 +202,20 @@ class RunOptions:
     def _chaos_problems(self) -> list[str]:
         if self.scenario != "chaos":
             return ["--faults and --chaos-orders go with --scenario chaos"] if self.faults else []
-        if self.compare or self.compare_shapes or self.compare_environments or self.hosts:
-            return ["--scenario chaos makes one run on one host; not with --compare, --compare-shapes, --compare-env "
-                    "or --hosts"]  # fmt: skip
+        if self.compare or self.compare_shapes or self.compare_environments or self.compare_hosts:
+            return ["--scenario chaos makes one run: not with --compare, --compare-shapes, --compare-env or two "
+                    "counts of --hosts (give one: --hosts 2)"]  # fmt: skip
         if self.chaos_orders not in CHAOS_ORDERS:
             return [f"unknown --chaos-orders {self.chaos_orders!r}; one of {', '.join(CHAOS_ORDERS)}"]
         refused = chaos.refusal(url=self.url)
         if refused:
             return [refused]
         try:
-            self.fault_schedule  # noqa: B018 (parsed for its errors)
+            schedule = self.fault_schedule
         except chaos.ScheduleError as exc:
             return [f"--faults: {exc}"]
-        return []
+        refused = chaos.host_kill_refusal(schedule, hosts=self.hosts[0] if self.hosts else 0)
+        return [refused] if refused else []
 
 
 class RunFailed(RuntimeError):
@@ -339,7 +340,7 @@ def _serving_hosts(options: RunOptions, strategy: str, out_dir: Path, echo: Echo
         each = [server.Served(host.base_url, host.gunicorn.pid) for host in fleet]
         settlers = tuple(settler for host in fleet for settler in host.settlers)
         # The first host's /metrics counts every host's orders: they share the Prometheus directory.
-        yield replace(each[0], others=tuple(each[1:]), settlers=settlers)
+        yield replace(each[0], others=tuple(each[1:]), settlers=settlers, fleet=tuple(fleet))
     echo("hosts stopped")
 
 
@@ -405,8 +406,10 @@ def _processes(
         }
     paid_here = "" if SCENARIOS[options.scenario].asynchronous else " (idle: every order is paid inside its request)"
     if options.hosts:
-        each = "; ".join(f"{host.base_url} master pid {host.pid} with {len(cpu.children(host.pid))} workers"
-                         for host in served.every_host)  # fmt: skip
+        # A host started again (chaos' host-kill) by its new gunicorn, not the one it started with.
+        masters = [(host.base_url, host.gunicorn.pid) for host in served.fleet] or [
+            (host.base_url, host.pid) for host in served.every_host]  # fmt: skip
+        each = "; ".join(f"{url} master pid {pid} with {len(cpu.children(pid))} workers" for url, pid in masters)
         web = f"{web_server_config()} on each of {len(served.every_host)} hosts (network namespaces): {each}"
     else:
         web = (
@@ -638,7 +641,14 @@ def _load_under_measure(
     drained_after = None
     injector = supervisor = None
     if scenario.name == "chaos":  # faults during k6; killed settlers restarted until the drain is done
-        targets = chaos.Targets(served.pid, settlers, periodic, restart=_restarter(strategy, out_dir))
+        targets = chaos.Targets(
+            served.pid,
+            settlers,
+            periodic,
+            restart=_restarter(strategy, out_dir, served.fleet),
+            kill_host=_host_killer(served.fleet, settlers),
+            also_on=(options.network.gateway, options.network.network) if options.hosts else None,
+        )
         supervisor, injector = chaos.Supervisor(targets), chaos.Injector(options.fault_schedule, targets, echo)
     with sampling as sampler, scraping, supervisor or contextlib.nullcontext():
         with injector or contextlib.nullcontext():
@@ -656,16 +666,44 @@ def _load_under_measure(
                         injector=injector, supervisor=supervisor)  # fmt: skip
 
 
-def _restarter(strategy: str, out_dir: Path) -> Callable[[subprocess.Popen, str], subprocess.Popen]:
+def _restarter(
+    strategy: str, out_dir: Path, fleet: tuple[hosts.Host, ...] = ()
+) -> Callable[[subprocess.Popen, str], subprocess.Popen]:
     """How the chaos supervisor restarts a dead settler or Celery worker: its command again, in
-    the run's environment, appending to its log."""
+    the run's environment, appending to its log; a host's settler in its namespace, with the
+    host's environment (the servers at the gateway), appending to settler-h<n>-<i>.log."""
     env = server.server_environment(strategy=strategy)
 
     def restart(dead: subprocess.Popen, name: str) -> subprocess.Popen:
+        host = next((host for host in fleet if any(settler is dead for settler in host.settlers)), None)
+        if host is not None:
+            return host.restart_settler(dead)
         with (out_dir / f"{name}.log").open("ab") as log:
             return async_run._start(list(dead.args), env=env, log=log)
 
     return restart
+
+
+def _host_killer(fleet: tuple[hosts.Host, ...], settlers: list[subprocess.Popen]) -> Callable[[], str] | None:
+    """chaos' host-kill with --hosts 2 or more: the last host (the first one's gunicorn is the one
+    web-worker-kill and the /metrics scrapes use) killed whole and started again at once, its new
+    settlers taking the dead ones' places in `settlers` (what the supervisor watches and the drain
+    waits for). None with fewer than two hosts."""
+    if len(fleet) < 2:
+        return None
+    victim = fleet[-1]
+
+    def kill_host() -> str:
+        places = [next(i for i, p in enumerate(settlers) if p is settler) for settler in victim.settlers]
+        killed = victim.kill()
+        victim.start_again()
+        for place, settler in zip(places, victim.settlers, strict=True):
+            settlers[place] = settler
+        return (f"SIGKILL to every process in {victim.namespace.name} ({victim.name}: {len(killed)} pids, gunicorn "
+                f"and {len(victim.settlers)} settler(s)), started again at once: gunicorn pid {victim.gunicorn.pid} "
+                "answering /healthz")  # fmt: skip
+
+    return kill_host
 
 
 def _chaos_report(options: RunOptions, run: _ScenarioRun, *, out_dir: Path) -> chaos.ChaosReport | None:

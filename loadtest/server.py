@@ -115,6 +115,7 @@ class Served:
     pid: int | None = None  # gunicorn's master, when this run started it
     others: tuple[Served, ...] = ()  # the other hosts, when several serve (loadtest/hosts.py)
     settlers: tuple[subprocess.Popen, ...] = ()  # started in the hosts beside their gunicorn (loadtest/hosts.py)
+    fleet: tuple = ()  # the hosts themselves (loadtest/hosts.Host), when several serve: chaos' host-kill restarts one
 
     @property
     def every_host(self) -> tuple[Served, ...]:

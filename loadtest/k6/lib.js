@@ -46,8 +46,11 @@ const ordersCreated = new Counter('orders_created');
 const errorsByCode = new Counter('errors_by_code');
 // An answer the scenario does not accept: failures in the report, whatever the HTTP status.
 const unexpectedAnswers = new Rate('unexpected_answers');
-// Chaos: each order's last answer to a careful client (tag `answer`: its status, 0 for none).
+// Chaos: each order's last answer to a careful client (tag `answer`: its status, 0 for none),
+// and each order a careful client began: one begun and never finished is one k6 cut off at its
+// end (an interrupted iteration), a client left without an answer too.
 const chaosFinal = new Counter('chaos_final');
+const chaosBegun = new Counter('chaos_begun');
 
 const EXPECT_201 = http.expectedStatuses(201);
 // Sellout: a 409 is an answer, not a broken request; whether it is OUT_OF_STOCK is checked below.
@@ -67,20 +70,25 @@ function seconds(value) {
 // Ramp-downs and stops wait as long as gunicorn's worker timeout (30 s): no request the server
 // may still commit is ever abandoned by k6, so orders in the database match the 201s counted.
 const GRACE = '30s';
+// The careful clients' (chaos): a request cut off by a fault leaves its Idempotency-Key in
+// progress, taken over by a retry only after IDEMPOTENCY_STALE_SECONDS (60 s); its client
+// retries that long (CAREFUL_TRIES answers of 409 CONFLICT, each after the server's 10 s wait).
+const CAREFUL_GRACE = '90s';
 
-function ramping(stages) {
+function ramping(stages, grace = GRACE) {
   return {
     executor: 'ramping-vus',
     startVUs: 0,
     stages: stages.map(([duration, target]) => ({ duration: seconds(duration), target })),
-    gracefulRampDown: GRACE,
-    gracefulStop: GRACE,
+    gracefulRampDown: grace,
+    gracefulStop: grace,
   };
 }
 
 // VU profiles, `vus` being the peak. load and spike are the seed report's stages exactly.
 const PROFILES = {
   load: (vus) => ramping([[60, vus], [120, vus], [60, 0]]),
+  careful: (vus) => ramping([[60, vus], [120, vus], [60, 0]], CAREFUL_GRACE),
   spike: (vus) => ramping([[30, Math.max(1, Math.round(vus / 10))], [30, vus], [30, 0]]),
   sellout: (vus) => ({
     executor: 'shared-iterations',
@@ -110,6 +118,13 @@ function hotItems() {
 function target() {
   if (!BASE_URLS.length) return { url: BASE_URL, tags: {} };
   const index = (__VU - 1) % BASE_URLS.length;
+  return { url: BASE_URLS[index], tags: { host: `h${index + 1}` } };
+}
+
+// The host after `host` (with one host, itself): where a careful client's retry goes after no answer.
+function nextHost(host) {
+  if (BASE_URLS.length < 2) return host;
+  const index = (BASE_URLS.indexOf(host.url) + 1) % BASE_URLS.length;
   return { url: BASE_URLS[index], tags: { host: `h${index + 1}` } };
 }
 
@@ -176,8 +191,12 @@ function placeOrder(tokens, items, outOfStockExpected, asynchronous = false) {
 // Without a key (CHAOS_KEYS=0: the asynchronous order then takes Redis' intake path) only a 503
 // is retried, which says nothing was changed; after no answer or a 502/504 the order may exist,
 // and a client without a key cannot safely send it again: it gives up (counted as such).
+// With several hosts, a try that got no answer (its host dead, say) is sent to the next host,
+// as a load balancer takes a host that does not answer out; the next order starts on the VU's own.
 const CAREFUL_TRIES = 8;
-const CAREFUL_TIMEOUT = '10s';
+// Above the server's IDEMPOTENCY_WAIT_SECONDS (10 s): a retry whose key is still in progress
+// gets the server's 409 CONFLICT after that wait, not a timeout of its own at the same moment.
+const CAREFUL_TIMEOUT = '15s';
 const RETRIED = new Set([0, 502, 503, 504]);
 
 function orderKey() {
@@ -201,10 +220,14 @@ function carefulOrder(tokens) {
   if (CHAOS_KEYS) headers['Idempotency-Key'] = orderKey();
   if (asynchronous) headers.Prefer = 'respond-async';
   const body = JSON.stringify({ userId, orderItems: randomItems() });
+  let host = target();
+  chaosBegun.add(1);
   let res;
   for (let attempt = 0; attempt < CAREFUL_TRIES; attempt++) {
-    res = http.post(`${BASE_URL}/api/v1/orders`, body, {
+    if (attempt > 0 && res.status === 0) host = nextHost(host);
+    res = http.post(`${host.url}/api/v1/orders`, body, {
       headers,
+      tags: host.tags,
       timeout: CAREFUL_TIMEOUT,
       responseCallback: asynchronous ? EXPECT_202 : EXPECT_201,
     });
@@ -216,7 +239,7 @@ function carefulOrder(tokens) {
   }
   const expected = res.status === success;
   check(res, { [`last answer is ${success}`]: () => expected });
-  if (expected) ordersCreated.add(1);
+  if (expected) ordersCreated.add(1, host.tags);
   chaosFinal.add(1, { answer: String(res.status) });
   unexpectedAnswers.add(!expected);
   if (!expected) warnFailure(res, errorCode(res));
@@ -237,7 +260,7 @@ const SCENARIOS = {
   sellout: { profile: 'sellout', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), true) },
   async: { profile: 'load', peakVus: 100, run: (tokens) => placeOrder(tokens, randomItems(), false, true) },
   ceiling: { profile: 'load', peakVus: 100, run: () => healthz(), noTokens: true },
-  chaos: { profile: 'load', peakVus: 100, run: (tokens) => carefulOrder(tokens) },
+  chaos: { profile: 'careful', peakVus: 100, run: (tokens) => carefulOrder(tokens) },
   smoke: { profile: 'smoke', peakVus: 5, run: (tokens) => placeOrder(tokens, randomItems(), false) },
 };
 

@@ -89,6 +89,18 @@ def test_faults_are_refused_against_a_server_the_run_did_not_start():
         call_command("loadtest", scenario="chaos", url="http://127.0.0.1:1", reseed=True)
 
 
+def test_the_default_schedule_kills_a_whole_host_only_with_two_hosts_or_more():
+    assert "host-kill" not in [f.kind for f in default_schedule(1.0)]
+    assert [f.name for f in default_schedule(0.5, hosts=2) if f.kind == "host-kill"] == ["host-kill@72.5s"]
+
+
+def test_a_host_kill_is_refused_without_a_second_host_and_chaos_with_two_counts_of_hosts():
+    with pytest.raises(CommandError, match="host-kill kills a whole host while another one serves: it needs --hosts 2"):
+        call_command("loadtest", scenario="chaos", faults="redis-kill@1s,host-kill@5s")
+    with pytest.raises(CommandError, match=r"not with .* two counts of --hosts"):
+        call_command("loadtest", "--scenario", "chaos", "--hosts", "1,2")
+
+
 def test_faults_go_with_the_chaos_scenario_only():
     with pytest.raises(CommandError, match="--faults and --chaos-orders go with --scenario chaos"):
         call_command("loadtest", scenario="smoke", faults="redis-kill@1s")

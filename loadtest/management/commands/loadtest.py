@@ -118,7 +118,8 @@ class Command(BaseCommand):
         chaos.add_argument(
             "--faults",
             help="the fault schedule, times since k6 started: e.g. redis-kill@20s,pg-stop@40s+10s,"
-            "web-worker-kill@60s,settler-kill@70s,celery-kill@80s (default: five faults spread over the run, "
+            "web-worker-kill@60s,settler-kill@70s,celery-kill@80s, and with --hosts 2 host-kill@90s (a whole "
+            "host killed and started again) (default: five faults spread over the run, six with --hosts 2, "
             "their times scaled by --duration-scale; a pg-stop lasts 10 s)",
         )
         chaos.add_argument(
