@@ -347,6 +347,9 @@ SETTLE_IDLE_WAIT_SECONDS = env.float("SETTLE_IDLE_WAIT_SECONDS", default=1.0)
 ORDER_ASYNC_INTAKE = env.str("ORDER_ASYNC_INTAKE", default="redis")
 if ORDER_ASYNC_INTAKE not in ("redis", "database"):
     raise ValueError(f"ORDER_ASYNC_INTAKE must be 'redis' or 'database', not {ORDER_ASYNC_INTAKE!r}")
+# When Redis goes away during the intake's script, the request does not know whether the order
+# was accepted: it waits this long for Redis to answer the question (orders/intake.py).
+INTAKE_LOST_REPLY_WAIT_SECONDS = env.float("INTAKE_LOST_REPLY_WAIT_SECONDS", default=5.0)
 # Order ids the intake takes from PostgreSQL's sequence at a time (one statement per block).
 ORDER_ID_BLOCK_SIZE = env.int("ORDER_ID_BLOCK_SIZE", default=1000)
 # An intake entry a settler took and has not acknowledged for this long (it died, or hangs) is

@@ -369,3 +369,51 @@ def wire_count() -> Iterator[WireCount]:
                 counted.redis_commands.append(seen["command"].split()[0].upper())
     watcher.close()
     counted.postgres_round_trips = sum(1 for fields in sent if fields[0] == "F" and fields[2] in {"Sync", "Query"})
+
+
+class ReplyCutter:
+    """A real TCP hop in front of a Redis server that passes everything both ways, except once:
+    the first request holding `marker` (a script's SHA, say) reaches Redis, which runs it, and
+    the client's connection is closed instead of getting the reply. The reply lost in flight,
+    as when Redis is killed or the network cut just after a command ran. `cut` is set then."""
+
+    def __init__(self, *, target_port: int, marker: bytes) -> None:
+        self.target_port, self.marker = target_port, marker
+        self.cut = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            dropping = threading.Event()  # this connection's next reply is the one to lose
+            threading.Thread(target=self._requests, args=(client, upstream, dropping), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client, dropping), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, dropping: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if not self.cut.is_set() and self.marker in data:
+                    dropping.set()
+                upstream.sendall(data)
+        upstream.close()
+
+    def _replies(self, upstream: socket.socket, client: socket.socket, dropping: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if dropping.is_set() and not data.startswith(b"-NOSCRIPT"):  # NOSCRIPT: it did not run
+                    self.cut.set()
+                    client.shutdown(socket.SHUT_RDWR)  # the client reads the end of the connection
+                    break
+                dropping.clear()
+                client.sendall(data)
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self._listener.close()

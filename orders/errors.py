@@ -62,6 +62,16 @@ class PaymentBacklogFull(ServiceUnavailable):
     default_message = "Payments are running behind; nothing was reserved. Try again after Retry-After seconds."
 
 
+class OrderOutcomeUnknown(ServiceUnavailable):
+    """Redis went away while it ran the intake's script and did not come back in time to say
+    whether it had: the one 503 that cannot promise nothing was changed."""
+
+    default_message = (
+        "Redis went away while it was accepting the order, which it may have done. Look at your orders "
+        "(GET /api/v1/orders) before ordering again, or order with an Idempotency-Key."
+    )
+
+
 class TooManyUnpaidOrders(DomainError):
     """409, not 429: it is the state of the caller's orders, not the rate of its requests, and
     waiting alone does not lift it; a settler paying (or failing) one of them does."""

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import logging
 import math
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from kernel.database import sql_all
 from kernel.errors import DomainError
 from kernel.redis_scripts import run_lua
 from orders import events
-from orders.errors import PaymentBacklogFull, PriceChanged, TooManyUnpaidOrders
+from orders.errors import OrderOutcomeUnknown, PaymentBacklogFull, PriceChanged, TooManyUnpaidOrders
 from orders.models import IntakeGeneration, Order, OrderEvent, OrderStatus, PlacedItem
 
 logger = logging.getLogger(__name__)
@@ -164,8 +165,15 @@ def intake_accept(
         args += [counter.limit, counter.window_ms]
     for pid in product_ids:
         args += [pid, quantities[pid], quoted[pid]]
+    items = tuple((pid, quantities[pid], quoted[pid]) for pid in product_ids)
     for _ in range(3):  # an empty id block is refilled (by this worker or another) and the script run again
-        result = _run("intake", keys=keys, args=args)
+        try:
+            result = _run("intake", keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError):
+            accepted = _accepted_despite_lost_reply(token=token, user_id=user_id, items=items)
+            if accepted is None:
+                raise  # the script did not run: nothing was changed, as the 503 says
+            return accepted
         if result[0] != -8:
             break
         order_ids_refill()
@@ -173,12 +181,39 @@ def intake_accept(
         raise RuntimeError("the intake's order id block stayed empty after refills")
     code = int(result[0])
     if code == 1:
-        items = tuple((pid, quantities[pid], quoted[pid]) for pid in product_ids)
         return AcceptedOrder(order_id=int(result[1]), user_id=user_id, created_ms=int(result[3]), token=token,
                              items=items)  # fmt: skip
     if code == -4:
         return None
     raise _refusal(result, quantities=quantities, counters=counters, unpaid_cap=unpaid_cap)
+
+
+def _accepted_despite_lost_reply(
+    *, token: uuid.UUID, user_id: int, items: tuple[tuple[int, int, int], ...]
+) -> AcceptedOrder | None:
+    """The intake's call failed without its reply (Redis killed or cut off mid-call): the
+    script ran whole or not at all, so its reservation tells which. Accepted, the order is
+    answered 202 like any other (a 503 would make the client order it again); not, the caller's
+    503 is true. While Redis does not answer (it may be replaying its append-only file), this
+    waits up to INTAKE_LOST_REPLY_WAIT_SECONDS, then answers that the outcome is unknown."""
+    deadline = time.monotonic() + settings.INTAKE_LOST_REPLY_WAIT_SECONDS
+    while True:
+        try:
+            order_id = _redis().hget(intake_shard().reservation_key(token), "o")
+            break
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as away:
+            if time.monotonic() > deadline:
+                logger.warning("the intake's reply for reservation %s was lost and Redis is away", token)
+                raise OrderOutcomeUnknown() from away
+            time.sleep(0.1)
+    if order_id is None:  # or settled and forgotten meanwhile: then its order is in the database
+        order_id = Order.objects.filter(reservation_token=token).values_list("id", flat=True).first()
+        if order_id is None:
+            return None
+    logger.warning("the intake's reply was lost; order %s was accepted, answered as such", int(order_id))
+    record = accepted_order(order_id=int(order_id))
+    created_ms = record.created_ms if record else int(time.time() * 1000)
+    return AcceptedOrder(order_id=int(order_id), user_id=user_id, created_ms=created_ms, token=token, items=items)
 
 
 def _refusal(result: list, *, quantities, counters, unpaid_cap) -> DomainError:

@@ -4,6 +4,10 @@ and settler processes)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
+from pathlib import Path
+
 import pytest
 from django.db import connection
 from django.test import override_settings
@@ -14,6 +18,7 @@ from accounts.models import Account
 from accounts.selectors import ledger_balance
 from config import local
 from devtools.testing import (
+    ReplyCutter,
     Settler,
     client_for,
     free_port,
@@ -402,3 +407,31 @@ def test_postgresql_crashing_mid_batch_keeps_every_202_the_intake_gave_and_charg
         assert Account.objects.get(user=user).balance == 700 == ledger_balance(user_id=user.id)
     assert not inventory_reconcile().drifted
     assert redis_counts.available(product_ids=[product.id]) == on_hand_by_product() == {product.id: 70}
+
+
+def test_an_order_whose_acceptance_reply_was_lost_is_answered_202_not_503_and_made_once(settings):
+    """The intake's script ran, then its reply was lost (the connection cut as Redis answered):
+    the order is accepted, so the answer is its 202. A 503 saying nothing was changed would make a
+    careful client order it again (seen once in a chaos run)."""
+    user = make_user(balance=1_000)
+    product = make_product(price=100, stock_quantity=10)
+    intake.order_ids_refill()
+    intake_sha = hashlib.sha1((Path(intake.__file__).parent / "lua" / "intake.lua").read_bytes()).hexdigest()
+    cutter = ReplyCutter(target_port=local.REDIS_PORT, marker=intake_sha.encode())
+    through_the_cutter = dict(settings.CACHES["default"], LOCATION=_url_on_port(settings.REDIS_URL, cutter.port))
+    try:
+        with override_settings(CACHES={"default": through_the_cutter}):
+            placed = _accept(user, product, quantity=2)
+    finally:
+        cutter.close()
+
+    assert cutter.cut.is_set()  # the reply really was lost
+    assert placed.order.status == OrderStatus.PENDING_PAYMENT and placed.order.total_amount == 200
+    assert [o.order_id for o in intake.accepted_orders_of(user_id=user.id)] == [placed.order.id]  # made once
+    assert redis_counts.available(product_ids=[product.id]) == {product.id: 8}
+    _drain()
+    assert Order.objects.get().pk == placed.order.id and Payment.objects.count() == 1
+
+
+def _url_on_port(url: str, port: int) -> str:
+    return re.sub(r"@127\.0\.0\.1:\d+/", f"@127.0.0.1:{port}/", url)
