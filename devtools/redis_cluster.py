@@ -105,6 +105,9 @@ def start_node(cluster: LocalCluster, port: int) -> None:
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            # The other shards go on selling while one slot range has no node (a master and its
+            # replica both down, or the seconds before a replica takes over).
+            "--cluster-require-full-coverage", "no",
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
@@ -212,6 +215,24 @@ def kill_master(cluster: LocalCluster, *, slot: int) -> int:
     _wait(f"a replica serving slot {slot} in place of {port}", promoted, timeout=60)
     _log(f"killed the master on {port}; its replica on {master_of_slot(cluster, slot)} serves slot {slot} now")
     return port
+
+
+def nodes_of_slot(cluster: LocalCluster, slot: int) -> list[int]:
+    """The ports of the master serving `slot` and of its replicas."""
+    for low, high, *nodes in cluster.client(cluster.ports[0]).execute_command("CLUSTER", "SLOTS"):
+        if low <= slot <= high:
+            return [int(node[1]) for node in nodes]
+    raise LookupError(f"no node serves slot {slot}")
+
+
+def kill_slot(cluster: LocalCluster, *, slot: int) -> list[int]:
+    """SIGKILL the master serving `slot` and its replicas: no node serves it until they are
+    started again (start_node each, then start). Returns their ports."""
+    ports = nodes_of_slot(cluster, slot)
+    for port in ports:
+        os.kill(_pid(cluster, port), signal.SIGKILL)
+    _wait("the killed nodes gone", lambda: not any(_port_open(p) for p in ports), timeout=10)
+    return ports
 
 
 def stop(cluster: LocalCluster | None = None) -> None:

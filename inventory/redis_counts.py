@@ -34,17 +34,23 @@ database's SOLD or RELEASED row decides the fate of all of them at once.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django_redis import get_redis_connection
+from redis.exceptions import RedisClusterException
 
 from inventory.shards import StockShard, by_shard, shard_of, stock_shards
 from kernel.redis_scripts import run_lua
+from kernel.retry import Backoff, RetryExhausted, retry_on_conflict
+
+logger = logging.getLogger(__name__)
 
 # How long a move's marker outlives its acknowledgement. The step that applies a move is sent
 # right after its commit; a copy of it arriving later than this (a process frozen between its
@@ -139,13 +145,42 @@ def reserve(
             return refused
     epochs: dict[str, int] = {}
     for shard, product_ids in groups.items():
-        result = _reserve_on(shard, token=token, quantities={pid: quantities[pid] for pid in product_ids},
-                             holder=holder, counters=counters if bundled else ())  # fmt: skip
+        try:
+            result = _reserve_on(shard, token=token, quantities={pid: quantities[pid] for pid in product_ids},
+                                 holder=holder, counters=counters if bundled else ())  # fmt: skip
+        except REDIS_AWAY:  # this shard may have reserved before its reply was lost: it is given back too
+            _give_back(token, [done for done in groups if done.tag in epochs or done == shard])
+            raise
         if not result.ok:
-            release(token=token, shards=[done for done in groups if done.tag in epochs])
+            _give_back(token, [done for done in groups if done.tag in epochs])
             return result
         epochs[shard.tag] = result.epochs[shard.tag]
     return ReserveResult(ok=True, epochs=epochs)
+
+
+# A Redis that does not answer, or (a cluster) does not serve the slot.
+REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError, RedisClusterException)
+_GIVE_BACK = Backoff(max_attempts=3, base_ms=20, cap_ms=200)
+
+
+def _give_back(token: uuid.UUID, shards: list[StockShard]) -> None:
+    """The compensation of an order refused by one of its shards: release.lua gives each hold
+    back at most once, so it is tried again on a Redis error. Holds still there after the last
+    try are given back by reconciliation after the grace period, as any abandoned one."""
+    if not shards:
+        return
+
+    def attempt() -> bool | None:
+        try:
+            release(token=token, shards=shards)
+            return True
+        except REDIS_AWAY:
+            return None
+
+    try:
+        retry_on_conflict(attempt, backoff=_GIVE_BACK, on_conflict=lambda _: None)
+    except RetryExhausted:
+        logger.warning("could not give back the holds of reservation %s; reconciliation will", token)
 
 
 def _admit(counters: tuple[AdmissionCounter, ...]) -> ReserveResult | None:

@@ -5,8 +5,9 @@ from functools import cache
 from pathlib import Path
 
 from django_redis import get_redis_connection
-from redis.cluster import ClusterPipeline
+from redis.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 
 @cache
@@ -23,4 +24,11 @@ def run_lua(path: Path, *, keys: list[str], args: list[object], client=None):
     if isinstance(client, ClusterPipeline):
         # A cluster's pipeline cannot load a script its node lacks (NOSCRIPT at EXEC): the body.
         return client.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    if isinstance(client, RedisCluster):
+        # On NOSCRIPT, redis-py would load the script on every master, and fail while any one is
+        # down: EVAL sends it to the keys' own node, which keeps it for the next EVALSHA.
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(script.script, len(keys), *keys, *args)
     return script(keys=keys, args=args, client=client)

@@ -47,6 +47,11 @@ local epoch = redis.call('GET', KEYS[4])
 if redis.call('GET', KEYS[1]) ~= run_id or not epoch then
   return {-1}
 end
+-- A call sent again with the same token (a Redis Cluster client retries a command whose reply it
+-- lost) finds the reservation it made: reserved once.
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return {1, tonumber(epoch)}
+end
 local prefix, holder = ARGV[1], ARGV[4]
 local first = 8 + 2 * counters
 for i = first, #ARGV, 2 do

@@ -138,3 +138,19 @@ def test_a_master_killed_mid_sale_loses_no_unit_and_its_old_reservations_are_fen
         100_000 - balance for balance in Account.objects.filter(user__in=buyers).values_list("balance", flat=True)
     )
     assert spent == Order.objects.aggregate(total=Sum("total_amount"))["total"]
+
+
+def test_an_order_whose_second_shard_has_no_node_gives_back_what_its_first_shard_held(stock_on_cluster):
+    a, b = sorted((make_product(price=1, stock_quantity=10) for _ in range(2)), key=lambda p: shard_of(p.id).index)
+    assert shard_of(a.id).index < shard_of(b.id).index  # a's shard is reserved first
+    killed = devcluster.kill_slot(stock_on_cluster, slot=slot_of(shard_of(b.id)))  # b's master and replica
+    try:
+        with pytest.raises(redis_counts.REDIS_AWAY):
+            stock_reserve(quantities={a.id: 3, b.id: 1})
+
+        assert redis_counts.available(product_ids=[a.id]) == {a.id: 10}  # a's shard still served, given back
+        assert redis_counts.redis_client().zcard(shard_of(a.id).reservations_key) == 0
+    finally:
+        for port in killed:
+            devcluster.start_node(stock_on_cluster, port)
+        devcluster.start(stock_on_cluster)
