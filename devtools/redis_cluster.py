@@ -186,12 +186,18 @@ def _replicas_in_sync(cluster: LocalCluster) -> int:
     return in_sync
 
 
+def _slots(cluster: LocalCluster) -> list:
+    """CLUSTER SLOTS as the first node that answers sees it (a killed one does not)."""
+    for port in cluster.ports:
+        if _port_open(port):
+            with contextlib.suppress(redis.RedisError):
+                return cluster.client(port).execute_command("CLUSTER", "SLOTS")
+    raise LookupError("no node of the cluster answers")
+
+
 def master_of_slot(cluster: LocalCluster, slot: int) -> int:
     """The port of the node that serves `slot` now."""
-    for low, high, master, *_replicas in cluster.client(cluster.ports[0]).execute_command("CLUSTER", "SLOTS"):
-        if low <= slot <= high:
-            return int(master[1])
-    raise LookupError(f"no node serves slot {slot}")
+    return nodes_of_slot(cluster, slot)[0]
 
 
 def _pid(cluster: LocalCluster, port: int) -> int:
@@ -219,7 +225,7 @@ def kill_master(cluster: LocalCluster, *, slot: int) -> int:
 
 def nodes_of_slot(cluster: LocalCluster, slot: int) -> list[int]:
     """The ports of the master serving `slot` and of its replicas."""
-    for low, high, *nodes in cluster.client(cluster.ports[0]).execute_command("CLUSTER", "SLOTS"):
+    for low, high, *nodes in _slots(cluster):
         if low <= slot <= high:
             return [int(node[1]) for node in nodes]
     raise LookupError(f"no node serves slot {slot}")
@@ -237,12 +243,13 @@ def kill_slot(cluster: LocalCluster, *, slot: int) -> list[int]:
 
 def stop(cluster: LocalCluster | None = None) -> None:
     cluster = cluster or development_cluster()
-    for port in cluster.ports:
+    ours = [port for port in cluster.ports if (cluster.node_dir(port) / "redis.pid").exists()]
+    for port in ours:  # not whatever else listens on these ports
         if not _port_open(port):
             continue
         with contextlib.suppress(redis.ConnectionError):  # shutdown closes the connection under us
             cluster.client(port).shutdown(nosave=True)
-    _wait("every node stopped", lambda: not any(_port_open(p) for p in cluster.ports), timeout=30)
+    _wait("every node stopped", lambda: not any(_port_open(p) for p in ours), timeout=30)
 
 
 def remove(cluster: LocalCluster) -> None:

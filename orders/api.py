@@ -29,6 +29,7 @@ from orders.errors import (
     InvalidStatusTransition,
     NotYourOrder,
     OrderNotFound,
+    OrderOutcomeUnknown,
     PaymentBacklogFull,
     PriceChanged,
     TooManyIdempotencyKeys,
@@ -105,7 +106,7 @@ class OrderListCreateApi(APIView):
         NotYourOrder, IdempotencyKeyReused, RequestInProgress, KeyTakenOver, TooManyIdempotencyKeys,  # the key's
         ProductNotFound, ProductUnavailable, PriceChanged, RateLimited, OutOfStock, PurchaseLimitReached,
         TooManyUnpaidOrders, CouponInvalid, InsufficientBalance, AccountMissing, BalanceConflict, LockTimeout,
-        PaymentBacklogFull, ReservationLost, StockNotLoaded,
+        PaymentBacklogFull, ReservationLost, StockNotLoaded, OrderOutcomeUnknown,
     )  # fmt: skip
     def post(self, request):
         data = order_input_validate(request.data)

@@ -37,6 +37,7 @@ REPLAYABLE = {
     orders.errors.InvalidStatusTransition: False,
     orders.errors.NotYourOrder: False,
     orders.errors.OrderNotFound: False,
+    orders.errors.OrderOutcomeUnknown: False,
     orders.errors.PaymentBacklogFull: False,
     orders.errors.PriceChanged: False,
     orders.errors.TooManyIdempotencyKeys: False,
