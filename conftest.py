@@ -34,8 +34,11 @@ def admin_client():
     from django.test import Client
 
     from accounts.models import User
+    from devtools.testing import password_hash
 
-    User.objects.create_superuser(id=1_000_000, username="admin", password="pw")
+    admin = User.objects.create_superuser(id=1_000_000, username="admin", password=None)
+    admin.password = password_hash("pw")  # the real hash of "pw", made once per session
+    admin.save(update_fields=["password"])
     client = Client()
     client.login(username="admin", password="pw")
     return client

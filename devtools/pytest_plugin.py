@@ -14,3 +14,12 @@ from devtools import devservers
 
 devservers.ensure_running_if_needed()
 local.metrics_dir(wipe=True)  # this session's Prometheus values only (kernel/metrics.py)
+
+
+def pytest_sessionstart(session):
+    """After a transactional test, the database emptied as Django's flush leaves it, faster
+    (devtools/db_reset.py); SHOP_TEST_DJANGO_FLUSH=1 keeps Django's own flush, to compare."""
+    from devtools import db_reset
+
+    if not os.environ.get("SHOP_TEST_DJANGO_FLUSH"):
+        db_reset.install()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import re
@@ -41,6 +42,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@functools.cache
+def password_hash(password: str) -> str:
+    """make_password(password), made once per session: the same real hash (the project's hasher,
+    its full iterations) for each test's user with that password, in place of one more half a
+    second of PBKDF2 per fixture. A login still checks the password against it in full."""
+    from django.contrib.auth.hashers import make_password
+
+    return make_password(password)
 
 
 def make_user(*, balance: int = 1_000, username: str | None = None) -> User:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.contrib.auth.hashers import make_password
 from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.services import user_create
-from devtools.testing import fresh_login_window
+from devtools.testing import fresh_login_window, password_hash
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +19,7 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture
 def alice():
-    return user_create(username="alice", password=make_password(PASSWORD))
+    return user_create(username="alice", password=password_hash(PASSWORD))
 
 
 @pytest.fixture

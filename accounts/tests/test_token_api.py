@@ -6,13 +6,13 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from accounts.models import ApiToken, User
 from accounts.services import user_create
+from devtools.testing import password_hash
 
 pytestmark = pytest.mark.django_db
 
@@ -36,7 +36,7 @@ def one_window(settings):
 
 @pytest.fixture
 def alice():
-    return user_create(username="alice", password=make_password("correct horse"))
+    return user_create(username="alice", password=password_hash("correct horse"))
 
 
 def test_a_login_returns_a_token_that_works_and_expires_in_the_configured_lifetime(alice, settings):
@@ -66,7 +66,7 @@ def test_a_login_ignores_a_stale_token_in_its_authorization_header(alice):
     [("alice", "wrong"), ("nobody", "correct horse"), ("ALICE", "correct horse"), ("inactive", "correct horse")],
 )
 def test_wrong_credentials_get_one_answer_that_does_not_say_which_part_was_wrong(alice, username, password):
-    user_create(username="inactive", password=make_password("correct horse"), is_active=False)
+    user_create(username="inactive", password=password_hash("correct horse"), is_active=False)
 
     response = login(username, password)
 

@@ -1,7 +1,7 @@
 """End to end: `manage.py loadtest --scenario smoke` seeds, serves, loads, checks and reports.
 
 gunicorn runs against this test's database (test_shop) and Redis database (15): the runner
-hands it the URLs of the connections this process uses. About ten seconds of k6; no speed is
+hands it the URLs of the connections this process uses. About three seconds of k6; no speed is
 asserted, only that the run answered orders, the invariants held, the report exists, and the
 server's own metrics, scraped during the run, counted every order k6 saw answered.
 """
@@ -24,7 +24,7 @@ from loadtest.server import server_environment
 @pytest.mark.django_db(transaction=True)
 def test_smoke_scenario_runs_end_to_end_and_writes_its_report(tmp_path):
     reports = tmp_path / "reports"
-    call_command("loadtest", scenario="smoke", duration_scale=1.0, port=free_port(), reports_dir=reports)
+    call_command("loadtest", scenario="smoke", duration_scale=0.3, port=free_port(), reports_dir=reports)
 
     (report_dir,) = reports.iterdir()
     assert report_dir.name.endswith("-smoke")
