@@ -268,11 +268,14 @@ def balance_adjustment_approve(*, request_id: int, approved_by: User) -> Balance
         if request.requested_by_id == approved_by.pk:
             raise OwnAdjustment()
         _decide(request_id=request_id, status=BalanceAdjustmentRequest.Status.APPLIED, decided_by=approved_by)
-        # The request's own row keeps the reason; the ledger's 64 characters name both admins.
+        # The request's own row keeps the reason; the ledger's 64 characters name both admins,
+        # their ids whole: the names are shortened to what the ids leave room for.
         requester = request.requested_by
+        ids_alone = f"admin request {request.pk}:  (id {requester.pk}), approved by  (id {approved_by.pk})"
+        room = max(0, (_REFERENCE_CHARS - len(ids_alone)) // 2)
         reference = (
-            f"admin request {request.pk}: {requester.get_username()} (id {requester.pk}), "
-            f"approved by {approved_by.get_username()} (id {approved_by.pk})"
+            f"admin request {request.pk}: {requester.get_username()[:room]} (id {requester.pk}), "
+            f"approved by {approved_by.get_username()[:room]} (id {approved_by.pk})"
         )[:_REFERENCE_CHARS]
         return account_change_balance(
             user_id=request.account_id, amount=request.amount, kind=BalanceEntry.Kind.TOP_UP, reference=reference

@@ -167,3 +167,18 @@ def test_four_admins_approving_one_request_at_once_credit_it_exactly_once():
     pending.refresh_from_db()
     assert pending.status == BalanceAdjustmentRequest.Status.APPLIED
     assert pending.decided_by in approvers
+
+
+def test_the_ledger_names_both_admins_by_their_whole_ids_however_long_their_names_and_ids():
+    alice = User.objects.create_user(id=9_000_001, username="alice-who-runs-the-night-shift", is_staff=True)
+    bob = User.objects.create_user(id=9_000_002, username="bob-who-approves-in-the-morning", is_staff=True)
+    customer = make_user(balance=100)
+    pending = BalanceAdjustmentRequest.objects.create(account_id=customer.id, amount=5_000, reason="r",
+                                                      requested_by=alice)  # fmt: skip
+
+    balance_adjustment_approve(request_id=pending.id, approved_by=bob)
+
+    reference = BalanceEntry.objects.filter(account_id=customer.id).latest("id").reference
+    assert len(reference) <= 64
+    assert reference.startswith(f"admin request {pending.id}: ali") and f"(id {alice.id}), approved by bob" in reference
+    assert reference.endswith(f"(id {bob.id})")
