@@ -41,12 +41,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from django.conf import settings
 from django_redis import get_redis_connection
-from redis.exceptions import RedisClusterException
 
 from inventory.shards import StockShard, by_shard, shard_of, stock_shards
+from kernel.errors import REDIS_AWAY
 from kernel.redis_scripts import run_lua
 from kernel.retry import Backoff, RetryExhausted, retry_on_conflict
 
@@ -158,8 +157,6 @@ def reserve(
     return ReserveResult(ok=True, epochs=epochs)
 
 
-# A Redis that does not answer, or (a cluster) does not serve the slot.
-REDIS_AWAY = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError, RedisClusterException)
 _GIVE_BACK = Backoff(max_attempts=3, base_ms=20, cap_ms=200)
 
 

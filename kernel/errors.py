@@ -112,17 +112,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
-# A backing service that does not answer, or (a Redis Cluster in failover) does not serve the
-# slot yet: 503, the client retries.
-_SERVICE_AWAY = (
-    OperationalError,
-    InterfaceError,
+# A Redis that does not answer, or (a Redis Cluster in failover) does not serve the slot yet.
+REDIS_AWAY = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.ClusterError,
     redis.exceptions.RedisClusterException,
     redis.exceptions.TryAgainError,
 )
+# A backing service away: 503, the client retries.
+_SERVICE_AWAY = (OperationalError, InterfaceError, *REDIS_AWAY)
 
 
 def _error_response(exc: Exception, context: dict[str, Any]) -> Response | None:
